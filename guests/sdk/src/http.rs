@@ -1,0 +1,76 @@
+//! Outbound HTTP through the host capability (the only door out of the sandbox).
+
+pub use crate::bindings::mcm::driver::http::{Error, Request, Response};
+use crate::{Code, DriverError};
+
+/// Send one request; the host enforces the egress allowlist, the call's deadline and a
+/// response size limit.
+pub fn send(req: &Request) -> Result<Response, Error> {
+    crate::bindings::mcm::driver::http::send(req)
+}
+
+/// Build a request with no headers and no body.
+pub fn request(method: &str, url: impl Into<String>) -> Request {
+    Request { method: method.to_string(), url: url.into(), headers: Vec::new(), body: Vec::new() }
+}
+
+impl Request {
+    /// Add a header.
+    pub fn header(mut self, name: &str, value: impl Into<String>) -> Self {
+        self.headers.push((name.to_string(), value.into()));
+        self
+    }
+    /// Set a JSON body (and its content type).
+    pub fn json<T: serde::Serialize>(mut self, body: &T) -> Self {
+        self.body = serde_json::to_vec(body).expect("serializable body");
+        self.header("content-type", "application/json")
+    }
+    /// Set a raw body.
+    pub fn body(mut self, body: impl Into<Vec<u8>>) -> Self {
+        self.body = body.into();
+        self
+    }
+}
+
+impl Response {
+    /// First header with this name (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+    /// Decode a JSON body; a body that does not decode is `internal`.
+    pub fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T, DriverError> {
+        serde_json::from_slice(&self.body).map_err(|e| {
+            DriverError::internal(format!("cloud answered {} with a body that is not the expected JSON: {e}", self.status))
+        })
+    }
+    /// The body as (lossy) UTF-8 text.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// A sentence describing a transport failure.
+pub fn describe(e: &Error) -> String {
+    match e {
+        Error::Denied(why) => format!("egress denied: {why}"),
+        Error::Timeout => "timed out at the call's deadline".to_string(),
+        Error::Connect(why) => format!("connect failed: {why}"),
+        Error::TooLarge(limit) => format!("response body exceeds the host limit of {limit} bytes"),
+        Error::InvalidRequest(why) => format!("invalid request: {why}"),
+        Error::Other(why) => why.clone(),
+    }
+}
+
+/// The machine code each transport failure maps to.
+impl From<Error> for DriverError {
+    fn from(e: Error) -> Self {
+        let code = match &e {
+            Error::Denied(_) => Code::PermissionDenied,
+            Error::Timeout => Code::DeadlineExceeded,
+            Error::Connect(_) | Error::Other(_) => Code::Unavailable,
+            Error::TooLarge(_) => Code::ResourceExhausted,
+            Error::InvalidRequest(_) => Code::InvalidArgument,
+        };
+        DriverError::new(code, describe(&e))
+    }
+}

@@ -1,0 +1,207 @@
+//! The mcm-wasm guest SDK: write a Gardener MCM machine driver as a WebAssembly component.
+//!
+//! Implement [`Driver`] for a type and call [`export_provider!`]:
+//!
+//! ```ignore
+//! struct MyCloud;
+//! impl mcm_wasm_sdk::Driver for MyCloud {
+//!     fn create_machine(req: MachineRequest) -> Result<CreateMachineResponse, DriverError> { ... }
+//!     fn delete_machine(req: MachineRequest) -> Result<DeleteMachineResponse, DriverError> { ... }
+//! }
+//! mcm_wasm_sdk::export_provider!(MyCloud, name: "mycloud", version: env!("CARGO_PKG_VERSION"));
+//! ```
+//!
+//! Optional operations default to `unimplemented`, which MCM understands. The only way out of
+//! the sandbox is [`http::send`]; logs go to the host through [`log`].
+#![deny(missing_docs)]
+
+#[doc(hidden)]
+pub mod bindings {
+    wit_bindgen::generate!({
+        path: "../../wit",
+        world: "provider",
+        pub_export_macro: true,
+        export_macro_name: "__export_provider_world",
+        default_bindings_module: "mcm_wasm_sdk::bindings",
+        generate_all,
+    });
+}
+
+pub mod http;
+pub mod log;
+mod metadata;
+
+pub use bindings::exports::mcm::driver::driver::Guest as __Guest;
+pub use bindings::mcm::driver::types::{
+    Code, CreateMachineResponse, DeleteMachineResponse, DriverError, GetMachineStatusResponse,
+    GetVolumeIdsRequest, GetVolumeIdsResponse, InitializeMachineResponse, ListMachinesRequest,
+    ListMachinesResponse, Machine, MachineClass, MachineRequest, MetricsLabelsRequest, NodeAddress,
+    NodeTemplate, SecretData, ValidateRequest,
+};
+#[doc(hidden)]
+pub use metadata::{metadata_bytes, metadata_len};
+
+/// The contract version this SDK builds against (the `mcm:driver` WIT package version).
+pub const CONTRACT_VERSION: &str = "0.1.0";
+
+/// Name of the custom section holding the provider's metadata (JSON: name, version, contract).
+pub const METADATA_SECTION: &str = "mcm-wasm:provider";
+
+/// A machine driver. `create_machine` and `delete_machine` are required by MCM; every other
+/// operation is optional and answers `unimplemented` unless overridden.
+pub trait Driver {
+    /// Create the VM for the machine. Must be idempotent: a repeated call for the same machine
+    /// returns the VM that already exists instead of making a second one.
+    fn create_machine(req: MachineRequest) -> Result<CreateMachineResponse, DriverError>;
+
+    /// Delete the machine's VM. Must work from `machine.provider_id` alone; a VM that is
+    /// already gone is success.
+    fn delete_machine(req: MachineRequest) -> Result<DeleteMachineResponse, DriverError>;
+
+    /// Finish VM setup after create; MCM calls it when status answers `uninitialized`.
+    fn initialize_machine(_req: MachineRequest) -> Result<InitializeMachineResponse, DriverError> {
+        Err(DriverError::unimplemented("initialize-machine"))
+    }
+
+    /// Status of the machine's VM: `not-found` when there is none.
+    fn get_machine_status(_req: MachineRequest) -> Result<GetMachineStatusResponse, DriverError> {
+        Err(DriverError::unimplemented("get-machine-status"))
+    }
+
+    /// All VMs of the class, providerID -> machine name (used for orphan collection).
+    fn list_machines(_req: ListMachinesRequest) -> Result<ListMachinesResponse, DriverError> {
+        Err(DriverError::unimplemented("list-machines"))
+    }
+
+    /// Provider volume IDs of persistent volume specs (JSON text each).
+    fn get_volume_ids(_req: GetVolumeIdsRequest) -> Result<GetVolumeIdsResponse, DriverError> {
+        Err(DriverError::unimplemented("get-volume-ids"))
+    }
+
+    /// Validate the class and secret without calling the cloud (`invalid-argument` on error).
+    fn validate_machine_class(_req: ValidateRequest) -> Result<(), DriverError> {
+        Err(DriverError::unimplemented("validate-machine-class"))
+    }
+
+    /// Labels for the machine's metrics; must not call the cloud.
+    fn metrics_labels(_req: MetricsLabelsRequest) -> Result<Vec<(String, String)>, DriverError> {
+        Err(DriverError::unimplemented("metrics-labels"))
+    }
+}
+
+impl DriverError {
+    /// An error with the given code and message.
+    pub fn new(code: Code, message: impl Into<String>) -> Self {
+        DriverError { code, message: message.into() }
+    }
+    /// `invalid-argument`: the request, class or secret is wrong; retrying will not help.
+    pub fn invalid_argument(message: impl Into<String>) -> Self {
+        Self::new(Code::InvalidArgument, message)
+    }
+    /// `not-found`: the VM does not exist.
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(Code::NotFound, message)
+    }
+    /// `internal`: something the provider did not expect.
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(Code::Internal, message)
+    }
+    /// `unavailable`: a transient failure; MCM retries soon.
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(Code::Unavailable, message)
+    }
+    /// `unimplemented`: the provider does not support this operation.
+    pub fn unimplemented(operation: &str) -> Self {
+        Self::new(Code::Unimplemented, format!("{operation} is not implemented by this provider"))
+    }
+}
+
+impl MachineClass {
+    /// Decode `providerSpec` into the provider's own type; a malformed spec is
+    /// `invalid-argument` naming the field serde complained about.
+    pub fn decode_spec<T: serde::de::DeserializeOwned>(&self) -> Result<T, DriverError> {
+        serde_json::from_str(&self.provider_spec).map_err(|e| {
+            DriverError::invalid_argument(format!(
+                "machine class {:?}: invalid providerSpec: {e}",
+                self.name
+            ))
+        })
+    }
+}
+
+/// Read a key of the merged secret.
+pub fn secret_value<'a>(secret: &'a SecretData, key: &str) -> Option<&'a [u8]> {
+    secret.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_slice())
+}
+
+/// Read a key of the merged secret as UTF-8 text, or fail with `invalid-argument` naming it.
+pub fn require_secret(secret: &SecretData, key: &str) -> Result<String, DriverError> {
+    let bytes = secret_value(secret, key)
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| DriverError::invalid_argument(format!("secret is missing key {key:?}")))?;
+    String::from_utf8(bytes.to_vec())
+        .map_err(|_| DriverError::invalid_argument(format!("secret key {key:?} is not UTF-8 text")))
+}
+
+/// Milliseconds left before the host cancels the current call.
+pub fn remaining_millis() -> u64 {
+    bindings::mcm::driver::context::remaining_millis()
+}
+
+/// The provider's own configuration set by the operator, decoded into the author's type
+/// (`{}` when unset).
+pub fn provider_config<T: serde::de::DeserializeOwned>() -> Result<T, DriverError> {
+    let text = bindings::mcm::driver::context::provider_config();
+    serde_json::from_str(&text)
+        .map_err(|e| DriverError::invalid_argument(format!("invalid provider config: {e}")))
+}
+
+/// Export a [`Driver`] implementation as the component's `mcm:driver/driver` interface and embed
+/// the provider's metadata (name, version, contract version) for the runtime to read.
+#[macro_export]
+macro_rules! export_provider {
+    ($driver:ty, name: $name:expr, version: $version:expr $(,)?) => {
+        const _: () = {
+            const __MCM_META_PARTS: &[&str] = &[
+                "{\"name\":\"", $name, "\",\"version\":\"", $version, "\",\"contract\":\"",
+                $crate::CONTRACT_VERSION, "\"}",
+            ];
+            const __MCM_META_LEN: usize = $crate::metadata_len(__MCM_META_PARTS);
+            #[used]
+            #[unsafe(link_section = "mcm-wasm:provider")]
+            static __MCM_META: [u8; __MCM_META_LEN] = $crate::metadata_bytes(__MCM_META_PARTS);
+        };
+
+        #[doc(hidden)]
+        pub struct __McmProvider;
+
+        impl $crate::__Guest for __McmProvider {
+            fn create_machine(r: $crate::MachineRequest) -> Result<$crate::CreateMachineResponse, $crate::DriverError> {
+                <$driver as $crate::Driver>::create_machine(r)
+            }
+            fn initialize_machine(r: $crate::MachineRequest) -> Result<$crate::InitializeMachineResponse, $crate::DriverError> {
+                <$driver as $crate::Driver>::initialize_machine(r)
+            }
+            fn delete_machine(r: $crate::MachineRequest) -> Result<$crate::DeleteMachineResponse, $crate::DriverError> {
+                <$driver as $crate::Driver>::delete_machine(r)
+            }
+            fn get_machine_status(r: $crate::MachineRequest) -> Result<$crate::GetMachineStatusResponse, $crate::DriverError> {
+                <$driver as $crate::Driver>::get_machine_status(r)
+            }
+            fn list_machines(r: $crate::ListMachinesRequest) -> Result<$crate::ListMachinesResponse, $crate::DriverError> {
+                <$driver as $crate::Driver>::list_machines(r)
+            }
+            fn get_volume_ids(r: $crate::GetVolumeIdsRequest) -> Result<$crate::GetVolumeIdsResponse, $crate::DriverError> {
+                <$driver as $crate::Driver>::get_volume_ids(r)
+            }
+            fn validate_machine_class(r: $crate::ValidateRequest) -> Result<(), $crate::DriverError> {
+                <$driver as $crate::Driver>::validate_machine_class(r)
+            }
+            fn metrics_labels(r: $crate::MetricsLabelsRequest) -> Result<Vec<(String, String)>, $crate::DriverError> {
+                <$driver as $crate::Driver>::metrics_labels(r)
+            }
+        }
+
+        $crate::bindings::__export_provider_world!(__McmProvider with_types_in $crate::bindings);
+    };
+}

@@ -1,0 +1,27 @@
+//! Does nothing, as fast as possible: the baseline for sandbox overhead benchmarks.
+use mcm_wasm_sdk::*;
+
+struct Noop;
+
+impl Driver for Noop {
+    fn create_machine(req: MachineRequest) -> Result<CreateMachineResponse, DriverError> {
+        Ok(CreateMachineResponse {
+            provider_id: format!("noop:///{}", req.machine.name),
+            node_name: req.machine.name,
+            last_known_state: String::new(),
+            addresses: Vec::new(),
+        })
+    }
+    fn delete_machine(_req: MachineRequest) -> Result<DeleteMachineResponse, DriverError> {
+        Ok(DeleteMachineResponse { last_known_state: String::new() })
+    }
+    fn get_machine_status(req: MachineRequest) -> Result<GetMachineStatusResponse, DriverError> {
+        Ok(GetMachineStatusResponse {
+            provider_id: req.machine.provider_id,
+            node_name: req.machine.name,
+            addresses: Vec::new(),
+        })
+    }
+}
+
+export_provider!(Noop, name: "noop", version: env!("CARGO_PKG_VERSION"));
