@@ -1,0 +1,3 @@
+//! Host capabilities: the only doors out of the sandbox.
+pub mod egress;
+pub mod http;

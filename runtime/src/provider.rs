@@ -1,0 +1,366 @@
+//! A loaded provider: a verified, compiled component plus the operator's settings for it,
+//! with one async method per driver operation.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tracing::Instrument as _;
+
+use crate::artifact::{self, ArtifactInfo, LoadError};
+use crate::cache::CacheHit;
+use crate::capability::egress::EgressPolicy;
+use crate::driver::*;
+use crate::sandbox::{self, CallContext, Deadlines, Sandbox, bindings};
+
+/// What the operator decides for a provider: where it may connect, its own config, deadlines.
+#[derive(Clone, Debug, Default)]
+pub struct ProviderSettings {
+    /// Egress allowlist (default: deny everything).
+    pub egress: EgressPolicy,
+    /// The provider's own configuration, JSON text handed to the guest (`{}` when unset).
+    pub config: Option<String>,
+    /// Per-operation deadlines; `None` uses the sandbox defaults.
+    pub deadlines: Option<Deadlines>,
+}
+
+/// A provider ready to serve calls. Cheap to share (`Arc`); calls run concurrently.
+pub struct Provider {
+    info: ArtifactInfo,
+    path: PathBuf,
+    pre: bindings::ProviderPre<sandbox::CallState>,
+    sandbox: Arc<Sandbox>,
+    settings: ProviderSettings,
+    call_ctx: CallContextTemplate,
+    operations: Vec<String>,
+    counters: Arc<OperationCounters>,
+    /// How the compiled code was obtained, and how long loading took.
+    pub load_stats: LoadStats,
+}
+
+#[derive(Clone, Copy, Debug, serde::Serialize)]
+pub struct LoadStats {
+    pub cache: CacheHit,
+    pub elapsed: Duration,
+}
+
+#[derive(Clone)]
+struct CallContextTemplate {
+    provider: Arc<str>,
+    egress: Arc<EgressPolicy>,
+    config_json: Arc<str>,
+}
+
+impl Provider {
+    /// Read, verify, compile (or load from cache), link and smoke-instantiate a provider.
+    pub async fn load(sandbox: &Arc<Sandbox>, path: &Path, settings: ProviderSettings) -> Result<Provider, LoadError> {
+        let bytes = tokio::fs::read(path)
+            .await
+            .map_err(|source| LoadError::Io { path: path.display().to_string(), source })?;
+        Self::from_bytes(sandbox, path, &bytes, settings, Arc::default()).await
+    }
+
+    /// Like [`Provider::load`], from bytes already read; `path` names the artifact in errors.
+    pub(crate) async fn from_bytes(
+        sandbox: &Arc<Sandbox>,
+        path: &Path,
+        bytes: &[u8],
+        settings: ProviderSettings,
+        counters: Arc<OperationCounters>,
+    ) -> Result<Provider, LoadError> {
+        let started = Instant::now();
+        let p = || path.display().to_string();
+        let info = artifact::inspect(path, bytes)?;
+        // Compiling takes tens of milliseconds of CPU: keep it off the async workers.
+        let (component, cache) = {
+            let sandbox = sandbox.clone();
+            let bytes = bytes.to_vec();
+            tokio::task::spawn_blocking(move || sandbox.compile(&bytes))
+                .await
+                .map_err(|e| LoadError::Compile { path: p(), reason: e.to_string() })?
+                .map_err(|e| LoadError::Compile { path: p(), reason: format!("{e:#}") })?
+        };
+        let operations = exported_operations(sandbox.engine(), &component);
+        let pre = sandbox
+            .linker
+            .instantiate_pre(&component)
+            .and_then(bindings::ProviderPre::new)
+            .map_err(|e| LoadError::Link { path: p(), reason: format!("{e:#}") })?;
+        let call_ctx = CallContextTemplate {
+            provider: Arc::from(info.metadata.name.as_str()),
+            egress: Arc::new(settings.egress.clone()),
+            config_json: Arc::from(settings.config.as_deref().unwrap_or("{}")),
+        };
+        let provider = Provider {
+            info,
+            path: path.to_path_buf(),
+            pre,
+            sandbox: sandbox.clone(),
+            settings,
+            call_ctx,
+            operations,
+            counters,
+            load_stats: LoadStats { cache, elapsed: Duration::ZERO },
+        };
+        provider.smoke().await.map_err(|e| LoadError::Smoke { path: p(), reason: e.message })?;
+        Ok(Provider { load_stats: LoadStats { cache, elapsed: started.elapsed() }, ..provider })
+    }
+
+    /// Instantiate once without calling anything: start functions and data segments run, and
+    /// the memory limits apply, before the provider is allowed to serve.
+    async fn smoke(&self) -> Result<(), DriverError> {
+        let ctx = self.call_context(Operation::MetricsLabels);
+        self.sandbox.call(&self.pre, ctx, Duration::from_secs(5), async |_store, _instance| Ok(Ok(()))).await
+    }
+
+    /// The same compiled provider with other settings (no recompilation).
+    pub fn with_settings(&self, settings: ProviderSettings) -> Provider {
+        Provider {
+            info: self.info.clone(),
+            path: self.path.clone(),
+            pre: self.pre.clone(),
+            sandbox: self.sandbox.clone(),
+            call_ctx: CallContextTemplate {
+                provider: self.call_ctx.provider.clone(),
+                egress: Arc::new(settings.egress.clone()),
+                config_json: Arc::from(settings.config.as_deref().unwrap_or("{}")),
+            },
+            settings,
+            operations: self.operations.clone(),
+            counters: self.counters.clone(),
+            load_stats: self.load_stats,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.info.metadata.name
+    }
+
+    pub fn version(&self) -> &str {
+        &self.info.metadata.version
+    }
+
+    pub fn info(&self) -> &ArtifactInfo {
+        &self.info
+    }
+
+    /// The functions of the exported driver interface.
+    pub fn operations(&self) -> &[String] {
+        &self.operations
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn settings(&self) -> &ProviderSettings {
+        &self.settings
+    }
+
+    /// Calls by operation and outcome since the provider (by name) was first loaded.
+    pub fn counters(&self) -> &OperationCounters {
+        &self.counters
+    }
+
+    fn call_context(&self, operation: Operation) -> CallContext {
+        CallContext {
+            provider: self.call_ctx.provider.clone(),
+            operation,
+            egress: self.call_ctx.egress.clone(),
+            config_json: self.call_ctx.config_json.clone(),
+            http: self.sandbox.http.clone(),
+        }
+    }
+
+    fn deadline(&self, op: Operation) -> Duration {
+        self.settings.deadlines.as_ref().unwrap_or(&self.sandbox.config.deadlines).get(op)
+    }
+
+    /// One driver call: span, deadline, sandbox, result-size cap, counters.
+    async fn invoke<W, T, F, Fut>(&self, op: Operation, machine: &str, run: F) -> Result<T, DriverError>
+    where
+        W: Into<T>,
+        T: serde::Serialize,
+        F: FnOnce(wasmtime::Store<sandbox::CallState>, bindings::Provider) -> Fut,
+        Fut: Future<Output = wasmtime::Result<Result<W, bindings::types::DriverError>>>,
+    {
+        let span = tracing::info_span!(
+            "driver_call",
+            provider = self.name(),
+            version = self.version(),
+            operation = op.wit_name(),
+            machine,
+            outcome = tracing::field::Empty,
+            duration_us = tracing::field::Empty,
+        );
+        let started = Instant::now();
+        let deadline = self.deadline(op);
+        let result = self
+            .sandbox
+            .call(&self.pre, self.call_context(op), deadline, run)
+            .instrument(span.clone())
+            .await
+            .map(Into::into)
+            .and_then(|value: T| self.check_result_size(value));
+        let elapsed = started.elapsed();
+        let outcome = result.as_ref().err().map(|e| e.code);
+        self.counters.record(op, outcome, elapsed);
+        span.record("outcome", outcome.map_or("OK", Code::name));
+        span.record("duration_us", elapsed.as_micros() as u64);
+        match &result {
+            Ok(_) => tracing::debug!(parent: &span, "driver call succeeded"),
+            Err(e) => tracing::info!(parent: &span, code = %e.code, "driver call failed: {}", e.message),
+        }
+        result
+    }
+
+    /// A guest cannot push more than `max_result_bytes` into the host.
+    fn check_result_size<T: serde::Serialize>(&self, value: T) -> Result<T, DriverError> {
+        let limit = self.sandbox.config.max_result_bytes;
+        let mut counter = ByteCounter(0);
+        serde_json::to_writer(&mut counter, &value).expect("driver types serialize");
+        if counter.0 > limit {
+            return Err(DriverError::new(
+                Code::ResourceExhausted,
+                format!("provider returned a result of {} bytes; the limit is {limit} bytes", counter.0),
+            ));
+        }
+        Ok(value)
+    }
+
+    pub async fn create_machine(&self, req: &MachineRequest) -> Result<CreateMachineResponse, DriverError> {
+        let wreq = sandbox::machine_request(req);
+        self.invoke(Operation::CreateMachine, &req.machine.name, async move |mut store, guest| {
+            guest.mcm_driver_driver().call_create_machine(&mut store, &wreq).await
+        })
+        .await
+    }
+
+    pub async fn initialize_machine(&self, req: &MachineRequest) -> Result<InitializeMachineResponse, DriverError> {
+        let wreq = sandbox::machine_request(req);
+        self.invoke(Operation::InitializeMachine, &req.machine.name, async move |mut store, guest| {
+            guest.mcm_driver_driver().call_initialize_machine(&mut store, &wreq).await
+        })
+        .await
+    }
+
+    pub async fn delete_machine(&self, req: &MachineRequest) -> Result<DeleteMachineResponse, DriverError> {
+        let wreq = sandbox::machine_request(req);
+        self.invoke(Operation::DeleteMachine, &req.machine.name, async move |mut store, guest| {
+            guest.mcm_driver_driver().call_delete_machine(&mut store, &wreq).await
+        })
+        .await
+    }
+
+    pub async fn get_machine_status(&self, req: &MachineRequest) -> Result<GetMachineStatusResponse, DriverError> {
+        let wreq = sandbox::machine_request(req);
+        self.invoke(Operation::GetMachineStatus, &req.machine.name, async move |mut store, guest| {
+            guest.mcm_driver_driver().call_get_machine_status(&mut store, &wreq).await
+        })
+        .await
+    }
+
+    pub async fn list_machines(&self, req: &ClassRequest) -> Result<ListMachinesResponse, DriverError> {
+        let wreq = sandbox::list_request(req);
+        self.invoke(Operation::ListMachines, "", async move |mut store, guest| {
+            guest.mcm_driver_driver().call_list_machines(&mut store, &wreq).await
+        })
+        .await
+    }
+
+    pub async fn get_volume_ids(&self, req: &GetVolumeIdsRequest) -> Result<GetVolumeIdsResponse, DriverError> {
+        let wreq = sandbox::volume_request(req);
+        self.invoke(Operation::GetVolumeIds, "", async move |mut store, guest| {
+            guest.mcm_driver_driver().call_get_volume_ids(&mut store, &wreq).await
+        })
+        .await
+    }
+
+    pub async fn validate_machine_class(&self, req: &ClassRequest) -> Result<(), DriverError> {
+        let wreq = sandbox::validate_request(req);
+        self.invoke(Operation::ValidateMachineClass, "", async move |mut store, guest| {
+            guest.mcm_driver_driver().call_validate_machine_class(&mut store, &wreq).await
+        })
+        .await
+    }
+
+    pub async fn metrics_labels(&self, req: &MetricsLabelsRequest) -> Result<Vec<(String, String)>, DriverError> {
+        let wreq = sandbox::metrics_labels_request(req);
+        self.invoke(Operation::MetricsLabels, &req.machine.name, async move |mut store, guest| {
+            guest.mcm_driver_driver().call_metrics_labels(&mut store, &wreq).await
+        })
+        .await
+    }
+
+    /// Call an operation with a JSON request (as the CLI does) and get a JSON result.
+    pub async fn call_json(&self, op: Operation, request: &str, secret: &SecretData) -> Result<serde_json::Value, CallError> {
+        fn parse<T: serde::de::DeserializeOwned>(op: Operation, text: &str) -> Result<T, CallError> {
+            serde_json::from_str(text).map_err(|e| CallError::BadRequest(format!("malformed request JSON for {op}: {e}")))
+        }
+        fn json<T: serde::Serialize>(r: Result<T, DriverError>) -> Result<serde_json::Value, CallError> {
+            r.map(|v| serde_json::to_value(v).expect("driver types serialize")).map_err(CallError::Driver)
+        }
+        match op {
+            Operation::CreateMachine | Operation::InitializeMachine | Operation::DeleteMachine | Operation::GetMachineStatus => {
+                let mut req: MachineRequest = parse(op, request)?;
+                req.secret = secret.clone();
+                match op {
+                    Operation::CreateMachine => json(self.create_machine(&req).await),
+                    Operation::InitializeMachine => json(self.initialize_machine(&req).await),
+                    Operation::DeleteMachine => json(self.delete_machine(&req).await),
+                    _ => json(self.get_machine_status(&req).await),
+                }
+            }
+            Operation::ListMachines | Operation::ValidateMachineClass => {
+                let mut req: ClassRequest = parse(op, request)?;
+                req.secret = secret.clone();
+                if op == Operation::ListMachines {
+                    json(self.list_machines(&req).await)
+                } else {
+                    json(self.validate_machine_class(&req).await.map(|()| serde_json::json!({})))
+                }
+            }
+            Operation::GetVolumeIds => json(self.get_volume_ids(&parse(op, request)?).await),
+            Operation::MetricsLabels => json(
+                self.metrics_labels(&parse(op, request)?)
+                    .await
+                    .map(|labels| labels.into_iter().collect::<std::collections::BTreeMap<_, _>>()),
+            ),
+        }
+    }
+}
+
+/// A JSON call's failure: the request did not parse, or the driver answered with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error(transparent)]
+    Driver(DriverError),
+}
+
+fn exported_operations(engine: &wasmtime::Engine, component: &wasmtime::component::Component) -> Vec<String> {
+    use wasmtime::component::types::ComponentItem;
+    let ty = component.component_type();
+    ty.exports(engine)
+        .filter(|(name, _)| name.starts_with(artifact::DRIVER_INTERFACE))
+        .flat_map(|(_, item)| match item {
+            ComponentItem::ComponentInstance(instance) => {
+                instance.exports(engine).map(|(name, _)| name.to_string()).collect::<Vec<_>>()
+            }
+            _ => Vec::new(),
+        })
+        .collect()
+}
+
+struct ByteCounter(usize);
+
+impl std::io::Write for ByteCounter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.len();
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}

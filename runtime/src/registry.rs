@@ -1,0 +1,234 @@
+//! The provider registry: providers by name, loaded from a directory of `.wasm` files and
+//! hot-swapped when the directory changes.
+//!
+//! A swap compiles and smoke-instantiates the new artifact off the hot path, then replaces the
+//! map entry atomically. Calls already running hold an `Arc` to the old version and finish on
+//! it. A broken artifact is rejected and the old version keeps serving; a removed file unloads
+//! its provider.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use notify::Watcher as _;
+use tokio::sync::broadcast;
+
+use crate::artifact::LoadError;
+use crate::driver::OperationCounters;
+use crate::provider::{Provider, ProviderSettings};
+use crate::sandbox::Sandbox;
+
+/// What happened to the registry's providers (for logs, Kubernetes events, tests).
+#[derive(Clone, Debug)]
+pub enum RegistryEvent {
+    Loaded { name: String, version: String, digest: String, path: PathBuf, replaced: Option<String>, elapsed: Duration },
+    Rejected { path: PathBuf, error: String },
+    Unloaded { name: String, path: PathBuf },
+}
+
+/// Which file holds which provider, and its digest (to skip unchanged files).
+#[derive(Clone)]
+struct Loaded {
+    name: String,
+    digest: String,
+}
+
+pub struct Registry {
+    sandbox: Arc<Sandbox>,
+    providers: RwLock<HashMap<String, Arc<Provider>>>,
+    files: Mutex<HashMap<PathBuf, Loaded>>,
+    settings: RwLock<HashMap<String, ProviderSettings>>,
+    counters: Mutex<HashMap<String, Arc<OperationCounters>>>,
+    events: broadcast::Sender<RegistryEvent>,
+    /// One directory scan at a time.
+    scan_lock: tokio::sync::Mutex<()>,
+}
+
+impl Registry {
+    pub fn new(sandbox: Arc<Sandbox>) -> Arc<Registry> {
+        Arc::new(Registry {
+            sandbox,
+            providers: RwLock::default(),
+            files: Mutex::default(),
+            settings: RwLock::default(),
+            counters: Mutex::default(),
+            events: broadcast::channel(256).0,
+            scan_lock: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    pub fn sandbox(&self) -> &Arc<Sandbox> {
+        &self.sandbox
+    }
+
+    /// The current version of a provider.
+    pub fn get(&self, name: &str) -> Option<Arc<Provider>> {
+        self.providers.read().expect("registry lock").get(name).cloned()
+    }
+
+    /// Names of the loaded providers, sorted.
+    pub fn names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.providers.read().expect("registry lock").keys().cloned().collect();
+        names.sort();
+        names
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<RegistryEvent> {
+        self.events.subscribe()
+    }
+
+    /// Set the operator's settings for a provider (by name); applies to the loaded version at
+    /// once and to every later version.
+    pub fn set_settings(&self, name: &str, settings: ProviderSettings) {
+        self.settings.write().expect("settings lock").insert(name.to_string(), settings.clone());
+        let mut providers = self.providers.write().expect("registry lock");
+        if let Some(current) = providers.get(name) {
+            let updated = Arc::new(current.with_settings(settings));
+            providers.insert(name.to_string(), updated);
+        }
+    }
+
+    fn settings_for(&self, name: &str) -> ProviderSettings {
+        self.settings.read().expect("settings lock").get(name).cloned().unwrap_or_default()
+    }
+
+    fn counters_for(&self, name: &str) -> Arc<OperationCounters> {
+        self.counters.lock().expect("counters lock").entry(name.to_string()).or_default().clone()
+    }
+
+    /// Load (or reload) one file; on success the provider is swapped in atomically.
+    pub async fn load_file(&self, path: &Path) -> Result<Arc<Provider>, LoadError> {
+        let result = self.try_load_file(path).await;
+        if let Err(e) = &result {
+            tracing::warn!(path = %path.display(), "provider rejected: {e}");
+            let _ = self.events.send(RegistryEvent::Rejected { path: path.to_path_buf(), error: e.to_string() });
+        }
+        result
+    }
+
+    async fn try_load_file(&self, path: &Path) -> Result<Arc<Provider>, LoadError> {
+        let bytes = tokio::fs::read(path)
+            .await
+            .map_err(|source| LoadError::Io { path: path.display().to_string(), source })?;
+        let info = crate::artifact::inspect(path, &bytes)?;
+        let name = info.metadata.name.clone();
+        let provider = Provider::from_bytes(
+            &self.sandbox,
+            path,
+            &bytes,
+            self.settings_for(&name),
+            self.counters_for(&name),
+        )
+        .await?;
+        let provider = Arc::new(provider);
+        let replaced = {
+            let mut providers = self.providers.write().expect("registry lock");
+            if let Some(other) = providers.get(&name).filter(|p| p.path() != path) {
+                tracing::warn!(provider = %name, "{} replaces the same provider from {}", path.display(), other.path().display());
+            }
+            providers.insert(name.clone(), provider.clone()).map(|old| old.version().to_string())
+        };
+        self.files.lock().expect("files lock").insert(
+            path.to_path_buf(),
+            Loaded { name: name.clone(), digest: provider.info().digest.clone() },
+        );
+        tracing::info!(
+            provider = %name, version = provider.version(), digest = %provider.info().digest,
+            cache = ?provider.load_stats.cache, elapsed = ?provider.load_stats.elapsed,
+            "provider loaded{}", replaced.as_ref().map(|v| format!(" (replaces version {v})")).unwrap_or_default()
+        );
+        let _ = self.events.send(RegistryEvent::Loaded {
+            name,
+            version: provider.version().to_string(),
+            digest: provider.info().digest.clone(),
+            path: path.to_path_buf(),
+            replaced,
+            elapsed: provider.load_stats.elapsed,
+        });
+        Ok(provider)
+    }
+
+    /// Bring the registry in line with a directory: load new and changed `.wasm` files, unload
+    /// providers whose file is gone. Returns the errors of rejected files.
+    pub async fn sync_dir(&self, dir: &Path) -> Vec<LoadError> {
+        let _scan = self.scan_lock.lock().await;
+        let mut present = Vec::new();
+        let mut errors = Vec::new();
+        match std::fs::read_dir(dir) {
+            Ok(entries) => {
+                for entry in entries.flatten() {
+                    let path = entry.path();
+                    if path.extension().is_some_and(|e| e == "wasm") && path.is_file() {
+                        present.push(path);
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(dir = %dir.display(), "cannot read providers directory: {e}"),
+        }
+        present.sort();
+        for path in &present {
+            let known = self.files.lock().expect("files lock").get(path).cloned();
+            if let Some(known) = known {
+                // Unchanged content (same digest) needs no reload.
+                match std::fs::read(path) {
+                    Ok(bytes) if crate::artifact::digest(&bytes) == known.digest => continue,
+                    _ => {}
+                }
+            }
+            if let Err(e) = self.load_file(path).await {
+                errors.push(e);
+            }
+        }
+        let gone: Vec<(PathBuf, Loaded)> = self
+            .files
+            .lock()
+            .expect("files lock")
+            .iter()
+            .filter(|(p, _)| p.starts_with(dir) && !present.contains(p))
+            .map(|(p, l)| (p.clone(), l.clone()))
+            .collect();
+        for (path, loaded) in gone {
+            self.files.lock().expect("files lock").remove(&path);
+            let mut providers = self.providers.write().expect("registry lock");
+            if providers.get(&loaded.name).is_some_and(|p| p.path() == path) {
+                providers.remove(&loaded.name);
+                drop(providers);
+                tracing::info!(provider = %loaded.name, path = %path.display(), "provider unloaded: file removed");
+                let _ = self.events.send(RegistryEvent::Unloaded { name: loaded.name, path });
+            }
+        }
+        errors
+    }
+
+    /// Load a directory now and keep watching it: every change triggers a rescan (debounced),
+    /// and a periodic rescan catches anything the file watcher missed. The task ends when the
+    /// registry is dropped.
+    pub async fn watch_dir(self: &Arc<Self>, dir: PathBuf, rescan_every: Duration) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+        for e in self.sync_dir(&dir).await {
+            tracing::warn!("{e}");
+        }
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+            if event.is_ok() {
+                let _ = tx.send(());
+            }
+        })?;
+        watcher.watch(&dir, notify::RecursiveMode::NonRecursive)?;
+        let weak = Arc::downgrade(self);
+        Ok(tokio::spawn(async move {
+            let _watcher = watcher; // lives as long as the task
+            loop {
+                let changed = tokio::time::timeout(rescan_every, rx.recv()).await;
+                if matches!(changed, Ok(None)) {
+                    break;
+                }
+                // Debounce: a copy in progress fires many events; wait until it settles.
+                tokio::time::sleep(Duration::from_millis(30)).await;
+                while rx.try_recv().is_ok() {}
+                let Some(registry) = weak.upgrade() else { break };
+                registry.sync_dir(&dir).await;
+            }
+        }))
+    }
+}

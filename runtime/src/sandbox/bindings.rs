@@ -1,0 +1,12 @@
+//! Host bindings generated from wit/ (kept private; the rest of the runtime uses `driver`).
+wasmtime::component::bindgen!({
+    path: "../wit",
+    world: "provider",
+    imports: {
+        "mcm:driver/http.send": async | trappable,
+        default: trappable,
+    },
+    exports: { default: async },
+});
+
+pub(crate) use mcm::driver::types;

@@ -1,0 +1,240 @@
+//! The sandbox: one wasmtime engine, the host capabilities linked into it, and the per-call
+//! machinery (fresh store and instance, deadline, limits, outcome mapping).
+//!
+//! Every driver call gets a new `Store` and a new instance from the provider's pre-linked
+//! component, so nothing leaks between calls or machines, and a trap poisons only that store.
+
+pub(crate) mod bindings;
+mod convert;
+mod outcome;
+mod state;
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+
+use crate::capability::http::HttpClient;
+use crate::driver::{DriverError, Operation};
+pub(crate) use convert::*;
+pub(crate) use state::{CallContext, CallState};
+
+/// Per-operation deadlines: each driver call is cancelled when its deadline passes, host HTTP
+/// included.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct Deadlines {
+    #[serde(with = "humantime_serde")]
+    pub create_machine: Duration,
+    #[serde(with = "humantime_serde")]
+    pub initialize_machine: Duration,
+    #[serde(with = "humantime_serde")]
+    pub delete_machine: Duration,
+    #[serde(with = "humantime_serde")]
+    pub get_machine_status: Duration,
+    #[serde(with = "humantime_serde")]
+    pub list_machines: Duration,
+    #[serde(with = "humantime_serde")]
+    pub get_volume_ids: Duration,
+    #[serde(with = "humantime_serde")]
+    pub validate_machine_class: Duration,
+    #[serde(with = "humantime_serde")]
+    pub metrics_labels: Duration,
+}
+
+impl Default for Deadlines {
+    fn default() -> Self {
+        Deadlines {
+            create_machine: Duration::from_secs(60),
+            initialize_machine: Duration::from_secs(60),
+            delete_machine: Duration::from_secs(60),
+            get_machine_status: Duration::from_secs(30),
+            list_machines: Duration::from_secs(60),
+            get_volume_ids: Duration::from_secs(10),
+            validate_machine_class: Duration::from_secs(5),
+            metrics_labels: Duration::from_secs(1),
+        }
+    }
+}
+
+impl Deadlines {
+    /// Every operation gets the same deadline.
+    pub fn all(d: Duration) -> Self {
+        Deadlines {
+            create_machine: d,
+            initialize_machine: d,
+            delete_machine: d,
+            get_machine_status: d,
+            list_machines: d,
+            get_volume_ids: d,
+            validate_machine_class: d,
+            metrics_labels: d,
+        }
+    }
+
+    pub fn get(&self, op: Operation) -> Duration {
+        match op {
+            Operation::CreateMachine => self.create_machine,
+            Operation::InitializeMachine => self.initialize_machine,
+            Operation::DeleteMachine => self.delete_machine,
+            Operation::GetMachineStatus => self.get_machine_status,
+            Operation::ListMachines => self.list_machines,
+            Operation::GetVolumeIds => self.get_volume_ids,
+            Operation::ValidateMachineClass => self.validate_machine_class,
+            Operation::MetricsLabels => self.metrics_labels,
+        }
+    }
+}
+
+/// Limits and sizing of the sandbox. The defaults suit a controller with MCM's default of 50
+/// concurrent syncs.
+#[derive(Clone, Debug)]
+pub struct SandboxConfig {
+    /// Default deadlines; a provider's settings may override them.
+    pub deadlines: Deadlines,
+    /// Linear memory one instance may use.
+    pub memory_limit: usize,
+    /// Table elements one instance may use.
+    pub table_limit: usize,
+    /// Largest result (as JSON) a guest may return.
+    pub max_result_bytes: usize,
+    /// Largest HTTP response body the host reads for a guest.
+    pub max_http_body_bytes: u64,
+    /// Instances that may run at once; more calls get `Unavailable` (backpressure).
+    pub max_concurrent_instances: u32,
+    /// Granularity of the CPU deadline (epoch tick).
+    pub epoch_tick: Duration,
+    /// Guest stderr kept per call (for panic messages).
+    pub stderr_capture_bytes: usize,
+    /// Where compiled artifacts are cached; `None` disables the cache.
+    pub cache_dir: Option<std::path::PathBuf>,
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        SandboxConfig {
+            deadlines: Deadlines::default(),
+            memory_limit: 128 << 20,
+            table_limit: 100_000,
+            max_result_bytes: 1 << 20,
+            max_http_body_bytes: 16 << 20,
+            max_concurrent_instances: 200,
+            epoch_tick: Duration::from_millis(2),
+            stderr_capture_bytes: 16 << 10,
+            cache_dir: crate::cache::default_dir(),
+        }
+    }
+}
+
+/// The engine, linker and shared HTTP client; one per process.
+pub struct Sandbox {
+    pub(crate) engine: Engine,
+    pub(crate) linker: Linker<CallState>,
+    pub(crate) config: SandboxConfig,
+    pub(crate) http: HttpClient,
+    pub(crate) cache: crate::cache::CompileCache,
+}
+
+impl Sandbox {
+    pub fn new(config: SandboxConfig) -> anyhow::Result<Arc<Sandbox>> {
+        let mut pool = PoolingAllocationConfig::default();
+        let n = config.max_concurrent_instances;
+        pool.total_component_instances(n)
+            .total_core_instances(n * 8)
+            .total_memories(n * 2)
+            .total_tables(n * 4)
+            .max_memory_size(config.memory_limit)
+            .table_elements(config.table_limit);
+        let mut wasm = Config::new();
+        wasm.wasm_component_model(true)
+            .epoch_interruption(true)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let engine = Engine::new(&wasm).context("creating the wasmtime engine")?;
+        spawn_epoch_ticker(&engine, config.epoch_tick);
+
+        let mut linker = Linker::<CallState>::new(&engine);
+        // Rust guests import a few WASI interfaces even when unused; link them deny-all
+        // (no preopens, no env, no sockets): see CallState::new.
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).context("linking WASI")?;
+        bindings::Provider::add_to_linker::<CallState, HasSelf<CallState>>(&mut linker, |s| s)
+            .context("linking the mcm:driver capabilities")?;
+
+        let http = HttpClient::new(config.max_http_body_bytes)?;
+        let cache = crate::cache::CompileCache::new(config.cache_dir.clone());
+        Ok(Arc::new(Sandbox { engine, linker, config, http, cache }))
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    pub fn config(&self) -> &SandboxConfig {
+        &self.config
+    }
+
+    /// Compile (or load from the cache) a component.
+    pub(crate) fn compile(&self, bytes: &[u8]) -> anyhow::Result<(Component, crate::cache::CacheHit)> {
+        self.cache.load(&self.engine, bytes)
+    }
+
+    /// Run one guest export in a fresh store and instance with the call's deadline and limits,
+    /// and map whatever happens to a result or a machine code.
+    ///
+    /// `run` receives the store and the instance by value and calls the export; the store is
+    /// dropped with the call, so a trap or a cancelled future poisons nothing else.
+    pub(crate) async fn call<T, F, Fut>(
+        &self,
+        pre: &bindings::ProviderPre<CallState>,
+        ctx: CallContext,
+        deadline: Duration,
+        run: F,
+    ) -> Result<T, DriverError>
+    where
+        F: FnOnce(Store<CallState>, bindings::Provider) -> Fut,
+        Fut: Future<Output = wasmtime::Result<Result<T, bindings::types::DriverError>>>,
+    {
+        let started = Instant::now();
+        let stderr = MemoryOutputPipe::new(self.config.stderr_capture_bytes);
+        let memory_refused = Arc::new(AtomicBool::new(false));
+        let state = CallState::new(ctx, started + deadline, &self.config, stderr.clone(), memory_refused.clone());
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.limiter);
+        // The CPU deadline: ticks until the call's deadline, then trap (Trap::Interrupt).
+        let tick = self.config.epoch_tick.as_nanos().max(1);
+        store.set_epoch_deadline((deadline.as_nanos() / tick) as u64 + 1);
+        store.epoch_deadline_trap();
+
+        let work = async move {
+            let instance = pre.instantiate_async(&mut store).await.map_err(outcome::Failure::Instantiate)?;
+            run(store, instance).await.map_err(outcome::Failure::Trap)
+        };
+        // The wall-clock deadline over the whole call, host calls included.
+        let result = match tokio::time::timeout(deadline, work).await {
+            Ok(Ok(Ok(value))) => Ok(value),
+            Ok(Ok(Err(guest_error))) => Err(from_wit_error(guest_error)),
+            Ok(Err(failure)) => Err(outcome::classify(failure, &memory_refused, &stderr)),
+            Err(_elapsed) => Err(outcome::deadline_exceeded(deadline, &stderr)),
+        };
+        result
+    }
+}
+
+/// One thread advances the engine's epoch; it holds only a weak reference, so it ends when
+/// the engine is dropped.
+fn spawn_epoch_ticker(engine: &Engine, tick: Duration) {
+    let weak = engine.weak();
+    std::thread::Builder::new()
+        .name("mcm-wasm-epoch".into())
+        .spawn(move || {
+            while let Some(engine) = weak.upgrade() {
+                engine.increment_epoch();
+                drop(engine);
+                std::thread::sleep(tick);
+            }
+        })
+        .expect("spawning the epoch ticker thread");
+}

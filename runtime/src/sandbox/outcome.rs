@@ -1,0 +1,62 @@
+//! Outcome mapping: every way a call can fail becomes a machine code, classified by type
+//! (trap kind, limiter record, pool error), never by matching error strings.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use wasmtime::{PoolConcurrencyLimitError, Trap};
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+
+use crate::driver::{Code, DriverError};
+
+pub(crate) enum Failure {
+    Instantiate(wasmtime::Error),
+    Trap(wasmtime::Error),
+}
+
+pub(crate) fn classify(failure: Failure, memory_refused: &AtomicBool, stderr: &MemoryOutputPipe) -> DriverError {
+    let (err, instantiating) = match failure {
+        Failure::Instantiate(e) => (e, true),
+        Failure::Trap(e) => (e, false),
+    };
+    if err.downcast_ref::<PoolConcurrencyLimitError>().is_some() {
+        return DriverError::new(
+            Code::Unavailable,
+            format!("sandbox is at its concurrency limit, retry later: {err}"),
+        );
+    }
+    if memory_refused.load(Ordering::Relaxed) {
+        return DriverError::new(
+            Code::ResourceExhausted,
+            with_stderr("guest exceeded its memory or table limit".into(), stderr),
+        );
+    }
+    let what = if instantiating { "instantiation failed" } else { "guest trapped" };
+    match err.downcast_ref::<Trap>() {
+        Some(Trap::Interrupt) => DriverError::new(
+            Code::DeadlineExceeded,
+            with_stderr("guest ran past its deadline and was interrupted".into(), stderr),
+        ),
+        Some(Trap::StackOverflow) => DriverError::new(
+            Code::Internal,
+            with_stderr(format!("{what}: stack overflow (unbounded recursion?)"), stderr),
+        ),
+        Some(trap) => DriverError::new(Code::Internal, with_stderr(format!("{what}: {trap}"), stderr)),
+        None => DriverError::new(Code::Internal, with_stderr(format!("{what}: {err:#}"), stderr)),
+    }
+}
+
+pub(crate) fn deadline_exceeded(deadline: Duration, stderr: &MemoryOutputPipe) -> DriverError {
+    DriverError::new(
+        Code::DeadlineExceeded,
+        with_stderr(format!("call did not finish within its deadline of {deadline:?}"), stderr),
+    )
+}
+
+/// Append what the guest wrote to stderr (a Rust panic message lands there).
+fn with_stderr(message: String, stderr: &MemoryOutputPipe) -> String {
+    let bytes = stderr.contents();
+    let text = String::from_utf8_lossy(&bytes);
+    let text = text.trim();
+    if text.is_empty() { message } else { format!("{message}; guest stderr: {text}") }
+}

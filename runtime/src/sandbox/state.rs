@@ -1,0 +1,147 @@
+//! What a store holds during one call, and the host side of the guest's imports.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use wasmtime::ResourceLimiter;
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use super::SandboxConfig;
+use super::bindings::mcm::driver::{context, http, log, types};
+use crate::capability::egress::EgressPolicy;
+use crate::capability::http::HttpClient;
+
+/// The per-provider facts a call needs (cheap to clone: everything is shared).
+#[derive(Clone)]
+pub(crate) struct CallContext {
+    pub provider: Arc<str>,
+    pub operation: crate::driver::Operation,
+    pub egress: Arc<EgressPolicy>,
+    pub config_json: Arc<str>,
+    pub http: HttpClient,
+}
+
+pub(crate) struct CallState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    pub(crate) limiter: CallLimiter,
+    deadline: Instant,
+    ctx: CallContext,
+    log_budget: u32,
+}
+
+impl CallState {
+    pub(crate) fn new(
+        ctx: CallContext,
+        deadline: Instant,
+        config: &SandboxConfig,
+        stderr: MemoryOutputPipe,
+        memory_refused: Arc<AtomicBool>,
+    ) -> Self {
+        // Deny-all WASI: no preopened directories, no environment, no arguments, no sockets.
+        // Only stderr is kept, in memory, so a panic message can be reported.
+        let wasi = WasiCtx::builder().stderr(stderr).build();
+        CallState {
+            wasi,
+            table: ResourceTable::new(),
+            limiter: CallLimiter {
+                memory_limit: config.memory_limit,
+                table_limit: config.table_limit,
+                memory_refused,
+            },
+            deadline,
+            ctx,
+            log_budget: MAX_LOGS_PER_CALL,
+        }
+    }
+}
+
+impl WasiView for CallState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+/// Memory and table limits of one instance. A refusal is recorded so the outcome is reported
+/// as ResourceExhausted, whatever the guest does after `memory.grow` fails.
+pub(crate) struct CallLimiter {
+    memory_limit: usize,
+    table_limit: usize,
+    memory_refused: Arc<AtomicBool>,
+}
+
+impl ResourceLimiter for CallLimiter {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _max: Option<usize>) -> anyhow::Result<bool> {
+        if desired > self.memory_limit {
+            self.memory_refused.store(true, Ordering::Relaxed);
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(&mut self, _current: usize, desired: usize, _max: Option<usize>) -> anyhow::Result<bool> {
+        if desired > self.table_limit {
+            self.memory_refused.store(true, Ordering::Relaxed);
+            return Ok(false);
+        }
+        Ok(true)
+    }
+}
+
+const MAX_LOGS_PER_CALL: u32 = 1000;
+const MAX_LOG_BYTES: usize = 4096;
+
+impl types::Host for CallState {}
+
+impl http::Host for CallState {
+    async fn send(&mut self, req: http::Request) -> wasmtime::Result<Result<http::Response, http::Error>> {
+        let remaining = self.deadline.saturating_duration_since(Instant::now());
+        Ok(self.ctx.http.send(&self.ctx.provider, &self.ctx.egress, req, remaining).await)
+    }
+}
+
+impl log::Host for CallState {
+    fn log(&mut self, level: log::Level, message: String, fields: Vec<(String, String)>) -> wasmtime::Result<()> {
+        // A guest cannot flood the host's logs: bounded count and size per call.
+        if self.log_budget == 0 {
+            return Ok(());
+        }
+        self.log_budget -= 1;
+        let message = truncate(&message, MAX_LOG_BYTES);
+        let fields = truncate(&format!("{fields:?}"), MAX_LOG_BYTES);
+        let provider = &*self.ctx.provider;
+        let operation = self.ctx.operation.wit_name();
+        match level {
+            log::Level::Trace => tracing::trace!(target: "guest", provider, operation, fields, "{message}"),
+            log::Level::Debug => tracing::debug!(target: "guest", provider, operation, fields, "{message}"),
+            log::Level::Info => tracing::info!(target: "guest", provider, operation, fields, "{message}"),
+            log::Level::Warn => tracing::warn!(target: "guest", provider, operation, fields, "{message}"),
+            log::Level::Error => tracing::error!(target: "guest", provider, operation, fields, "{message}"),
+        }
+        Ok(())
+    }
+}
+
+impl context::Host for CallState {
+    fn remaining_millis(&mut self) -> wasmtime::Result<u64> {
+        Ok(self.deadline.saturating_duration_since(Instant::now()).as_millis() as u64)
+    }
+
+    fn provider_config(&mut self) -> wasmtime::Result<String> {
+        Ok(self.ctx.config_json.to_string())
+    }
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
