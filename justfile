@@ -9,10 +9,25 @@ import? 'kubernetes/kubernetes.just'
 default:
     @just --list
 
+# Where installed tools and build caches live (outside the checkout).
+cache := env_var_or_default("MCM_WASM_CACHE", env_var("HOME") + "/.cache/mcm-wasm")
+
 # Install what a fresh machine lacks: the wasm target, moto, and the control-plane binaries.
 setup:
     rustup target add wasm32-wasip2
+    just moto
     just guests
+
+# moto's EC2 server in its own venv ({{cache}}/moto-venv); tests find it there.
+moto:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    venv="{{cache}}/moto-venv"
+    if [ -x "$venv/bin/moto_server" ]; then echo "moto: already installed in $venv"; exit 0; fi
+    echo "moto: installing into $venv"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet 'moto[server]>=5.1,<6'
+    "$venv/bin/moto_server" --help >/dev/null && echo "moto: ok"
 
 # Build every guest component (wasm32-wasip2, release: small and fast).
 guests:
