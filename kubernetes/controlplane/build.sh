@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Builds etcd, kube-apiserver and kubectl (from this Go module) and Gardener's
-# machine-controller-manager (with `go install`) into a cache outside the checkout:
+# machine-controller-manager (from the module in gardener-mcm/) into a cache outside the checkout:
 #
 #   ${MCM_WASM_CACHE:-~/.cache/mcm-wasm}/controlplane/k8s-<v>-etcd-<v>/bin/{etcd,kube-apiserver,kubectl}
-#   ${MCM_WASM_CACHE:-~/.cache/mcm-wasm}/gardener-mcm/<v>/bin/machine-controller-manager
+#   ${MCM_WASM_CACHE:-~/.cache/mcm-wasm}/gardener-mcm/<v>/bin/machine-controller-manager (module gardener-mcm/)
 #   ${MCM_WASM_CACHE:-~/.cache/mcm-wasm}/gardener-mcm/<v>/crds/*.yaml   (Gardener's own CRDs)
 #
 # A build is skipped when its stamp matches the pinned inputs (go.mod, go.sum, cmd/, versions).
@@ -65,7 +65,7 @@ run_logged() {
 build_controlplane() {
     local dir="$cache_root/controlplane/k8s-$KUBERNETES_VERSION-etcd-$ETCD_VERSION"
     local stamp
-    stamp="$(cat "$here/go.mod" "$here/go.sum" "$here/versions.env" "$here"/cmd/*/main.go "$here/build.sh" | sha256sum | cut -d' ' -f1)"
+    stamp="$(cat "$here/go.mod" "$here/go.sum" "$here/versions.env" "$here"/cmd/*/main.go | sha256sum | cut -d' ' -f1)"
     if [[ -f "$dir/stamp" && "$(cat "$dir/stamp")" == "$stamp" \
           && -x "$dir/bin/etcd" && -x "$dir/bin/kube-apiserver" && -x "$dir/bin/kubectl" ]]; then
         echo "control plane: cached in $dir (kubernetes $KUBERNETES_VERSION, etcd $ETCD_VERSION)"
@@ -101,26 +101,42 @@ build_controlplane() {
 
 build_gardener_mcm() {
     local module=github.com/gardener/machine-controller-manager
+    local moddir="$here/gardener-mcm"
+    local in_gomod
+    in_gomod="$(awk -v m="$module" '$1 == m { print $2; exit }' "$moddir/go.mod")"
+    if [[ "$in_gomod" != "$GARDENER_MCM_VERSION" ]]; then
+        echo "error: versions.env (machine-controller-manager $GARDENER_MCM_VERSION) does not match" >&2
+        echo "       gardener-mcm/go.mod ($in_gomod)" >&2
+        exit 1
+    fi
     local dir="$cache_root/gardener-mcm/$GARDENER_MCM_VERSION"
-    if [[ -x "$dir/bin/machine-controller-manager" && -f "$dir/crds/machine.sapcloud.io_machines.yaml" ]]; then
+    local stamp
+    stamp="$(cat "$moddir/go.mod" "$moddir/go.sum" | sha256sum | cut -d' ' -f1)"
+    if [[ -f "$dir/stamp" && "$(cat "$dir/stamp")" == "$stamp" && -x "$dir/bin/machine-controller-manager" \
+          && -f "$dir/crds/machine.sapcloud.io_machines.yaml" ]]; then
         echo "gardener machine-controller-manager: cached in $dir ($GARDENER_MCM_VERSION)"
         return
     fi
     echo "gardener machine-controller-manager: building $GARDENER_MCM_VERSION into $dir"
     mkdir -p "$dir/bin" "$dir/crds" "$dir/logs"
+    rm -f "$dir/stamp"
     local t0=$SECONDS
-    # Its go.mod has no replace directives, so `go install pkg@version` works.
-    run_logged "$dir/logs/go-install.log" \
-        env GOBIN="$dir/bin" "${nice_cmd[@]}" go install -trimpath -v -ldflags "-s -w" \
-            "$module/cmd/machine-controller-manager@$GARDENER_MCM_VERSION"
+    # Built from a module of our own (gardener-mcm/go.mod): `go install <pkg>@<version>` would
+    # give the same dependency versions, but asks the proxy for the module's version list, which
+    # the proxy refuses for this module.
+    (cd "$moddir" && run_logged "$dir/logs/go-build.log" \
+        "${nice_cmd[@]}" go build -mod=readonly -trimpath -v -ldflags "-s -w" \
+            -o "$dir/bin/machine-controller-manager.tmp" "$module/cmd/machine-controller-manager")
+    mv "$dir/bin/machine-controller-manager.tmp" "$dir/bin/machine-controller-manager"
     local src
-    src="$(cd "$here" && go mod download -json "$module@$GARDENER_MCM_VERSION" | sed -n 's/^\s*"Dir": "\(.*\)",$/\1/p')"
+    src="$(cd "$moddir" && go mod download -json "$module" | sed -n 's/^\s*"Dir": "\(.*\)",$/\1/p')"
     if [[ -z "$src" || ! -d "$src/kubernetes/crds" ]]; then
         echo "error: could not find Gardener's CRDs in the module ($src)" >&2
         exit 1
     fi
     cp "$src"/kubernetes/crds/machine.sapcloud.io_*.yaml "$dir/crds/"
     chmod u+w "$dir"/crds/*.yaml
+    echo "$stamp" > "$dir/stamp"
     echo "gardener machine-controller-manager: built in $((SECONDS - t0)) s"
 }
 

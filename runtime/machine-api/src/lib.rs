@@ -61,11 +61,13 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
 }
 
 /// Completes a derived CRD the way controller-gen writes Gardener's: the root schema describes
-/// `apiVersion`, `kind` and `metadata` too, and carries no `title`.
+/// `apiVersion`, `kind` and `metadata` too, carries no `title`, and the names include `listKind`.
 ///
 /// One deliberate difference stays: our root schema requires `spec` (Gardener's does not), because
 /// an object without a spec cannot be read into the Rust types and means nothing to a controller.
 fn finish_crd(mut crd: CustomResourceDefinition) -> CustomResourceDefinition {
+    let names = &mut crd.spec.names;
+    names.list_kind.get_or_insert_with(|| format!("{}List", names.kind));
     for version in &mut crd.spec.versions {
         let Some(root) = version.schema.as_mut().and_then(|s| s.open_api_v3_schema.as_mut()) else {
             continue;

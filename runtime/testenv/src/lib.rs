@@ -159,6 +159,8 @@ impl ControlPlane {
             .arg(format!("--secure-port={apiserver_port}"))
             .arg("--bind-address=127.0.0.1")
             .arg("--advertise-address=127.0.0.1")
+            // The `kubernetes` Service's endpoints may not be a loopback address; nothing needs them.
+            .arg("--endpoint-reconciler-type=none")
             .arg("--service-cluster-ip-range=10.0.0.0/24")
             .arg("--allow-privileged=true")
             .arg("--disable-admission-plugins=ServiceAccount")
@@ -446,10 +448,25 @@ fn wait_until(
     })
 }
 
+/// The last `lines` lines of a log, preceded by its last error lines (klog `E`/`F`) if those
+/// are further up.
 fn tail(path: &Path, lines: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
+    let start = all.len().saturating_sub(lines);
+    let errors: Vec<&str> = all[..start]
+        .iter()
+        .filter(|l| l.starts_with('E') || l.starts_with('F'))
+        .copied()
+        .collect();
+    let mut out = String::new();
+    if !errors.is_empty() {
+        out.push_str("[errors further up]\n");
+        out.push_str(&errors[errors.len().saturating_sub(10)..].join("\n"));
+        out.push_str("\n[last lines]\n");
+    }
+    out.push_str(&all[start..].join("\n"));
+    out
 }
 
 fn write_kubeconfig(path: &Path, server: &str, certs: &certs::Files) -> Result<()> {
