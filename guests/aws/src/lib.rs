@@ -1,0 +1,95 @@
+//! AWS EC2 machine driver for mcm-wasm, at machine-controller-manager-provider-aws parity.
+//!
+//! It speaks the EC2 Query API (SigV4-signed, XML answers) through the host `http` capability
+//! only. The endpoint is `https://ec2.<region>.amazonaws.com` unless the operator's provider
+//! config says `{"endpoint": "http://127.0.0.1:5000"}` (moto, local testing).
+//!
+//! Modules: `spec` (providerSpec + secret validation), `query` (EC2 requests), `sign` (SigV4),
+//! `xml` (answers), `errors` (EC2 error -> machine code), `ec2` (client), `driver` (operations).
+
+#![cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
+
+pub mod driver;
+pub mod ec2;
+pub mod errors;
+pub mod query;
+pub mod regions;
+pub mod sign;
+pub mod spec;
+pub mod xml;
+
+use std::cell::Cell;
+
+use mcm_wasm_sdk::http::{Error as HttpError, Request, Response};
+use mcm_wasm_sdk::*;
+
+/// The host `http` capability, counting requests for the operation's log line.
+struct Host {
+    requests: Cell<u32>,
+}
+
+impl ec2::Transport for Host {
+    fn send(&self, req: &Request) -> Result<Response, HttpError> {
+        self.requests.set(self.requests.get() + 1);
+        http::send(req)
+    }
+}
+
+fn run<R>(operation: &str, machine: &str, f: impl FnOnce(&Host, &driver::Config) -> Result<R, DriverError>) -> Result<R, DriverError> {
+    let config: driver::Config = provider_config()?;
+    let host = Host { requests: Cell::new(0) };
+    let result = f(&host, &config);
+    let requests = host.requests.get().to_string();
+    match &result {
+        Ok(_) => log::debug("operation done", &[("operation", operation), ("machine", machine), ("ec2_requests", &requests)]),
+        Err(e) => log::info(
+            "operation failed",
+            &[("operation", operation), ("machine", machine), ("ec2_requests", &requests), ("error", &e.message)],
+        ),
+    }
+    result
+}
+
+struct Aws;
+
+impl Driver for Aws {
+    fn create_machine(req: MachineRequest) -> Result<CreateMachineResponse, DriverError> {
+        run("create-machine", &req.machine.name, |h, c| driver::create(h, c, &req))
+    }
+
+    fn initialize_machine(req: MachineRequest) -> Result<InitializeMachineResponse, DriverError> {
+        run("initialize-machine", &req.machine.name, |h, c| driver::initialize(h, c, &req))
+    }
+
+    fn delete_machine(req: MachineRequest) -> Result<DeleteMachineResponse, DriverError> {
+        run("delete-machine", &req.machine.name, |h, c| driver::delete(h, c, &req))
+    }
+
+    fn get_machine_status(req: MachineRequest) -> Result<GetMachineStatusResponse, DriverError> {
+        run("get-machine-status", &req.machine.name, |h, c| driver::status(h, c, &req))
+    }
+
+    fn list_machines(req: ListMachinesRequest) -> Result<ListMachinesResponse, DriverError> {
+        run("list-machines", "", |h, c| driver::list(h, c, &req))
+    }
+
+    fn get_volume_ids(req: GetVolumeIdsRequest) -> Result<GetVolumeIdsResponse, DriverError> {
+        driver::volume_ids(&req)
+    }
+
+    fn validate_machine_class(req: ValidateRequest) -> Result<(), DriverError> {
+        let _: driver::Config = provider_config()?;
+        spec::validate_class(&req.machine_class.provider_spec, &req.secret).map_err(driver::invalid)?;
+        Ok(())
+    }
+
+    fn metrics_labels(req: MetricsLabelsRequest) -> Result<Vec<(String, String)>, DriverError> {
+        let spec = spec::decode(&req.machine_class.provider_spec).map_err(driver::invalid)?;
+        Ok(vec![("size".into(), spec.machine_type), ("region".into(), spec.region)])
+    }
+}
+
+// Exported only in the component: a native cdylib cannot carry the component export names
+// (the native build exists for the unit tests).
+#[cfg(target_arch = "wasm32")]
+export_provider!(Aws, name: "aws", version: env!("CARGO_PKG_VERSION"));
