@@ -60,7 +60,7 @@ impl CompileCache {
             }
         }
         let started = Instant::now();
-        let compiled = engine.precompile_component(bytes).map_err(anyhow::Error::from)?;
+        let compiled = engine.precompile_component(bytes).map_err(anyhow::Error::msg)?;
         tracing::debug!(elapsed = ?started.elapsed(), "compiled component");
         if let Some(path) = &entry {
             if let Err(e) = store(path, &compiled) {
@@ -68,7 +68,7 @@ impl CompileCache {
             }
         }
         // SAFETY: the bytes come from `precompile_component` of this engine just now.
-        let component = unsafe { Component::deserialize(engine, &compiled) }.map_err(anyhow::Error::from)?;
+        let component = unsafe { Component::deserialize(engine, &compiled) }.map_err(anyhow::Error::msg)?;
         Ok((component, CacheHit::Compiled))
     }
 }

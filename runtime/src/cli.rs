@@ -53,6 +53,8 @@ pub enum Command {
         #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
         deadline: Duration,
     },
+    /// Run the MCM machine lifecycle against the provider's real backend; print a pass/fail table.
+    Conformance(crate::conformance::ConformanceArgs),
 }
 
 /// Exit codes: 0 success, 1 the driver answered with an error, 2 bad input.
@@ -62,6 +64,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Call { file, operation, request, secrets, allow_hosts, config, deadline } => {
             call(file, operation, request, secrets, allow_hosts, config, deadline).await
         }
+        Command::Conformance(args) => crate::conformance::main(args).await,
     }
 }
 

@@ -8,6 +8,7 @@ pub mod artifact;
 pub mod cache;
 pub mod capability;
 pub mod cli;
+pub mod conformance;
 pub mod driver;
 pub mod provider;
 pub mod registry;

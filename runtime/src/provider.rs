@@ -344,7 +344,7 @@ fn exported_operations(engine: &wasmtime::Engine, component: &wasmtime::componen
     let ty = component.component_type();
     ty.exports(engine)
         .filter(|(name, _)| name.starts_with(artifact::DRIVER_INTERFACE))
-        .flat_map(|(_, item)| match item {
+        .flat_map(|(_, item)| match item.ty {
             ComponentItem::ComponentInstance(instance) => {
                 instance.exports(engine).map(|(name, _)| name.to_string()).collect::<Vec<_>>()
             }

@@ -27,17 +27,18 @@ pub enum RegistryEvent {
     Unloaded { name: String, path: PathBuf },
 }
 
-/// Which file holds which provider, and its digest (to skip unchanged files).
+/// What the registry last saw in a file: its digest (to skip unchanged files, good or bad) and
+/// the provider it holds, if it ever loaded.
 #[derive(Clone)]
-struct Loaded {
-    name: String,
+struct FileState {
     digest: String,
+    provider: Option<String>,
 }
 
 pub struct Registry {
     sandbox: Arc<Sandbox>,
     providers: RwLock<HashMap<String, Arc<Provider>>>,
-    files: Mutex<HashMap<PathBuf, Loaded>>,
+    files: Mutex<HashMap<PathBuf, FileState>>,
     settings: RwLock<HashMap<String, ProviderSettings>>,
     counters: Mutex<HashMap<String, Arc<OperationCounters>>>,
     events: broadcast::Sender<RegistryEvent>,
@@ -99,24 +100,29 @@ impl Registry {
 
     /// Load (or reload) one file; on success the provider is swapped in atomically.
     pub async fn load_file(&self, path: &Path) -> Result<Arc<Provider>, LoadError> {
-        let result = self.try_load_file(path).await;
+        let bytes = tokio::fs::read(path)
+            .await
+            .map_err(|source| LoadError::Io { path: path.display().to_string(), source })?;
+        let result = self.load_bytes(path, &bytes).await;
         if let Err(e) = &result {
-            tracing::warn!(path = %path.display(), "provider rejected: {e}");
+            tracing::warn!(path = %path.display(), "provider rejected, the previous version (if any) keeps serving: {e}");
+            // Remember the rejected content so an unchanged bad file is not retried.
+            let mut files = self.files.lock().expect("files lock");
+            let provider = files.get(path).and_then(|f| f.provider.clone());
+            files.insert(path.to_path_buf(), FileState { digest: crate::artifact::digest(&bytes), provider });
+            drop(files);
             let _ = self.events.send(RegistryEvent::Rejected { path: path.to_path_buf(), error: e.to_string() });
         }
         result
     }
 
-    async fn try_load_file(&self, path: &Path) -> Result<Arc<Provider>, LoadError> {
-        let bytes = tokio::fs::read(path)
-            .await
-            .map_err(|source| LoadError::Io { path: path.display().to_string(), source })?;
+    async fn load_bytes(&self, path: &Path, bytes: &[u8]) -> Result<Arc<Provider>, LoadError> {
         let info = crate::artifact::inspect(path, &bytes)?;
         let name = info.metadata.name.clone();
         let provider = Provider::from_bytes(
             &self.sandbox,
             path,
-            &bytes,
+            bytes,
             self.settings_for(&name),
             self.counters_for(&name),
         )
@@ -131,7 +137,7 @@ impl Registry {
         };
         self.files.lock().expect("files lock").insert(
             path.to_path_buf(),
-            Loaded { name: name.clone(), digest: provider.info().digest.clone() },
+            FileState { digest: provider.info().digest.clone(), provider: Some(name.clone()) },
         );
         tracing::info!(
             provider = %name, version = provider.version(), digest = %provider.info().digest,
@@ -180,7 +186,7 @@ impl Registry {
                 errors.push(e);
             }
         }
-        let gone: Vec<(PathBuf, Loaded)> = self
+        let gone: Vec<(PathBuf, FileState)> = self
             .files
             .lock()
             .expect("files lock")
@@ -188,14 +194,15 @@ impl Registry {
             .filter(|(p, _)| p.starts_with(dir) && !present.contains(p))
             .map(|(p, l)| (p.clone(), l.clone()))
             .collect();
-        for (path, loaded) in gone {
+        for (path, state) in gone {
             self.files.lock().expect("files lock").remove(&path);
+            let Some(name) = state.provider else { continue };
             let mut providers = self.providers.write().expect("registry lock");
-            if providers.get(&loaded.name).is_some_and(|p| p.path() == path) {
-                providers.remove(&loaded.name);
+            if providers.get(&name).is_some_and(|p| p.path() == path) {
+                providers.remove(&name);
                 drop(providers);
-                tracing::info!(provider = %loaded.name, path = %path.display(), "provider unloaded: file removed");
-                let _ = self.events.send(RegistryEvent::Unloaded { name: loaded.name, path });
+                tracing::info!(provider = %name, path = %path.display(), "provider unloaded: file removed");
+                let _ = self.events.send(RegistryEvent::Unloaded { name, path });
             }
         }
         errors

@@ -153,14 +153,15 @@ impl Sandbox {
         wasm.wasm_component_model(true)
             .epoch_interruption(true)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
-        let engine = Engine::new(&wasm).context("creating the wasmtime engine")?;
+        let engine = Engine::new(&wasm).map_err(anyhow::Error::msg).context("creating the wasmtime engine")?;
         spawn_epoch_ticker(&engine, config.epoch_tick);
 
         let mut linker = Linker::<CallState>::new(&engine);
         // Rust guests import a few WASI interfaces even when unused; link them deny-all
         // (no preopens, no env, no sockets): see CallState::new.
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker).context("linking WASI")?;
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(anyhow::Error::msg).context("linking WASI")?;
         bindings::Provider::add_to_linker::<CallState, HasSelf<CallState>>(&mut linker, |s| s)
+            .map_err(anyhow::Error::msg)
             .context("linking the mcm:driver capabilities")?;
 
         let http = HttpClient::new(config.max_http_body_bytes)?;

@@ -74,7 +74,7 @@ pub(crate) struct CallLimiter {
 }
 
 impl ResourceLimiter for CallLimiter {
-    fn memory_growing(&mut self, _current: usize, desired: usize, _max: Option<usize>) -> anyhow::Result<bool> {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
         if desired > self.memory_limit {
             self.memory_refused.store(true, Ordering::Relaxed);
             return Ok(false);
@@ -82,7 +82,7 @@ impl ResourceLimiter for CallLimiter {
         Ok(true)
     }
 
-    fn table_growing(&mut self, _current: usize, desired: usize, _max: Option<usize>) -> anyhow::Result<bool> {
+    fn table_growing(&mut self, _current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
         if desired > self.table_limit {
             self.memory_refused.store(true, Ordering::Relaxed);
             return Ok(false);
@@ -111,7 +111,8 @@ impl log::Host for CallState {
         }
         self.log_budget -= 1;
         let message = truncate(&message, MAX_LOG_BYTES);
-        let fields = truncate(&format!("{fields:?}"), MAX_LOG_BYTES);
+        let fields = format!("{fields:?}");
+        let fields = truncate(&fields, MAX_LOG_BYTES);
         let provider = &*self.ctx.provider;
         let operation = self.ctx.operation.wit_name();
         match level {
