@@ -230,6 +230,11 @@ impl ControlPlane {
         &self.dir_path
     }
 
+    /// Process ids of etcd and kube-apiserver.
+    pub fn pids(&self) -> [u32; 2] {
+        [self.etcd.id(), self.apiserver.id()]
+    }
+
     /// The binaries this control plane runs (and kubectl).
     pub fn binaries(&self) -> &Binaries {
         &self.binaries
@@ -331,6 +336,11 @@ impl GardenerMcmProcess {
     /// The last `lines` lines of its log.
     pub fn log_tail(&self, lines: usize) -> String {
         tail(&self.log, lines)
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Whether it is still running.

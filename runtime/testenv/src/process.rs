@@ -130,6 +130,11 @@ impl ChildGuard {
         self.child.lock().ok()?.try_wait().ok().flatten()
     }
 
+    /// The process id.
+    pub(crate) fn id(&self) -> u32 {
+        self.child.lock().map(|c| c.id()).unwrap_or(0)
+    }
+
     /// Whether the process still runs.
     pub(crate) fn is_running(&mut self) -> bool {
         self.exit_status().is_none()
