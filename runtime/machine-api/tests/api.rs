@@ -243,7 +243,7 @@ async fn kubectl_lists_objects_with_gardeners_printer_columns() {
 }
 
 /// Sends `object` (which the Rust types cannot even express) and returns the API server's refusal.
-async fn refused<K: Resource<DynamicType = ()>>(client: &kube::Client, ns: &str, object: Value) -> kube::core::ErrorResponse {
+async fn refused<K: Resource<DynamicType = ()>>(client: &kube::Client, ns: &str, object: Value) -> kube::core::Status {
     let api = Api::<DynamicObject>::namespaced_with(client.clone(), ns, &ApiResource::erase::<K>(&()));
     let object: DynamicObject = serde_json::from_value(object).unwrap();
     match api.create(&PostParams::default(), &object).await {
