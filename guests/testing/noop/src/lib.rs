@@ -1,4 +1,4 @@
-//! Does nothing, as fast as possible: the baseline for sandbox overhead benchmarks.
+// Does nothing, as fast as possible: the baseline for sandbox overhead benchmarks.
 use mcm_wasm_sdk::*;
 
 struct Noop;

@@ -20,7 +20,6 @@ impl Driver for Snoop {
             "root_dir": attempt(std::fs::read_dir("/").map(|d| d.count())),
             "cwd_dir": attempt(std::fs::read_dir(".").map(|d| d.count())),
             "write": attempt(std::fs::write("/tmp/mcm-wasm-snoop", b"x")),
-            "cwd": attempt(std::env::current_dir()),
         });
         Ok(CreateMachineResponse {
             provider_id: "snoop:///1".into(),
