@@ -6,6 +6,10 @@
 //! CustomResourceDefinitions (schemas, printer columns, short names, status and scale
 //! subresources) that `kubernetes/crds/` holds.
 
+// kube's `printcolumn(...)` repeats keys such as `type_` per column, which clippy mistakes for
+// duplicated attributes.
+#![allow(clippy::duplicated_attributes)]
+
 mod machine;
 mod machine_class;
 mod machine_deployment;
@@ -67,9 +71,15 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
 /// an object without a spec cannot be read into the Rust types and means nothing to a controller.
 fn finish_crd(mut crd: CustomResourceDefinition) -> CustomResourceDefinition {
     let names = &mut crd.spec.names;
-    names.list_kind.get_or_insert_with(|| format!("{}List", names.kind));
+    names
+        .list_kind
+        .get_or_insert_with(|| format!("{}List", names.kind));
     for version in &mut crd.spec.versions {
-        let Some(root) = version.schema.as_mut().and_then(|s| s.open_api_v3_schema.as_mut()) else {
+        let Some(root) = version
+            .schema
+            .as_mut()
+            .and_then(|s| s.open_api_v3_schema.as_mut())
+        else {
             continue;
         };
         root.title = None;
@@ -97,10 +107,12 @@ fn finish_crd(mut crd: CustomResourceDefinition) -> CustomResourceDefinition {
             type_: Some("string".into()),
             ..Default::default()
         });
-        properties.entry("metadata".into()).or_insert_with(|| JSONSchemaProps {
-            type_: Some("object".into()),
-            ..Default::default()
-        });
+        properties
+            .entry("metadata".into())
+            .or_insert_with(|| JSONSchemaProps {
+                type_: Some("object".into()),
+                ..Default::default()
+            });
     }
     crd
 }

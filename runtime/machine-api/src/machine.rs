@@ -7,7 +7,9 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::schema::is_default;
-use crate::shared::{ClassSpec, LastOperation, MachineConfiguration, MachinePhase, NodeTemplateSpec};
+use crate::shared::{
+    ClassSpec, LastOperation, MachineConfiguration, MachinePhase, NodeTemplateSpec,
+};
 
 /// The label on a Machine that names its node.
 pub const NODE_LABEL_KEY: &str = "node";
@@ -56,7 +58,11 @@ pub struct MachineSpec {
     #[serde(default, skip_serializing_if = "is_default")]
     pub class: ClassSpec,
     /// ProviderID represents the provider's unique ID given to a machine
-    #[serde(rename = "providerID", default, skip_serializing_if = "String::is_empty")]
+    #[serde(
+        rename = "providerID",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
     pub provider_id: String,
     /// NodeTemplateSpec describes the data a node should have when created from a template
     #[serde(rename = "nodeTemplate", default, skip_serializing_if = "is_default")]
@@ -115,6 +121,10 @@ impl Machine {
 
     /// The name of the node backing the machine (the `node` label).
     pub fn node_name(&self) -> Option<&str> {
-        self.metadata.labels.as_ref()?.get(NODE_LABEL_KEY).map(String::as_str)
+        self.metadata
+            .labels
+            .as_ref()?
+            .get(NODE_LABEL_KEY)
+            .map(String::as_str)
     }
 }

@@ -26,7 +26,10 @@ pub const DEFAULT_MACHINE_DEPLOYMENT_UNIQUE_LABEL_KEY: &str = "machine-template-
     derive = "Default",
     derive = "PartialEq",
     doc = "MachineDeployment enables declarative updates for machines and MachineSets.",
-    scale(spec_replicas_path = ".spec.replicas", status_replicas_path = ".status.replicas"),
+    scale(
+        spec_replicas_path = ".spec.replicas",
+        status_replicas_path = ".status.replicas"
+    ),
     printcolumn(
         name = "Ready",
         type_ = "integer",

@@ -6,7 +6,9 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::schema::{is_default, string_enum};
-use crate::shared::{ClassSpec, ConditionStatus, LastOperation, MachineSummary, MachineTemplateSpec};
+use crate::shared::{
+    ClassSpec, ConditionStatus, LastOperation, MachineSummary, MachineTemplateSpec,
+};
 
 /// Specification of a MachineSet.
 #[derive(CustomResource, Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -20,7 +22,10 @@ use crate::shared::{ClassSpec, ConditionStatus, LastOperation, MachineSummary, M
     derive = "Default",
     derive = "PartialEq",
     doc = "MachineSet keeps a number of identical Machines.",
-    scale(spec_replicas_path = ".spec.replicas", status_replicas_path = ".status.replicas"),
+    scale(
+        spec_replicas_path = ".spec.replicas",
+        status_replicas_path = ".status.replicas"
+    ),
     printcolumn(
         name = "Desired",
         type_ = "integer",
@@ -122,7 +127,11 @@ pub struct MachineSetStatus {
     pub observed_generation: i64,
     /// Represents the latest available observations of a machine set's current state.
     /// (Gardener names this field `machineSetCondition`.)
-    #[serde(rename = "machineSetCondition", default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        rename = "machineSetCondition",
+        default,
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub conditions: Vec<MachineSetCondition>,
     /// LastOperation performed
     #[serde(default, skip_serializing_if = "is_default")]

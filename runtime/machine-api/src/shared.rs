@@ -100,7 +100,11 @@ pub struct MachineSummary {
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub name: String,
     /// ProviderID represents the provider's unique ID given to a machine
-    #[serde(rename = "providerID", default, skip_serializing_if = "String::is_empty")]
+    #[serde(
+        rename = "providerID",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
     pub provider_id: String,
     /// Last operation refers to the status of the last operation performed
     #[serde(default, skip_serializing_if = "is_default")]

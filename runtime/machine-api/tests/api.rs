@@ -47,13 +47,27 @@ where
     let api = Api::<K>::namespaced(client.clone(), ns);
     let created = api.create(&PostParams::default(), &typed).await.unwrap();
 
-    let dynamic = Api::<DynamicObject>::namespaced_with(client.clone(), ns, &ApiResource::erase::<K>(&()));
-    let stored = dynamic.get(&created.meta().name.clone().unwrap()).await.unwrap();
+    let dynamic =
+        Api::<DynamicObject>::namespaced_with(client.clone(), ns, &ApiResource::erase::<K>(&()));
+    let stored = dynamic
+        .get(&created.meta().name.clone().unwrap())
+        .await
+        .unwrap();
     let stored = serde_json::to_value(&stored).unwrap();
-    assert_eq!(content(&stored), content(&raw), "{file}: the server did not keep every field");
-    assert_eq!(stored["metadata"]["labels"], raw["metadata"]["labels"], "{file}: labels");
+    assert_eq!(
+        content(&stored),
+        content(&raw),
+        "{file}: the server did not keep every field"
+    );
+    assert_eq!(
+        stored["metadata"]["labels"], raw["metadata"]["labels"],
+        "{file}: labels"
+    );
 
-    let read = api.get(&created.meta().name.clone().unwrap()).await.unwrap();
+    let read = api
+        .get(&created.meta().name.clone().unwrap())
+        .await
+        .unwrap();
     assert_eq!(
         serde_json::to_value(&read).map(|v| content(&v)).unwrap(),
         content(&raw),
@@ -81,20 +95,30 @@ async fn examples_are_stored_and_read_back_with_all_fields() {
     let class: MachineClass = create_example(&client, &ns, "machine-class.yaml").await;
     assert_eq!(class.spec.provider, "aws");
     assert_eq!(class.spec.provider_spec["region"], "eu-west-1");
-    assert_eq!(class.spec.provider_spec["tags"]["kubernetes.io/role/node"], "1");
+    assert_eq!(
+        class.spec.provider_spec["tags"]["kubernetes.io/role/node"],
+        "1"
+    );
     let template = class.spec.node_template.as_ref().unwrap();
     assert_eq!(template.capacity["memory"].0, "2Gi");
-    assert_eq!(class.spec.secret_ref.as_ref().unwrap().name.as_deref(), Some("aws-credentials"));
+    assert_eq!(
+        class.spec.secret_ref.as_ref().unwrap().name.as_deref(),
+        Some("aws-credentials")
+    );
 
     let machine: Machine = create_example(&client, &ns, "machine.yaml").await;
     assert_eq!(machine.spec.class.name, "aws-small");
-    assert_eq!(machine.spec.configuration.creation_timeout.as_deref(), Some("20m"));
+    assert_eq!(
+        machine.spec.configuration.creation_timeout.as_deref(),
+        Some("20m")
+    );
     assert_eq!(machine.spec.configuration.max_evict_retries, Some(360));
     let taints = machine.spec.node_template.spec.taints.as_ref().unwrap();
     assert_eq!(taints[0].effect, "NoSchedule");
     assert!(machine.status.is_none());
 
-    let deployment: MachineDeployment = create_example(&client, &ns, "machine-deployment.yaml").await;
+    let deployment: MachineDeployment =
+        create_example(&client, &ns, "machine-deployment.yaml").await;
     assert_eq!(deployment.spec.replicas, 2);
     assert_eq!(
         deployment.spec.template.metadata.labels.as_ref().unwrap()["pool"],
@@ -146,10 +170,24 @@ async fn examples_are_stored_and_read_back_with_all_fields() {
     );
 
     // The scale subresource of MachineDeployments and MachineSets.
-    cp.kubectl_run(["-n", &ns, "scale", "machinedeployment/aws-small-pool", "--replicas=3"])
-        .unwrap();
+    cp.kubectl_run([
+        "-n",
+        &ns,
+        "scale",
+        "machinedeployment/aws-small-pool",
+        "--replicas=3",
+    ])
+    .unwrap();
     let deployments = Api::<MachineDeployment>::namespaced(client.clone(), &ns);
-    assert_eq!(deployments.get("aws-small-pool").await.unwrap().spec.replicas, 3);
+    assert_eq!(
+        deployments
+            .get("aws-small-pool")
+            .await
+            .unwrap()
+            .spec
+            .replicas,
+        3
+    );
 }
 
 #[tokio::test]
@@ -180,7 +218,8 @@ async fn kubectl_lists_objects_with_gardeners_printer_columns() {
         )
         .await
         .unwrap();
-    let deployment: MachineDeployment = create_example(&client, &ns, "machine-deployment.yaml").await;
+    let deployment: MachineDeployment =
+        create_example(&client, &ns, "machine-deployment.yaml").await;
     Api::<MachineDeployment>::namespaced(client.clone(), &ns)
         .patch_status(
             &deployment.name_any(),
@@ -222,13 +261,19 @@ async fn kubectl_lists_objects_with_gardeners_printer_columns() {
     assert_eq!(rows[1][0], "aws-small-single");
     assert_eq!(rows[1][1], "Running");
     assert_eq!(rows[1][3], "ip-10-0-0-7.eu-west-1.compute.internal");
-    let rows = table(&cp.kubectl_run(["-n", &ns, "get", "machines", "-o", "wide"]).unwrap());
+    let rows = table(
+        &cp.kubectl_run(["-n", &ns, "get", "machines", "-o", "wide"])
+            .unwrap(),
+    );
     assert_eq!(rows[0], ["NAME", "STATUS", "AGE", "NODE", "PROVIDERID"]);
     assert_eq!(rows[1][4], "aws:///eu-west-1/i-0123456789abcdef0");
 
     // MachineDeployments: NAME READY DESIRED UP-TO-DATE AVAILABLE AGE.
     let rows = table(&cp.kubectl_run(["-n", &ns, "get", "mcd"]).unwrap());
-    assert_eq!(rows[0], ["NAME", "READY", "DESIRED", "UP-TO-DATE", "AVAILABLE", "AGE"]);
+    assert_eq!(
+        rows[0],
+        ["NAME", "READY", "DESIRED", "UP-TO-DATE", "AVAILABLE", "AGE"]
+    );
     assert_eq!(rows[1][..5], ["aws-small-pool", "1", "2", "2", "1"]);
 
     // MachineSets: NAME DESIRED CURRENT READY AGE.
@@ -243,8 +288,13 @@ async fn kubectl_lists_objects_with_gardeners_printer_columns() {
 }
 
 /// Sends `object` (which the Rust types cannot even express) and returns the API server's refusal.
-async fn refused<K: Resource<DynamicType = ()>>(client: &kube::Client, ns: &str, object: Value) -> kube::core::Status {
-    let api = Api::<DynamicObject>::namespaced_with(client.clone(), ns, &ApiResource::erase::<K>(&()));
+async fn refused<K: Resource<DynamicType = ()>>(
+    client: &kube::Client,
+    ns: &str,
+    object: Value,
+) -> kube::core::Status {
+    let api =
+        Api::<DynamicObject>::namespaced_with(client.clone(), ns, &ApiResource::erase::<K>(&()));
     let object: DynamicObject = serde_json::from_value(object).unwrap();
     match api.create(&PostParams::default(), &object).await {
         Ok(created) => panic!("the API server accepted an invalid object: {created:?}"),
@@ -264,14 +314,25 @@ async fn bad_objects_are_refused_with_the_schemas_message() {
     class.as_object_mut().unwrap().remove("providerSpec");
     let err = refused::<MachineClass>(&client, &ns, class).await;
     assert_eq!(err.code, 422, "{err:?}");
-    assert!(err.message.contains("providerSpec: Required value"), "{}", err.message);
+    assert!(
+        err.message.contains("providerSpec: Required value"),
+        "{}",
+        err.message
+    );
 
     // A nodeTemplate without its zone.
     let mut class = example_json("machine-class.yaml", &ns);
-    class["nodeTemplate"].as_object_mut().unwrap().remove("zone");
+    class["nodeTemplate"]
+        .as_object_mut()
+        .unwrap()
+        .remove("zone");
     let err = refused::<MachineClass>(&client, &ns, class).await;
     assert_eq!(err.code, 422, "{err:?}");
-    assert!(err.message.contains("nodeTemplate.zone: Required value"), "{}", err.message);
+    assert!(
+        err.message.contains("nodeTemplate.zone: Required value"),
+        "{}",
+        err.message
+    );
 
     // A Machine with a string where an integer belongs.
     let mut machine = example_json("machine.yaml", &ns);
@@ -289,13 +350,25 @@ async fn bad_objects_are_refused_with_the_schemas_message() {
     deployment["spec"]["replicas"] = json!("three");
     let err = refused::<MachineDeployment>(&client, &ns, deployment).await;
     assert_eq!(err.code, 422, "{err:?}");
-    assert!(err.message.contains("spec.replicas in body must be of type integer"), "{}", err.message);
+    assert!(
+        err.message
+            .contains("spec.replicas in body must be of type integer"),
+        "{}",
+        err.message
+    );
 
     let mut deployment = example_json("machine-deployment.yaml", &ns);
-    deployment["spec"].as_object_mut().unwrap().remove("template");
+    deployment["spec"]
+        .as_object_mut()
+        .unwrap()
+        .remove("template");
     let err = refused::<MachineDeployment>(&client, &ns, deployment).await;
     assert_eq!(err.code, 422, "{err:?}");
-    assert!(err.message.contains("spec.template: Required value"), "{}", err.message);
+    assert!(
+        err.message.contains("spec.template: Required value"),
+        "{}",
+        err.message
+    );
 
     // A MachineSet whose selector is not an object.
     let err = refused::<MachineSet>(
@@ -310,9 +383,17 @@ async fn bad_objects_are_refused_with_the_schemas_message() {
     )
     .await;
     assert_eq!(err.code, 422, "{err:?}");
-    assert!(err.message.contains("spec.selector in body must be of type object"), "{}", err.message);
+    assert!(
+        err.message
+            .contains("spec.selector in body must be of type object"),
+        "{}",
+        err.message
+    );
 
     // Nothing of it was stored.
-    let machines = Api::<Machine>::namespaced(client.clone(), &ns).list(&Default::default()).await.unwrap();
+    let machines = Api::<Machine>::namespaced(client.clone(), &ns)
+        .list(&Default::default())
+        .await
+        .unwrap();
     assert!(machines.items.is_empty());
 }

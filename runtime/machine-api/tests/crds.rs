@@ -20,10 +20,16 @@ fn crds_are_up_to_date() {
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
     names.sort();
-    let mut expected: Vec<_> = machine_api::crds().iter().map(machine_api::crd_file_name).collect();
+    let mut expected: Vec<_> = machine_api::crds()
+        .iter()
+        .map(machine_api::crd_file_name)
+        .collect();
     expected.sort();
     if names != expected {
-        stale.push(format!("{} holds {names:?}, expected {expected:?}", dir.display()));
+        stale.push(format!(
+            "{} holds {names:?}, expected {expected:?}",
+            dir.display()
+        ));
     }
     assert!(stale.is_empty(), "run `just crds`:\n{}", stale.join("\n"));
 }
@@ -48,10 +54,20 @@ fn phases_and_operations_use_gardeners_strings() {
     );
     let states: Vec<_> = MachineState::KNOWN.iter().map(|s| s.as_str()).collect();
     assert_eq!(states, ["Processing", "Failed", "Successful"]);
-    let types: Vec<_> = MachineOperationType::KNOWN.iter().map(|t| t.as_str()).collect();
+    let types: Vec<_> = MachineOperationType::KNOWN
+        .iter()
+        .map(|t| t.as_str())
+        .collect();
     assert_eq!(
         types,
-        ["Create", "Update", "InPlaceUpdate", "DrainNode", "HealthCheck", "Delete"]
+        [
+            "Create",
+            "Update",
+            "InPlaceUpdate",
+            "DrainNode",
+            "HealthCheck",
+            "Delete"
+        ]
     );
 }
 
@@ -85,7 +101,8 @@ fn status_serializes_like_gardeners_go_types() {
     );
     // An unknown phase (a newer Gardener) is kept verbatim, not an error.
     let future: MachineStatus =
-        serde_json::from_value(serde_json::json!({"currentStatus": {"phase": "Hibernating"}})).unwrap();
+        serde_json::from_value(serde_json::json!({"currentStatus": {"phase": "Hibernating"}}))
+            .unwrap();
     assert_eq!(
         future.current_status.phase,
         Some(MachinePhase::Other("Hibernating".into()))

@@ -6,8 +6,8 @@ mod common;
 use std::process::Command;
 
 use common::control_plane;
-use machine_api::{Machine, MachineClass, MachineDeployment};
 use kube::api::Api;
+use machine_api::{Machine, MachineClass, MachineDeployment};
 
 const SA: &str = "system:serviceaccount:mcm-wasm:mcm-wasm-controller";
 
@@ -19,7 +19,10 @@ fn can_i(cp: &testenv::ControlPlane, args: &[&str]) -> bool {
     match answer.as_str() {
         "yes" => true,
         "no" => false,
-        _ => panic!("kubectl auth can-i {args:?}: {answer} {}", String::from_utf8_lossy(&out.stderr)),
+        _ => panic!(
+            "kubectl auth can-i {args:?}: {answer} {}",
+            String::from_utf8_lossy(&out.stderr)
+        ),
     }
 }
 
@@ -28,13 +31,22 @@ async fn manifests_and_examples_apply_and_rbac_is_least_privilege() {
     let cp = control_plane();
     let kubernetes = testenv::kubernetes_dir();
     // Namespace first: the other manifests live in it.
-    cp.kubectl_run(["apply", "-f"]
-        .into_iter()
-        .map(String::from)
-        .chain([kubernetes.join("deploy/namespace.yaml").display().to_string()]))
-        .unwrap();
+    cp.kubectl_run(
+        ["apply", "-f"]
+            .into_iter()
+            .map(String::from)
+            .chain([kubernetes
+                .join("deploy/namespace.yaml")
+                .display()
+                .to_string()]),
+    )
+    .unwrap();
     let out = cp
-        .kubectl_run(["apply".to_owned(), "-f".to_owned(), kubernetes.join("deploy").display().to_string()])
+        .kubectl_run([
+            "apply".to_owned(),
+            "-f".to_owned(),
+            kubernetes.join("deploy").display().to_string(),
+        ])
         .unwrap();
     for object in [
         "serviceaccount/mcm-wasm-controller",
@@ -45,23 +57,48 @@ async fn manifests_and_examples_apply_and_rbac_is_least_privilege() {
         assert!(out.contains(object), "{object} not applied:\n{out}");
     }
     let deployment = cp
-        .kubectl_run(["-n", "mcm-wasm", "get", "deployment", "mcm-wasm-controller", "-o", "jsonpath={.spec.template.spec.containers[0].command}"])
+        .kubectl_run([
+            "-n",
+            "mcm-wasm",
+            "get",
+            "deployment",
+            "mcm-wasm-controller",
+            "-o",
+            "jsonpath={.spec.template.spec.containers[0].command}",
+        ])
         .unwrap();
     assert!(deployment.contains("controller"), "{deployment}");
 
     // The examples apply unchanged into the namespace they name.
-    cp.kubectl_run(["apply".to_owned(), "-f".to_owned(), kubernetes.join("examples").display().to_string()])
-        .unwrap();
+    cp.kubectl_run([
+        "apply".to_owned(),
+        "-f".to_owned(),
+        kubernetes.join("examples").display().to_string(),
+    ])
+    .unwrap();
     let client = cp.client().await.unwrap();
-    Api::<MachineClass>::namespaced(client.clone(), "mcm-wasm").get("aws-small").await.unwrap();
-    Api::<Machine>::namespaced(client.clone(), "mcm-wasm").get("aws-small-single").await.unwrap();
-    Api::<MachineDeployment>::namespaced(client.clone(), "mcm-wasm").get("aws-small-pool").await.unwrap();
+    Api::<MachineClass>::namespaced(client.clone(), "mcm-wasm")
+        .get("aws-small")
+        .await
+        .unwrap();
+    Api::<Machine>::namespaced(client.clone(), "mcm-wasm")
+        .get("aws-small-single")
+        .await
+        .unwrap();
+    Api::<MachineDeployment>::namespaced(client.clone(), "mcm-wasm")
+        .get("aws-small-pool")
+        .await
+        .unwrap();
 
     let ns = ["-n", "mcm-wasm"];
     let allowed: &[&[&str]] = &[
         &["watch", "machines.machine.sapcloud.io"],
         &["patch", "machines.machine.sapcloud.io"],
-        &["update", "machines.machine.sapcloud.io", "--subresource=status"],
+        &[
+            "update",
+            "machines.machine.sapcloud.io",
+            "--subresource=status",
+        ],
         &["list", "machineclasses.machine.sapcloud.io"],
         &["update", "machineclasses.machine.sapcloud.io"],
         &["get", "secrets"],
@@ -102,7 +139,10 @@ async fn manifests_and_examples_apply_and_rbac_is_least_privilege() {
         }
     }
     // Secrets and machines of other namespaces are out of reach.
-    for args in [["get", "secrets", "-n", "default"], ["watch", "machines.machine.sapcloud.io", "-n", "default"]] {
+    for args in [
+        ["get", "secrets", "-n", "default"],
+        ["watch", "machines.machine.sapcloud.io", "-n", "default"],
+    ] {
         if can_i(cp, &args) {
             wrong.push(format!("allowed outside its namespace: {args:?}"));
         }

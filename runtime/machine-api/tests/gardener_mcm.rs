@@ -34,13 +34,18 @@ async fn gardener_mcm_runs_a_machine_deployment_on_our_crds() {
     let mut deployment: MachineDeployment = example("machine-deployment.yaml", &ns);
     deployment.spec.replicas = 3;
     let deployments = Api::<MachineDeployment>::namespaced(client.clone(), &ns);
-    deployments.create(&PostParams::default(), &deployment).await.unwrap();
+    deployments
+        .create(&PostParams::default(), &deployment)
+        .await
+        .unwrap();
 
     let mut mcm = cp.start_gardener_mcm(&ns).unwrap();
     let sets = Api::<MachineSet>::namespaced(client.clone(), &ns);
     let machines = Api::<Machine>::namespaced(client.clone(), &ns);
     let live = |list: Vec<Machine>| -> Vec<Machine> {
-        list.into_iter().filter(|m| m.metadata.deletion_timestamp.is_none()).collect()
+        list.into_iter()
+            .filter(|m| m.metadata.deletion_timestamp.is_none())
+            .collect()
     };
 
     // 3 replicas: one MachineSet and three Machines.
@@ -51,20 +56,38 @@ async fn gardener_mcm_runs_a_machine_deployment_on_our_crds() {
             let m = live(machines.list(&ListParams::default()).await.ok()?.items);
             (s.len() == 1 && m.len() == 3).then(|| (s[0].clone(), m))
         },
-        || format!("no 1 MachineSet + 3 Machines; MCM log:\n{}", mcm.log_tail(40)),
+        || {
+            format!(
+                "no 1 MachineSet + 3 Machines; MCM log:\n{}",
+                mcm.log_tail(40)
+            )
+        },
     )
     .await;
     assert_eq!(set.spec.replicas, 3);
     let owner = &set.owner_references()[0];
-    assert_eq!((owner.kind.as_str(), owner.name.as_str()), ("MachineDeployment", "aws-small-pool"));
+    assert_eq!(
+        (owner.kind.as_str(), owner.name.as_str()),
+        ("MachineDeployment", "aws-small-pool")
+    );
     assert_eq!(set.spec.machine_class.name, "aws-small");
     for machine in &created {
         let owner = &machine.owner_references()[0];
-        assert_eq!((owner.kind.as_str(), owner.name.as_str()), ("MachineSet", set.name_any().as_str()));
+        assert_eq!(
+            (owner.kind.as_str(), owner.name.as_str()),
+            ("MachineSet", set.name_any().as_str())
+        );
         assert_eq!(machine.spec.class.name, "aws-small");
         assert_eq!(machine.labels()["pool"], "aws-small-pool");
-        assert!(machine.labels().contains_key(machine_api::DEFAULT_MACHINE_DEPLOYMENT_UNIQUE_LABEL_KEY));
-        assert_eq!(machine.spec.configuration.creation_timeout.as_deref(), Some("20m"));
+        assert!(
+            machine
+                .labels()
+                .contains_key(machine_api::DEFAULT_MACHINE_DEPLOYMENT_UNIQUE_LABEL_KEY)
+        );
+        assert_eq!(
+            machine.spec.configuration.creation_timeout.as_deref(),
+            Some("20m")
+        );
         // No machine controller runs: nothing made them Running.
         assert_ne!(machine.phase(), Some(&MachinePhase::Running));
     }
@@ -76,7 +99,12 @@ async fn gardener_mcm_runs_a_machine_deployment_on_our_crds() {
             let d = deployments.get("aws-small-pool").await.ok()?;
             (d.status?.replicas == 3).then_some(())
         },
-        || format!("MachineDeployment status.replicas never became 3; MCM log:\n{}", mcm.log_tail(40)),
+        || {
+            format!(
+                "MachineDeployment status.replicas never became 3; MCM log:\n{}",
+                mcm.log_tail(40)
+            )
+        },
     )
     .await;
 
@@ -99,6 +127,10 @@ async fn gardener_mcm_runs_a_machine_deployment_on_our_crds() {
         || format!("not scaled to 1 Machine; MCM log:\n{}", mcm.log_tail(40)),
     )
     .await;
-    assert!(created.iter().any(|m| m.name_any() == remaining[0].name_any()));
+    assert!(
+        created
+            .iter()
+            .any(|m| m.name_any() == remaining[0].name_any())
+    );
     assert!(mcm.is_running(), "MCM exited; log:\n{}", mcm.log_tail(40));
 }

@@ -46,7 +46,10 @@ fn require(what: &str, path: PathBuf) -> Result<PathBuf> {
     if path.is_file() {
         Ok(path)
     } else {
-        Err(Error::MissingBinary { what: what.to_owned(), path })
+        Err(Error::MissingBinary {
+            what: what.to_owned(),
+            path,
+        })
     }
 }
 
@@ -63,7 +66,11 @@ impl Binaries {
     pub fn cache_dir() -> PathBuf {
         cache_root()
             .join("controlplane")
-            .join(format!("k8s-{}-etcd-{}", kubernetes_version(), etcd_version()))
+            .join(format!(
+                "k8s-{}-etcd-{}",
+                kubernetes_version(),
+                etcd_version()
+            ))
             .join("bin")
     }
 
@@ -91,7 +98,9 @@ pub struct GardenerMcm {
 impl GardenerMcm {
     /// The cache directory for the pinned version.
     pub fn cache_dir() -> PathBuf {
-        cache_root().join("gardener-mcm").join(gardener_mcm_version())
+        cache_root()
+            .join("gardener-mcm")
+            .join(gardener_mcm_version())
     }
 
     /// Finds the binary and CRDs in the cache.

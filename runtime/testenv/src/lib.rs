@@ -44,7 +44,9 @@ pub enum Error {
     #[error("generating certificates: {0}")]
     Certificates(#[from] rcgen::Error),
     /// A process did not become ready.
-    #[error("{what} did not become ready within {timeout:?}: {detail}\n--- last lines of {log} ---\n{log_tail}")]
+    #[error(
+        "{what} did not become ready within {timeout:?}: {detail}\n--- last lines of {log} ---\n{log_tail}"
+    )]
     NotReady {
         what: String,
         timeout: Duration,
@@ -143,7 +145,11 @@ impl ControlPlane {
         wait_until(
             "etcd",
             &etcd_log,
-            || tcp_open(etcd_client_port).then_some(()).ok_or("not listening yet".to_owned()),
+            || {
+                tcp_open(etcd_client_port)
+                    .then_some(())
+                    .ok_or("not listening yet".to_owned())
+            },
             &etcd,
         )?;
 
@@ -154,7 +160,10 @@ impl ControlPlane {
             .arg(format!("--etcd-servers={etcd_url}"))
             .arg(format!("--cert-dir={}", pki.display()))
             .arg(format!("--tls-cert-file={}", certs.serving_cert.display()))
-            .arg(format!("--tls-private-key-file={}", certs.serving_key.display()))
+            .arg(format!(
+                "--tls-private-key-file={}",
+                certs.serving_key.display()
+            ))
             .arg(format!("--client-ca-file={}", certs.ca_cert.display()))
             .arg(format!("--secure-port={apiserver_port}"))
             .arg("--bind-address=127.0.0.1")
@@ -166,8 +175,14 @@ impl ControlPlane {
             .arg("--disable-admission-plugins=ServiceAccount")
             .arg("--authorization-mode=RBAC")
             .arg(format!("--service-account-issuer={server}"))
-            .arg(format!("--service-account-key-file={}", certs.sa_public_key.display()))
-            .arg(format!("--service-account-signing-key-file={}", certs.sa_private_key.display()))
+            .arg(format!(
+                "--service-account-key-file={}",
+                certs.sa_public_key.display()
+            ))
+            .arg(format!(
+                "--service-account-signing-key-file={}",
+                certs.sa_private_key.display()
+            ))
             .arg("--v=1");
         let apiserver = process::spawn("kube-apiserver", apiserver_cmd, &apiserver_log)?;
 
@@ -202,17 +217,27 @@ impl ControlPlane {
                 rt.block_on(async {
                     let client = client_from(&kubeconfig).await.map_err(|e| e.to_string())?;
                     let req = http_get("/readyz");
-                    let body = tokio::time::timeout(Duration::from_secs(5), client.request_text(req))
-                        .await
-                        .map_err(|_| "timed out".to_owned())?
-                        .map_err(|e| e.to_string())?;
-                    if body.trim() == "ok" { Ok(()) } else { Err(body) }
+                    let body =
+                        tokio::time::timeout(Duration::from_secs(5), client.request_text(req))
+                            .await
+                            .map_err(|_| "timed out".to_owned())?
+                            .map_err(|e| e.to_string())?;
+                    if body.trim() == "ok" {
+                        Ok(())
+                    } else {
+                        Err(body)
+                    }
                 })
             })
             .join()
             .unwrap_or_else(|_| Err("readiness check panicked".to_owned()))
         };
-        wait_until("kube-apiserver", &self.dir_path.join("kube-apiserver.log"), check, &self.apiserver)
+        wait_until(
+            "kube-apiserver",
+            &self.dir_path.join("kube-apiserver.log"),
+            check,
+            &self.apiserver,
+        )
     }
 
     /// The kubeconfig with the admin (system:masters) client certificate.
@@ -279,7 +304,13 @@ impl ControlPlane {
             "-f".as_ref(),
             dir.as_os_str(),
         ])?;
-        self.kubectl_run(["wait", "--for=condition=Established", "crd", "--all", "--timeout=60s"])?;
+        self.kubectl_run([
+            "wait",
+            "--for=condition=Established",
+            "crd",
+            "--all",
+            "--timeout=60s",
+        ])?;
         Ok(())
     }
 
@@ -295,15 +326,18 @@ impl ControlPlane {
         let log = self.dir_path.join(format!("gardener-mcm-{namespace}.log"));
         let port = free_port()?;
         let mut cmd = Command::new(&mcm.binary);
-        cmd.arg(format!("--control-kubeconfig={}", self.kubeconfig.display()))
-            .arg(format!("--target-kubeconfig={}", self.kubeconfig.display()))
-            .arg(format!("--namespace={namespace}"))
-            .arg("--leader-elect=false")
-            .arg("--address=127.0.0.1")
-            .arg(format!("--port={port}"))
-            .arg("--safety-up=2")
-            .arg("--safety-down=1")
-            .arg("--v=2");
+        cmd.arg(format!(
+            "--control-kubeconfig={}",
+            self.kubeconfig.display()
+        ))
+        .arg(format!("--target-kubeconfig={}", self.kubeconfig.display()))
+        .arg(format!("--namespace={namespace}"))
+        .arg("--leader-elect=false")
+        .arg("--address=127.0.0.1")
+        .arg(format!("--port={port}"))
+        .arg("--safety-up=2")
+        .arg("--safety-down=1")
+        .arg("--v=2");
         let child = process::spawn("machine-controller-manager", cmd, &log)?;
         Ok(GardenerMcmProcess { child, log })
     }
@@ -313,10 +347,10 @@ impl Drop for ControlPlane {
     fn drop(&mut self) {
         self.apiserver.kill();
         self.etcd.kill();
-        if std::env::var_os("MCM_WASM_TESTENV_KEEP").is_some() {
-            if let Some(dir) = self.dir.take() {
-                eprintln!("testenv: keeping {}", dir.keep().display());
-            }
+        if std::env::var_os("MCM_WASM_TESTENV_KEEP").is_some()
+            && let Some(dir) = self.dir.take()
+        {
+            eprintln!("testenv: keeping {}", dir.keep().display());
         }
     }
 }
@@ -396,7 +430,9 @@ pub async fn client_from(kubeconfig: &Path) -> Result<kube::Client> {
 }
 
 fn http_get(path: &str) -> http::Request<Vec<u8>> {
-    http::Request::get(path).body(Vec::new()).expect("a valid request")
+    http::Request::get(path)
+        .body(Vec::new())
+        .expect("a valid request")
 }
 
 /// Runs a command and returns its stdout, or an error with its stderr.
@@ -416,8 +452,12 @@ pub fn run(mut cmd: Command) -> Result<String> {
 
 /// A port on 127.0.0.1 that was free a moment ago.
 pub fn free_port() -> Result<u16> {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(io_err("finding a free port"))?;
-    Ok(listener.local_addr().map_err(io_err("finding a free port"))?.port())
+    let listener =
+        TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(io_err("finding a free port"))?;
+    Ok(listener
+        .local_addr()
+        .map_err(io_err("finding a free port"))?
+        .port())
 }
 
 fn tcp_open(port: u16) -> bool {

@@ -54,11 +54,11 @@ extern "C" fn at_exit() {
             unsafe { libc::waitpid(*pid as libc::pid_t, &mut status, 0) };
         }
     }
-    if std::env::var_os("MCM_WASM_TESTENV_KEEP").is_none() {
-        if let Ok(dirs) = EXIT_DIRS.lock() {
-            for dir in dirs.iter() {
-                let _ = std::fs::remove_dir_all(dir);
-            }
+    if std::env::var_os("MCM_WASM_TESTENV_KEEP").is_none()
+        && let Ok(dirs) = EXIT_DIRS.lock()
+    {
+        for dir in dirs.iter() {
+            let _ = std::fs::remove_dir_all(dir);
         }
     }
 }
@@ -91,7 +91,9 @@ pub(crate) fn spawn(name: &str, mut cmd: Command, log: &Path) -> Result<ChildGua
         .append(true)
         .open(log)
         .map_err(io_err(format!("opening {}", log.display())))?;
-    let err = out.try_clone().map_err(io_err(format!("opening {}", log.display())))?;
+    let err = out
+        .try_clone()
+        .map_err(io_err(format!("opening {}", log.display())))?;
     cmd.stdin(Stdio::null()).stdout(out).stderr(err);
     // SAFETY: only async-signal-safe calls between fork and exec.
     let parent = unsafe { libc::getpid() };
@@ -111,7 +113,10 @@ pub(crate) fn spawn(name: &str, mut cmd: Command, log: &Path) -> Result<ChildGua
     spawner()
         .lock()
         .expect("spawner lock")
-        .send(SpawnRequest { cmd, reply: reply_tx })
+        .send(SpawnRequest {
+            cmd,
+            reply: reply_tx,
+        })
         .expect("the spawner thread lives as long as the process");
     let child = reply_rx
         .recv()
@@ -142,7 +147,9 @@ impl ChildGuard {
 
     /// Kills the process (SIGTERM, then SIGKILL after a grace period) and reaps it.
     pub(crate) fn kill(&mut self) {
-        let Ok(mut child) = self.child.lock() else { return };
+        let Ok(mut child) = self.child.lock() else {
+            return;
+        };
         if child.try_wait().ok().flatten().is_none() {
             // SAFETY: kill(2) on our own unreaped child.
             unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };

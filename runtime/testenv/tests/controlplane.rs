@@ -14,7 +14,12 @@ use testenv::ControlPlane;
 fn alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Ok(stat) => {
-            let state = stat.rsplit(')').next().unwrap_or("").split_whitespace().next();
+            let state = stat
+                .rsplit(')')
+                .next()
+                .unwrap_or("")
+                .split_whitespace()
+                .next();
             state != Some("Z") && state != Some("X")
         }
         Err(_) => false,
@@ -30,7 +35,10 @@ fn wait_gone(pids: &[u32], dir: &Path) {
         std::thread::sleep(Duration::from_millis(100));
     }
     let left: Vec<_> = pids.iter().filter(|p| alive(**p)).collect();
-    panic!("left behind: processes {left:?}, directory exists: {}", dir.exists());
+    panic!(
+        "left behind: processes {left:?}, directory exists: {}",
+        dir.exists()
+    );
 }
 
 #[tokio::test]
@@ -51,14 +59,28 @@ async fn starts_within_seconds_and_serves_the_pinned_version() {
     let version = client.apiserver_version().await.unwrap();
     assert_eq!(version.git_version, testenv::kubernetes_version());
     // The admin certificate is in system:masters: it may list anything.
-    let namespaces = Api::<Namespace>::all(client.clone()).list(&ListParams::default()).await.unwrap();
-    assert!(namespaces.items.iter().any(|n| n.metadata.name.as_deref() == Some("default")));
+    let namespaces = Api::<Namespace>::all(client.clone())
+        .list(&ListParams::default())
+        .await
+        .unwrap();
+    assert!(
+        namespaces
+            .items
+            .iter()
+            .any(|n| n.metadata.name.as_deref() == Some("default"))
+    );
 
     // kubectl of the same version talks to it through the kubeconfig.
     let out = cp.kubectl_run(["version", "-o", "json"]).unwrap();
     let out: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(out["clientVersion"]["gitVersion"], testenv::kubernetes_version());
-    assert_eq!(out["serverVersion"]["gitVersion"], testenv::kubernetes_version());
+    assert_eq!(
+        out["clientVersion"]["gitVersion"],
+        testenv::kubernetes_version()
+    );
+    assert_eq!(
+        out["serverVersion"]["gitVersion"],
+        testenv::kubernetes_version()
+    );
     let out = cp.kubectl_run(["auth", "whoami", "-o", "json"]).unwrap();
     assert!(out.contains("system:masters"), "{out}");
 }
@@ -93,7 +115,9 @@ const CHILD_ENV: &str = "TESTENV_CHILD_MODE";
 #[test]
 #[ignore = "helper: run by shared_control_plane_dies_with_the_test_process"]
 fn child_process_with_shared_control_plane() {
-    let Ok(mode) = std::env::var(CHILD_ENV) else { return };
+    let Ok(mode) = std::env::var(CHILD_ENV) else {
+        return;
+    };
     let cp = testenv::shared();
     let [a, b] = cp.pids();
     println!("PIDS {a} {b} DIR {}", cp.dir().display());
@@ -107,7 +131,12 @@ fn child_process_with_shared_control_plane() {
 
 fn run_child(mode: &str) -> ([u32; 2], PathBuf) {
     let out = Command::new(std::env::current_exe().unwrap())
-        .args(["--ignored", "--exact", "child_process_with_shared_control_plane", "--nocapture"])
+        .args([
+            "--ignored",
+            "--exact",
+            "child_process_with_shared_control_plane",
+            "--nocapture",
+        ])
         .env(CHILD_ENV, mode)
         .output()
         .unwrap();
@@ -115,7 +144,12 @@ fn run_child(mode: &str) -> ([u32; 2], PathBuf) {
     let line = stdout
         .lines()
         .find_map(|l| l.strip_prefix("PIDS "))
-        .unwrap_or_else(|| panic!("child printed no pids:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr)));
+        .unwrap_or_else(|| {
+            panic!(
+                "child printed no pids:\n{stdout}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
     let parts: Vec<&str> = line.split_whitespace().collect();
     (
         [parts[0].parse().unwrap(), parts[1].parse().unwrap()],
@@ -133,7 +167,10 @@ fn shared_control_plane_dies_with_the_test_process() {
     let (pids, dir) = run_child("abort");
     let start = Instant::now();
     while pids.iter().any(|p| alive(*p)) {
-        assert!(start.elapsed() < Duration::from_secs(10), "processes {pids:?} outlived their parent");
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "processes {pids:?} outlived their parent"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     // Nothing is left to remove a killed process's directory; do it here.
@@ -144,7 +181,12 @@ fn shared_control_plane_dies_with_the_test_process() {
 fn missing_binaries_name_the_recipe_that_builds_them() {
     let dir = tempfile::tempdir().unwrap();
     let out = Command::new(std::env::current_exe().unwrap())
-        .args(["--ignored", "--exact", "child_reports_missing_binaries", "--nocapture"])
+        .args([
+            "--ignored",
+            "--exact",
+            "child_reports_missing_binaries",
+            "--nocapture",
+        ])
         .env("MCM_WASM_CONTROLPLANE_BIN", dir.path())
         .env(CHILD_ENV, "missing")
         .output()

@@ -19,11 +19,9 @@ fn main() -> ExitCode {
         }
     }
     let dir = dir.unwrap_or_else(|| PathBuf::from("kubernetes/crds"));
-    if !check {
-        if let Err(err) = std::fs::create_dir_all(&dir) {
-            eprintln!("error: cannot create {}: {err}", dir.display());
-            return ExitCode::FAILURE;
-        }
+    if !check && let Err(err) = std::fs::create_dir_all(&dir) {
+        eprintln!("error: cannot create {}: {err}", dir.display());
+        return ExitCode::FAILURE;
     }
     let mut stale = false;
     for crd in machine_api::crds() {
@@ -41,5 +39,9 @@ fn main() -> ExitCode {
             println!("wrote {}", path.display());
         }
     }
-    if stale { ExitCode::FAILURE } else { ExitCode::SUCCESS }
+    if stale {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
 }

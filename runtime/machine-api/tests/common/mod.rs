@@ -48,7 +48,11 @@ pub fn example<T: DeserializeOwned>(file: &str, namespace: &str) -> T {
 /// Creates a fresh namespace `<prefix>-<n>-<pid>`.
 pub async fn namespace(client: &kube::Client, prefix: &str) -> String {
     static N: AtomicUsize = AtomicUsize::new(0);
-    let name = format!("{prefix}-{}-{}", N.fetch_add(1, Ordering::SeqCst), std::process::id());
+    let name = format!(
+        "{prefix}-{}-{}",
+        N.fetch_add(1, Ordering::SeqCst),
+        std::process::id()
+    );
     let ns: Namespace = serde_json::from_value(serde_json::json!({
         "metadata": { "name": name }
     }))
