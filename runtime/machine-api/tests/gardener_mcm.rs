@@ -70,7 +70,7 @@ async fn gardener_mcm_runs_a_machine_deployment_on_our_crds() {
         (owner.kind.as_str(), owner.name.as_str()),
         ("MachineDeployment", "aws-small-pool")
     );
-    assert_eq!(set.spec.machine_class.name, "aws-small");
+    assert_eq!(set.spec.template.spec.class.name, "aws-small");
     for machine in &created {
         let owner = &machine.owner_references()[0];
         assert_eq!(
@@ -86,7 +86,7 @@ async fn gardener_mcm_runs_a_machine_deployment_on_our_crds() {
         );
         assert_eq!(
             machine.spec.configuration.creation_timeout.as_deref(),
-            Some("20m")
+            Some("20m0s") // Go writes metav1.Duration in its canonical form
         );
         // No machine controller runs: nothing made them Running.
         assert_ne!(machine.phase(), Some(&MachinePhase::Running));
