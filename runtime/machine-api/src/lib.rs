@@ -10,6 +10,7 @@
 // duplicated attributes.
 #![allow(clippy::duplicated_attributes)]
 
+mod duration;
 mod machine;
 mod machine_class;
 mod machine_deployment;
@@ -22,6 +23,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
 };
 use kube::CustomResourceExt;
 
+pub use duration::{DurationError, format_duration, parse_duration};
 pub use machine::{CurrentStatus, Machine, MachineSpec, MachineStatus, NODE_LABEL_KEY};
 pub use machine_class::{MachineClass, MachineClassFields, NodeTemplate};
 pub use machine_deployment::{

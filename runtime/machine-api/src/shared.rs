@@ -92,6 +92,42 @@ pub struct MachineConfiguration {
     pub node_conditions: Option<String>,
 }
 
+impl MachineConfiguration {
+    /// `drainTimeout` as a duration (`None` when unset).
+    pub fn drain_timeout(&self) -> Result<Option<std::time::Duration>, crate::DurationError> {
+        self.drain_timeout
+            .as_deref()
+            .map(crate::parse_duration)
+            .transpose()
+    }
+
+    /// `healthTimeout` as a duration (`None` when unset).
+    pub fn health_timeout(&self) -> Result<Option<std::time::Duration>, crate::DurationError> {
+        self.health_timeout
+            .as_deref()
+            .map(crate::parse_duration)
+            .transpose()
+    }
+
+    /// `creationTimeout` as a duration (`None` when unset).
+    pub fn creation_timeout(&self) -> Result<Option<std::time::Duration>, crate::DurationError> {
+        self.creation_timeout
+            .as_deref()
+            .map(crate::parse_duration)
+            .transpose()
+    }
+
+    /// `inPlaceUpdateTimeout` as a duration (`None` when unset).
+    pub fn in_place_update_timeout(
+        &self,
+    ) -> Result<Option<std::time::Duration>, crate::DurationError> {
+        self.in_place_update_timeout
+            .as_deref()
+            .map(crate::parse_duration)
+            .transpose()
+    }
+}
+
 /// The summary of a machine (in the status of MachineSets and MachineDeployments).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]

@@ -112,3 +112,40 @@ fn status_serializes_like_gardeners_go_types() {
         serde_json::json!({"currentStatus": {"phase": "Hibernating"}})
     );
 }
+
+#[test]
+fn go_durations_parse_and_format_like_go() {
+    use machine_api::{format_duration, parse_duration};
+    use std::time::Duration;
+    let cases = [
+        ("20m", Duration::from_secs(1200), "20m0s"),
+        ("20m0s", Duration::from_secs(1200), "20m0s"),
+        ("2h", Duration::from_secs(7200), "2h0m0s"),
+        ("1h30m", Duration::from_secs(5400), "1h30m0s"),
+        ("1.5s", Duration::from_millis(1500), "1.5s"),
+        ("500ms", Duration::from_millis(500), "500ms"),
+        ("0", Duration::ZERO, "0s"),
+        ("1.5h", Duration::from_secs(5400), "1h30m0s"),
+        ("2µs", Duration::from_micros(2), "2µs"),
+        ("3ns", Duration::from_nanos(3), "3ns"),
+    ];
+    for (input, duration, formatted) in cases {
+        assert_eq!(parse_duration(input), Ok(duration), "{input}");
+        assert_eq!(format_duration(duration), formatted, "{input}");
+    }
+    for bad in ["", "20", "-5m", "5x", "m", "1..5s"] {
+        let err = parse_duration(bad).unwrap_err();
+        assert!(err.to_string().contains(&format!("{bad:?}")), "{err}");
+    }
+    let config = machine_api::MachineConfiguration {
+        creation_timeout: Some("20m0s".into()),
+        health_timeout: Some("soon".into()),
+        ..Default::default()
+    };
+    assert_eq!(
+        config.creation_timeout(),
+        Ok(Some(Duration::from_secs(1200)))
+    );
+    assert!(config.health_timeout().is_err());
+    assert_eq!(config.drain_timeout(), Ok(None));
+}
