@@ -31,7 +31,7 @@ if [[ "$k8s_in_gomod" != "$KUBERNETES_VERSION" || "$etcd_in_gomod" != "$ETCD_VER
     exit 1
 fi
 
-cache_root="${MCM_WASM_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/mcm-wasm}"
+cache_root="${MCM_WASM_CACHE:-$HOME/.cache/mcm-wasm}"
 nice_cmd=(nice -n "${MCM_WASM_BUILD_NICE:-10}")
 
 # Prints one line per 100 compiled packages so that a long build shows it is alive;

@@ -30,13 +30,10 @@ pub fn gardener_mcm_version() -> &'static str {
     version("GARDENER_MCM_VERSION")
 }
 
-/// The cache root: `$MCM_WASM_CACHE`, else `$XDG_CACHE_HOME/mcm-wasm`, else `~/.cache/mcm-wasm`.
+/// The cache root: `$MCM_WASM_CACHE`, else `~/.cache/mcm-wasm` (as in the justfile).
 pub fn cache_root() -> PathBuf {
     if let Some(dir) = std::env::var_os("MCM_WASM_CACHE").filter(|v| !v.is_empty()) {
         return PathBuf::from(dir);
-    }
-    if let Some(dir) = std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
-        return PathBuf::from(dir).join("mcm-wasm");
     }
     let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
     PathBuf::from(home).join(".cache/mcm-wasm")
