@@ -16,6 +16,7 @@ cache := env_var_or_default("MCM_WASM_CACHE", env_var("HOME") + "/.cache/mcm-was
 setup:
     rustup target add wasm32-wasip2
     just moto
+    just controlplane
     just guests
 
 # moto's EC2 server in its own venv ({{cache}}/moto-venv); tests find it there.
@@ -47,5 +48,6 @@ build:
 
 # Format and lint.
 lint:
+    just crds-check
     cargo fmt --all --check
     cargo clippy --workspace --all-targets -- -D warnings
