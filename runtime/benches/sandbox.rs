@@ -89,7 +89,12 @@ fn throughput(provider: &Arc<Provider>, threads: usize, duration: Duration) -> f
     total as f64 / started.elapsed().as_secs_f64()
 }
 
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg").unwrap_or_default().split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+}
+
 fn main() {
+    println!("machine: {} cores, load average before: {}", std::thread::available_parallelism().map_or(0, |n| n.get()), load_average());
     let cache = tempfile::tempdir().unwrap();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let mut table = Table(Vec::new());
@@ -128,6 +133,17 @@ fn main() {
         }
     });
     samples.sort();
+    let mut floor = Vec::with_capacity(20_000);
+    rt.block_on(async {
+        for _ in 0..20_000 {
+            let t = Instant::now();
+            assert!(noop.floor_get_machine_status(&req).await);
+            floor.push(t.elapsed());
+        }
+    });
+    floor.sort();
+    table.row("wasmtime floor p50 (store + instantiate + call only)", us(percentile(&floor, 0.5)), "—");
+    table.row("wasmtime floor p99", us(percentile(&floor, 0.99)), "—");
     table.row("sandboxed call p50 (fresh instance + call + mapping)", us(percentile(&samples, 0.5)), "≤ 10 µs");
     table.row("sandboxed call p99", us(percentile(&samples, 0.99)), "≤ 50 µs");
 
@@ -200,6 +216,7 @@ fn main() {
     table.row("deadline overshoot of a looping guest, max", ms(*overshoot.last().unwrap()), "≤ 15 ms");
 
     println!();
+    println!("load average after: {}", load_average());
     println!("| measure | value | target |");
     println!("|---|---|---|");
     for (what, value, target) in &table.0 {

@@ -292,6 +292,15 @@ impl Provider {
         .await
     }
 
+    /// Benchmark floor: get-machine-status with only store + instance + call (see
+    /// `Sandbox::floor_call`); the difference to [`Provider::get_machine_status`] is what the
+    /// runtime's own layers cost.
+    #[doc(hidden)]
+    pub async fn floor_get_machine_status(&self, req: &MachineRequest) -> bool {
+        let wreq = sandbox::machine_request(req);
+        self.sandbox.floor_call(&self.pre, self.call_context(Operation::GetMachineStatus), &wreq).await
+    }
+
     /// Call an operation with a JSON request (as the CLI does) and get a JSON result.
     pub async fn call_json(&self, op: Operation, request: &str, secret: &SecretData) -> Result<serde_json::Value, CallError> {
         fn parse<T: serde::de::DeserializeOwned>(op: Operation, text: &str) -> Result<T, CallError> {

@@ -224,6 +224,26 @@ impl Sandbox {
     }
 }
 
+impl Sandbox {
+    /// The floor under `call`, for benchmarks: store + instance + one export call, without the
+    /// deadline, limits bookkeeping, outcome mapping or tracing that `call` adds.
+    #[doc(hidden)]
+    pub(crate) async fn floor_call(
+        &self,
+        pre: &bindings::ProviderPre<CallState>,
+        ctx: CallContext,
+        req: &bindings::types::MachineRequest,
+    ) -> bool {
+        let far = Instant::now() + Duration::from_secs(3600);
+        let state = CallState::new(ctx, far, &self.config, MemoryOutputPipe::new(0), Arc::default());
+        let mut store = Store::new(&self.engine, state);
+        store.set_epoch_deadline(u64::MAX / 2);
+        let instance = pre.instantiate_async(&mut store).await.expect("instantiate");
+        let result = instance.mcm_driver_driver().call_get_machine_status(&mut store, req).await;
+        matches!(result, Ok(Ok(_)))
+    }
+}
+
 /// One thread advances the engine's epoch; it holds only a weak reference, so it ends when
 /// the engine is dropped.
 fn spawn_epoch_ticker(engine: &Engine, tick: Duration) {
