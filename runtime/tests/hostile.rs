@@ -145,3 +145,14 @@ async fn full_pool_is_unavailable_not_a_crash() {
     let noop = load(&sandbox, "test_noop", ProviderSettings::default()).await;
     noop.create_machine(&machine_request("c", serde_json::json!({}))).await.unwrap();
 }
+
+#[tokio::test]
+async fn no_state_survives_from_one_call_to_the_next() {
+    // Pooled memory is reset in place between calls; a guest's statics start fresh each time.
+    let sandbox = sandbox(DEADLINE);
+    let noop = load(&sandbox, "test_noop", ProviderSettings::default()).await;
+    for _ in 0..5 {
+        let labels = noop.metrics_labels(&Default::default()).await.unwrap();
+        assert_eq!(labels, vec![("calls-in-this-instance".to_string(), "1".to_string())]);
+    }
+}

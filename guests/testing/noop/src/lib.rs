@@ -3,6 +3,9 @@ use mcm_wasm_sdk::*;
 
 struct Noop;
 
+/// Counts calls within one instance: with a fresh instance per call it is always 1.
+static CALLS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
 impl Driver for Noop {
     fn create_machine(req: MachineRequest) -> Result<CreateMachineResponse, DriverError> {
         Ok(CreateMachineResponse {
@@ -15,6 +18,10 @@ impl Driver for Noop {
     }
     fn delete_machine(_req: MachineRequest) -> Result<DeleteMachineResponse, DriverError> {
         Ok(DeleteMachineResponse { last_known_state: String::new() })
+    }
+    fn metrics_labels(_req: MetricsLabelsRequest) -> Result<Vec<(String, String)>, DriverError> {
+        let n = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        Ok(vec![("calls-in-this-instance".into(), n.to_string())])
     }
     fn get_machine_status(req: MachineRequest) -> Result<GetMachineStatusResponse, DriverError> {
         Ok(GetMachineStatusResponse {
