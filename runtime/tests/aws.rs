@@ -22,8 +22,7 @@ struct Env {
 async fn env_with(config: serde_json::Value) -> Env {
     let moto = Moto::start();
     let proxy = FaultProxy::start(moto.addr).await;
-    let ami = moto.some_ami().await;
-    let (subnet, group) = moto.default_network().await;
+    let (ami, subnet, group) = moto.class_resources().await;
     let mut config = config;
     config["endpoint"] = proxy.endpoint.clone().into();
     let settings = ProviderSettings {
@@ -297,4 +296,20 @@ async fn egress_outside_the_allowlist_is_denied() {
 fn component_fits_the_size_budget() {
     let size = std::fs::metadata(guest("aws_provider")).unwrap().len();
     assert!(size <= 1 << 20, "aws_provider.wasm is {size} bytes; the budget is 1 MiB");
+}
+
+#[tokio::test]
+async fn a_class_naming_missing_cloud_resources_is_invalid_argument() {
+    let env = env().await;
+    let mut req = env.request("no-profile");
+    req.machine_class.provider_spec["iam"] = serde_json::json!({"name": "no-such-profile"});
+    let err = env.provider.create_machine(&req).await.unwrap_err();
+    assert_eq!(err.code, Code::InvalidArgument, "{err}");
+    assert!(err.message.contains("no-such-profile"), "{err}");
+    let mut req = env.request("no-ami");
+    req.machine_class.provider_spec["ami"] = "ami-00000000000000000".into();
+    let err = env.provider.create_machine(&req).await.unwrap_err();
+    assert!(matches!(err.code, Code::NotFound | Code::InvalidArgument), "{err}");
+    assert!(err.message.contains("ami-00000000000000000"), "{err}");
+    assert!(env.moto.live_instances_named("no-profile").await.is_empty());
 }

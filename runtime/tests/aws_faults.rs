@@ -23,8 +23,7 @@ const DEADLINE: Duration = Duration::from_secs(4);
 async fn env() -> Env {
     let moto = Moto::start();
     let proxy = FaultProxy::start(moto.addr).await;
-    let ami = moto.some_ami().await;
-    let (subnet, group) = moto.default_network().await;
+    let (ami, subnet, group) = moto.class_resources().await;
     let settings = ProviderSettings {
         egress: EgressPolicy::parse(&[proxy.addr.to_string()]).unwrap(),
         config: Some(serde_json::json!({"endpoint": proxy.endpoint}).to_string()),

@@ -62,8 +62,7 @@ fn b64(s: &str) -> String {
 #[tokio::test]
 async fn aws_provider_passes_against_moto() {
     let moto = Moto::start();
-    let ami = moto.some_ami().await;
-    let (subnet, group) = moto.default_network().await;
+    let (ami, subnet, group) = moto.class_resources().await;
     let class = serde_json::json!({
         "apiVersion": "machine.sapcloud.io/v1alpha1",
         "kind": "MachineClass",

@@ -76,9 +76,18 @@ fn addresses(i: &Instance) -> Vec<NodeAddress> {
     out
 }
 
+/// Does the instance carry the class's cluster and role tag keys? EC2 ANDs the two `tag-key`
+/// filters; some EC2 implementations (moto) keep only the last filter of a name, so the
+/// answer is checked here as well.
+fn of_class(i: &Instance, spec: &ProviderSpec) -> bool {
+    i.tag(spec.cluster_tag()).is_some() && i.tag(spec.role_tag()).is_some()
+}
+
 /// The live instances tagged for this machine.
 fn find_by_tags<T: Transport>(ec2: &Ec2<T>, spec: &ProviderSpec, name: &str) -> Result<Vec<Instance>, DriverError> {
-    ec2.describe_all(|token| query::describe_machine(name, spec.cluster_tag(), spec.role_tag(), token))
+    let mut found = ec2.describe_all(|token| query::describe_machine(name, spec.cluster_tag(), spec.role_tag(), token))?;
+    found.retain(|i| of_class(i, spec) && i.tag("Name") == Some(name));
+    Ok(found)
 }
 
 /// The machine's instances: by tags, else by the providerID.
@@ -195,11 +204,16 @@ pub fn delete<T: Transport>(t: &T, cfg: &Config, req: &MachineRequest) -> Result
 }
 
 fn terminate<T: Transport>(ec2: &Ec2<T>, id: &str) -> Result<DeleteMachineResponse, DriverError> {
+    let gone = || Ok(DeleteMachineResponse { last_known_state: format!("EC2 instance {id} already gone") });
     match ec2.call(&query::terminate_instance(id)) {
         Ok(_) => Ok(DeleteMachineResponse { last_known_state: format!("EC2 instance {id} terminated") }),
-        Err(e) if e.error.code == Code::NotFound => {
-            Ok(DeleteMachineResponse { last_known_state: format!("EC2 instance {id} already gone") })
-        }
+        Err(e) if e.error.code == Code::NotFound => gone(),
+        // EC2 refused (not a transport failure): an instance that is already terminated or
+        // shutting down is deleted, whatever the refusal was about.
+        Err(e) if !e.aws_code.is_empty() => match ec2.instance_by_id(id) {
+            Ok(None) => gone(),
+            _ => Err(e.into()),
+        },
         Err(e) => Err(e.into()),
     }
 }
@@ -250,6 +264,7 @@ pub fn list<T: Transport>(t: &T, cfg: &Config, req: &ListMachinesRequest) -> Res
         ec2.describe_all(|token| query::describe_class(spec.cluster_tag(), spec.role_tag(), cfg.page_size, token))?;
     let mut machines: Vec<(String, String)> = instances
         .iter()
+        .filter(|i| of_class(i, &spec))
         .map(|i| (provider_id(&spec.region, &i.instance_id), i.tag("Name").unwrap_or("").to_string()))
         .collect();
     machines.sort();
@@ -331,7 +346,8 @@ mod tests {
         format!(
             "<{wrapper}><reservationSet><item><instancesSet><item><instanceId>{id}</instanceId><instanceState><name>running</name></instanceState>\
              <privateDnsName>ip-10-0-0-1.eu-west-1.compute.internal</privateDnsName><privateIpAddress>10.0.0.1</privateIpAddress>\
-             <tagSet><item><key>Name</key><value>m1</value></item></tagSet></item></instancesSet></item></reservationSet></{wrapper}>"
+             <tagSet><item><key>Name</key><value>m1</value></item><item><key>kubernetes.io/cluster/shoot--a</key><value>1</value></item>\
+             <item><key>kubernetes.io/role/node</key><value>1</value></item></tagSet></item></instancesSet></item></reservationSet></{wrapper}>"
         )
     }
     const NONE: &str = "<DescribeInstancesResponse><reservationSet/></DescribeInstancesResponse>";
@@ -369,7 +385,8 @@ mod tests {
 
     #[test]
     fn two_instances_for_one_machine_is_out_of_range() {
-        let two = instance_xml("DescribeInstancesResponse", "i-1").replace("</reservationSet>", "<item><instancesSet><item><instanceId>i-2</instanceId></item></instancesSet></item></reservationSet>");
+        let second = instance_xml("X", "i-2").replace("<X><reservationSet>", "").replace("</reservationSet></X>", "");
+        let two = instance_xml("DescribeInstancesResponse", "i-1").replace("</reservationSet>", &format!("{second}</reservationSet>"));
         let ec2 = Scripted::default().on("DescribeInstances", 200, &two);
         let e = status(&ec2, &Config::default(), &request()).unwrap_err();
         assert_eq!(e.code, Code::OutOfRange);
@@ -400,6 +417,21 @@ mod tests {
     }
 
     #[test]
+    fn terminate_refused_for_an_instance_already_terminated_is_success() {
+        let refused = "<Response><Errors><Error><Code>IncorrectInstanceState</Code><Message>x</Message></Error></Errors></Response>";
+        let terminated = instance_xml("DescribeInstancesResponse", "i-0abc").replace("<name>running</name>", "<name>terminated</name>");
+        let ec2 = Scripted::default().on("TerminateInstances", 400, refused).on("DescribeInstances", 200, &terminated);
+        let mut req = request();
+        req.machine.provider_id = "aws:///eu-west-1/i-0abc".into();
+        assert!(delete(&ec2, &Config::default(), &req).unwrap().last_known_state.contains("already gone"));
+        // Still running: the refusal stands.
+        let ec2 = Scripted::default()
+            .on("TerminateInstances", 400, refused)
+            .on("DescribeInstances", 200, &instance_xml("DescribeInstancesResponse", "i-0abc"));
+        assert_eq!(delete(&ec2, &Config::default(), &req).unwrap_err().code, Code::Internal);
+    }
+
+    #[test]
     fn bad_input_makes_no_call() {
         let ec2 = Scripted::default();
         let mut req = request();
@@ -421,6 +453,16 @@ mod tests {
         let r = list(&ec2, &cfg, &req).unwrap();
         assert_eq!(r.machines.len(), 2);
         assert!(ec2.seen.borrow()[1].contains("NextToken=t2") && ec2.seen.borrow()[1].contains("MaxResults=5"));
+    }
+
+    #[test]
+    fn instances_of_other_clusters_are_not_the_machines() {
+        let foreign = instance_xml("DescribeInstancesResponse", "i-9").replace("shoot--a", "shoot--b");
+        let ec2 = Scripted::default().on("DescribeInstances", 200, &foreign);
+        assert_eq!(status(&ec2, &Config::default(), &request()).unwrap_err().code, Code::NotFound);
+        let ec2 = Scripted::default().on("DescribeInstances", 200, &foreign);
+        let req = ListMachinesRequest { machine_class: request().machine_class, secret: secret() };
+        assert!(list(&ec2, &Config::default(), &req).unwrap().machines.is_empty());
     }
 
     #[test]

@@ -68,6 +68,8 @@ const INVALID_ARGUMENT: &[&str] = &[
     "InvalidInstanceType",
     "InvalidUserData.Malformed",
     "InvalidNetworkInterface.InUse",
+    // IAM's "no such instance profile" (moto answers RunInstances with it).
+    "NoSuchEntity",
 ];
 
 pub const INSTANCE_NOT_FOUND: &str = "InvalidInstanceID.NotFound";
@@ -126,6 +128,7 @@ mod tests {
         assert_eq!(code_for("InvalidParameterValue", 400), Code::InvalidArgument);
         assert_eq!(code_for("InvalidAMIID.NotFound", 400), Code::InvalidArgument);
         assert_eq!(code_for("InvalidSubnetID.NotFound", 400), Code::InvalidArgument);
+        assert_eq!(code_for("NoSuchEntity", 404), Code::InvalidArgument);
         assert_eq!(code_for("InvalidInstanceID.Malformed", 400), Code::InvalidArgument);
         assert_eq!(code_for("InvalidInstanceID.NotFound", 400), Code::NotFound);
         assert_eq!(code_for("SomethingNew", 400), Code::Internal);

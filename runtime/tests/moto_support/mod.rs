@@ -15,6 +15,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 pub const REGION: &str = "eu-west-1";
+pub const INSTANCE_PROFILE: &str = "shoot--a-nodes";
 pub const ACCESS_KEY: &str = "AKIAIOSFODNN7EXAMPLE";
 pub const SECRET_KEY: &str = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY";
 
@@ -73,7 +74,12 @@ impl Moto {
 
     /// One EC2 action against moto directly (not through the provider), in `region`.
     pub async fn ec2(&self, region: &str, action: &str, params: &[(&str, &str)]) -> roxml::Doc {
-        let mut form: Vec<(&str, &str)> = vec![("Action", action), ("Version", "2016-11-15")];
+        self.query("ec2", "2016-11-15", region, action, params).await
+    }
+
+    /// One AWS Query API action of `service` against moto.
+    pub async fn query(&self, service: &str, version: &str, region: &str, action: &str, params: &[(&str, &str)]) -> roxml::Doc {
+        let mut form: Vec<(&str, &str)> = vec![("Action", action), ("Version", version)];
         form.extend_from_slice(params);
         let body = form
             .iter()
@@ -82,7 +88,7 @@ impl Moto {
             .join("&");
         // moto picks the region from the credential scope; the signature is not checked.
         let auth = format!(
-            "AWS4-HMAC-SHA256 Credential={ACCESS_KEY}/20250101/{region}/ec2/aws4_request, SignedHeaders=host, Signature=00"
+            "AWS4-HMAC-SHA256 Credential={ACCESS_KEY}/20250101/{region}/{service}/aws4_request, SignedHeaders=host, Signature=00"
         );
         let resp = self
             .http
@@ -140,8 +146,21 @@ impl Moto {
         ami
     }
 
+    /// What the test class refers to: (AMI, subnet, security group); also creates the class's
+    /// IAM instance profile (moto checks that it exists, as EC2 does).
+    pub async fn class_resources(&self) -> (String, String, String) {
+        let ami = self.some_ami().await;
+        let (subnet, group) = self.default_network().await;
+        (ami, subnet, group)
+    }
+
     /// Subnet and security group of moto's default VPC.
+    /// Also makes sure the class's IAM instance profile exists.
     pub async fn default_network(&self) -> (String, String) {
+        let profiles = self.query("iam", "2010-05-08", "us-east-1", "ListInstanceProfiles", &[]).await;
+        if !profiles.0.contains(&format!("<InstanceProfileName>{INSTANCE_PROFILE}</InstanceProfileName>")) {
+            self.query("iam", "2010-05-08", "us-east-1", "CreateInstanceProfile", &[("InstanceProfileName", INSTANCE_PROFILE)]).await;
+        }
         let subnet = self.ec2(REGION, "DescribeSubnets", &[]).await.first_text(&["subnetId"]).expect("a default subnet");
         let group = self.ec2(REGION, "DescribeSecurityGroups", &[]).await.first_text(&["groupId"]).expect("a default group");
         (subnet, group)
@@ -432,7 +451,7 @@ pub fn provider_spec(ami: &str, subnet: &str, group: &str) -> serde_json::Value 
         "ami": ami,
         "region": REGION,
         "machineType": "m5.large",
-        "iam": {"name": "shoot--a-nodes"},
+        "iam": {"name": INSTANCE_PROFILE},
         "keyName": "shoot--a-ssh",
         "networkInterfaces": [{"subnetID": subnet, "securityGroupIDs": [group]}],
         "blockDevices": [
