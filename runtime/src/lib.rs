@@ -9,6 +9,7 @@ pub mod cache;
 pub mod capability;
 pub mod cli;
 pub mod conformance;
+pub mod controller;
 pub mod driver;
 pub mod provider;
 pub mod registry;

@@ -1,0 +1,224 @@
+//! `mcm-wasm controller`: flags (MCM's names where the meaning is the same) and startup.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{Config, Context};
+use crate::EgressPolicy;
+use crate::provider::ProviderSettings;
+use crate::registry::Registry;
+use crate::sandbox::{Sandbox, SandboxConfig};
+
+fn go_duration(text: &str) -> Result<Duration, String> {
+    super::retry::parse_go_duration(text)
+        .ok_or_else(|| format!("{text:?} is not a duration such as 20m, 2h or 90s"))
+}
+
+/// The machine controller's command line.
+#[derive(clap::Args, Debug)]
+pub struct ControllerArgs {
+    /// The directory of provider components (.wasm), watched and hot-swapped.
+    #[arg(long, value_name = "DIR")]
+    pub providers_dir: PathBuf,
+    /// Kubeconfig of the cluster holding Machines (empty: $KUBECONFIG or in-cluster;
+    /// `inClusterConfig`: in-cluster).
+    #[arg(long, default_value = "")]
+    pub control_kubeconfig: String,
+    /// Kubeconfig of the cluster the Nodes join (empty: the control cluster; `none`: no target
+    /// cluster, machines go to Available without node, drain or node deletion).
+    #[arg(long, default_value = "")]
+    pub target_kubeconfig: String,
+    /// Namespace of the Machines, MachineClasses and Secrets served.
+    #[arg(long, default_value = "default")]
+    pub namespace: String,
+    /// Creation timeout: a machine whose node has not joined by then fails.
+    #[arg(long, default_value = "20m", value_parser = go_duration)]
+    pub machine_creation_timeout: Duration,
+    /// Health timeout: an Unknown machine fails after this long.
+    #[arg(long, default_value = "10m", value_parser = go_duration)]
+    pub machine_health_timeout: Duration,
+    /// Drain timeout: after this long a deletion is forced.
+    #[arg(long, default_value = "2h", value_parser = go_duration)]
+    pub machine_drain_timeout: Duration,
+    /// Requeue period after a ResourceExhausted create error (0 means 10m).
+    #[arg(long, default_value = "10m", value_parser = go_duration)]
+    pub resource_exhausted_retry: Duration,
+    /// Machines reconciled concurrently.
+    #[arg(long, default_value_t = 50)]
+    pub concurrent_syncs: u16,
+    /// Node condition types that make a machine unhealthy unless False.
+    #[arg(
+        long,
+        default_value = "KernelDeadlock,ReadonlyFilesystem,DiskPressure,NetworkUnavailable"
+    )]
+    pub node_conditions: String,
+    /// Extra groups of the bootstrap tokens (`auth-extra-groups`).
+    #[arg(long, default_value = "")]
+    pub bootstrap_token_auth_extra_groups: String,
+    /// A provider's own configuration, as NAME=JSON (repeatable), e.g. aws='{"endpoint":"http://127.0.0.1:5000"}'.
+    #[arg(long = "provider-config", value_name = "NAME=JSON")]
+    pub provider_configs: Vec<String>,
+    /// Allow a provider outbound HTTP to a host, as NAME=HOST[:PORT] (repeatable; default: none).
+    #[arg(long = "provider-allow-host", value_name = "NAME=HOST[:PORT]")]
+    pub provider_allow_hosts: Vec<String>,
+    /// Tests and `just run` only: register the Node of every live VM, as a kubelet would.
+    #[arg(long)]
+    pub simulate_node_join: bool,
+}
+
+impl ControllerArgs {
+    pub fn config(&self) -> Config {
+        Config {
+            namespace: self.namespace.clone(),
+            creation_timeout: self.machine_creation_timeout,
+            health_timeout: self.machine_health_timeout,
+            drain_timeout: self.machine_drain_timeout,
+            resource_exhausted_retry: if self.resource_exhausted_retry.is_zero() {
+                super::retry::Retry::Long.period()
+            } else {
+                self.resource_exhausted_retry
+            },
+            concurrent_syncs: self.concurrent_syncs.max(1),
+            node_conditions: self
+                .node_conditions
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+                .collect(),
+            bootstrap_token_auth_extra_groups: self.bootstrap_token_auth_extra_groups.clone(),
+            ..Config::default()
+        }
+    }
+
+    /// The operator's settings per provider name, from `--provider-config` and `--provider-allow-host`.
+    pub fn provider_settings(&self) -> Result<BTreeMap<String, ProviderSettings>, String> {
+        let mut configs: BTreeMap<String, String> = BTreeMap::new();
+        for item in &self.provider_configs {
+            let (name, json) = item
+                .split_once('=')
+                .ok_or_else(|| format!("--provider-config {item:?} is not NAME=JSON"))?;
+            serde_json::from_str::<serde_json::Value>(json)
+                .map_err(|e| format!("--provider-config for {name}: not JSON: {e}"))?;
+            configs.insert(name.to_string(), json.to_string());
+        }
+        let mut hosts: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for item in &self.provider_allow_hosts {
+            let (name, host) = item
+                .split_once('=')
+                .ok_or_else(|| format!("--provider-allow-host {item:?} is not NAME=HOST[:PORT]"))?;
+            hosts
+                .entry(name.to_string())
+                .or_default()
+                .push(host.to_string());
+        }
+        let mut out = BTreeMap::new();
+        for name in configs.keys().chain(hosts.keys()) {
+            let egress = EgressPolicy::parse(hosts.get(name).map(Vec::as_slice).unwrap_or(&[]))
+                .map_err(|e| e.to_string())?;
+            out.insert(
+                name.clone(),
+                ProviderSettings {
+                    egress,
+                    config: configs.get(name).cloned(),
+                    deadlines: None,
+                },
+            );
+        }
+        Ok(out)
+    }
+}
+
+async fn client(kubeconfig: &str) -> Result<kube::Client, String> {
+    let config = match kubeconfig {
+        "" => kube::Config::infer().await.map_err(|e| e.to_string())?,
+        "inClusterConfig" => kube::Config::incluster().map_err(|e| e.to_string())?,
+        path => {
+            let kc =
+                kube::config::Kubeconfig::read_from(path).map_err(|e| format!("{path}: {e}"))?;
+            kube::Config::from_custom_kubeconfig(kc, &Default::default())
+                .await
+                .map_err(|e| format!("{path}: {e}"))?
+        }
+    };
+    kube::Client::try_from(config).map_err(|e| e.to_string())
+}
+
+/// Run the controller until Ctrl-C or SIGTERM.
+pub async fn main(args: ControllerArgs) -> ExitCode {
+    match run(args).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn run(args: ControllerArgs) -> Result<(), String> {
+    super::install_crypto_provider();
+    let settings = args.provider_settings()?;
+    if !args.providers_dir.is_dir() {
+        return Err(format!(
+            "--providers-dir {} is not a directory",
+            args.providers_dir.display()
+        ));
+    }
+    let control = client(&args.control_kubeconfig)
+        .await
+        .map_err(|e| format!("control cluster: {e}"))?;
+    let target = match args.target_kubeconfig.as_str() {
+        "none" => None,
+        "" => Some(control.clone()),
+        path => Some(
+            client(path)
+                .await
+                .map_err(|e| format!("target cluster: {e}"))?,
+        ),
+    };
+    let sandbox = Sandbox::new(SandboxConfig::default()).map_err(|e| format!("{e:#}"))?;
+    let registry = Registry::new(sandbox);
+    for (name, s) in settings {
+        registry.set_settings(&name, s);
+    }
+    let _watch = registry
+        .watch_dir(args.providers_dir.clone(), Duration::from_secs(30))
+        .await
+        .map_err(|e| format!("watching {}: {e}", args.providers_dir.display()))?;
+    tracing::info!(providers = ?registry.names(), namespace = %args.namespace, "machine controller starting");
+    let ctx = Context::new(control, target, registry, args.config());
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|v| *v).await;
+    };
+    let sim = args.simulate_node_join.then(|| {
+        tokio::spawn(super::node_sim::run(
+            ctx.clone(),
+            Duration::from_secs(1),
+            stopped(stop_rx.clone()),
+        ))
+    });
+    let signal = async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down");
+        let _ = stop_tx.send(true);
+    };
+    let ctrl = super::run(Arc::clone(&ctx), stopped(stop_rx.clone()));
+    tokio::join!(signal, ctrl);
+    if let Some(sim) = sim {
+        let _ = sim.await;
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -1,0 +1,166 @@
+//! One machine's reconcile context: the class, the provider, the driver requests built from
+//! the Kubernetes objects, and an event on the Machine for every driver outcome.
+
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::Api;
+use kube::runtime::events::{Event, EventType};
+use kube::{Resource as _, ResourceExt as _};
+use machine_api::{MC_SECRET_FINALIZER, MCM_FINALIZER, Machine, MachineClass};
+
+use super::{Context, add_finalizer, secrets};
+use crate::driver::{self, DriverError, MachineRequest, Operation, SecretData};
+use crate::provider::Provider;
+
+/// Everything a reconcile of one machine needs.
+pub struct Job {
+    pub ctx: Arc<Context>,
+    pub api: Api<Machine>,
+    pub class: Arc<MachineClass>,
+    pub provider: Arc<Provider>,
+    pub name: String,
+}
+
+impl Job {
+    /// The class's secrets, merged (credentials win).
+    pub async fn secret(&self) -> Result<SecretData, kube::Error> {
+        secrets::merged_secret(&self.ctx.control, &self.class, &self.ctx.config.namespace).await
+    }
+
+    /// A driver request for `machine` with `secret`.
+    pub fn request(&self, machine: &Machine, secret: SecretData) -> MachineRequest {
+        MachineRequest {
+            machine: driver_machine(machine),
+            machine_class: driver_class(&self.class),
+            secret,
+        }
+    }
+
+    /// The class as the driver sees it, with `secret`.
+    pub fn class_request(&self, secret: SecretData) -> driver::ClassRequest {
+        driver::ClassRequest {
+            machine_class: driver_class(&self.class),
+            secret,
+        }
+    }
+
+    /// Record a driver outcome as an event on the machine (Normal for OK, Warning with the
+    /// code and message otherwise). Event failures are logged, never fatal.
+    pub async fn driver_event<T>(
+        &self,
+        machine: &Machine,
+        op: Operation,
+        result: &Result<T, DriverError>,
+        detail: &str,
+    ) {
+        let (type_, note) = match result {
+            Ok(_) => (
+                EventType::Normal,
+                format!("{} succeeded{}", go_name(op), detail),
+            ),
+            Err(e) => (EventType::Warning, format!("{} failed: {e}", go_name(op))),
+        };
+        let reason = match result {
+            Ok(_) => format!("{}Succeeded", go_name(op)),
+            Err(e) => format!("{}{}", go_name(op), e.code.name()),
+        };
+        self.event(machine, type_, &reason, go_name(op), note).await;
+    }
+
+    pub async fn event(
+        &self,
+        machine: &Machine,
+        type_: EventType,
+        reason: &str,
+        action: &str,
+        note: String,
+    ) {
+        let ev = Event {
+            type_,
+            reason: reason.to_string(),
+            note: Some(note),
+            action: action.to_string(),
+            secondary: None,
+        };
+        if let Err(e) = self
+            .ctx
+            .recorder
+            .publish(&ev, &machine.object_ref(&()))
+            .await
+        {
+            tracing::debug!(machine = %self.name, "cannot record event: {e}");
+        }
+    }
+}
+
+/// MCM's (Go) name of an operation, e.g. `CreateMachine`.
+pub fn go_name(op: Operation) -> &'static str {
+    match op {
+        Operation::CreateMachine => "CreateMachine",
+        Operation::InitializeMachine => "InitializeMachine",
+        Operation::DeleteMachine => "DeleteMachine",
+        Operation::GetMachineStatus => "GetMachineStatus",
+        Operation::ListMachines => "ListMachines",
+        Operation::GetVolumeIds => "GetVolumeIDs",
+        Operation::ValidateMachineClass => "ValidateMachineClass",
+        Operation::MetricsLabels => "MetricsLabels",
+    }
+}
+
+pub fn driver_machine(machine: &Machine) -> driver::Machine {
+    driver::Machine {
+        name: machine.name_any(),
+        namespace: machine.namespace().unwrap_or_default(),
+        uid: machine.uid().unwrap_or_default(),
+        provider_id: machine.spec.provider_id.clone(),
+        labels: machine.labels().clone(),
+    }
+}
+
+pub fn driver_class(class: &MachineClass) -> driver::MachineClass {
+    driver::MachineClass {
+        name: class.name_any(),
+        provider: class.spec.provider.clone(),
+        provider_spec: class.spec.provider_spec.clone(),
+        node_template: class
+            .spec
+            .node_template
+            .as_ref()
+            .map(|t| driver::NodeTemplate {
+                capacity: t
+                    .capacity
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.0.clone()))
+                    .collect(),
+                instance_type: t.instance_type.clone(),
+                region: t.region.clone(),
+                zone: t.zone.clone(),
+                architecture: t.architecture.clone(),
+            }),
+    }
+}
+
+/// The class and its secrets carry MCM's finalizers while machines use them.
+pub async fn ensure_class_finalizers(
+    ctx: &Context,
+    class: &MachineClass,
+) -> Result<(), kube::Error> {
+    if add_finalizer(&ctx.classes(), class, MCM_FINALIZER).await? {
+        tracing::info!(class = %class.name_any(), "finalizer added to MachineClass");
+    }
+    let secrets: Api<Secret> = Api::namespaced(ctx.control.clone(), &ctx.config.namespace);
+    for r in [&class.spec.secret_ref, &class.spec.credentials_secret_ref]
+        .into_iter()
+        .flatten()
+    {
+        // MCM puts the finalizer only on secrets in --namespace, matched by name.
+        let Some(name) = r.name.as_deref().filter(|n| !n.is_empty()) else {
+            continue;
+        };
+        if let Some(secret) = secrets.get_opt(name).await? {
+            add_finalizer(&secrets, &secret, MC_SECRET_FINALIZER).await?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,329 @@
+//! The MCM-compatible machine controller: the "machine controller" half of Gardener's split,
+//! on kube-runtime. It serves the Machines whose MachineClass names a provider loaded in the
+//! [`Registry`], drives the driver calls through it, and keeps phases, `lastOperation`,
+//! finalizers and the node link exactly as Gardener's machine-controller-manager expects, so
+//! that MCM's MachineSet / MachineDeployment controllers run on top of it unchanged.
+//!
+//! One module per concern: [`machine`] (per-machine context, driver requests, events),
+//! [`create`] (creation flow and health), [`delete`] (deletion state machine), [`drain`],
+//! [`secrets`] (merge + userData), [`status`] (status writes), [`retry`] (MCM's periods),
+//! [`node_sim`] (a kubelet stand-in for tests and `just run`).
+
+pub mod command;
+pub mod create;
+pub mod delete;
+pub mod drain;
+pub mod machine;
+pub mod node_sim;
+pub mod retry;
+pub mod secrets;
+pub mod status;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt as _;
+use k8s_openapi::api::core::v1::Node;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher;
+use kube::{Client, ResourceExt as _};
+use machine_api::{MCM_FINALIZER, Machine, MachineClass};
+
+use crate::registry::{Registry, RegistryEvent};
+use retry::Retry;
+
+/// The controller's settings (MCM's flags where the meaning is the same).
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// `--namespace`: Machines, MachineClasses and Secrets are served in this namespace only.
+    pub namespace: String,
+    /// `--machine-creation-timeout`.
+    pub creation_timeout: Duration,
+    /// `--machine-health-timeout`.
+    pub health_timeout: Duration,
+    /// `--machine-drain-timeout`.
+    pub drain_timeout: Duration,
+    /// `--machine-safety-orphan-vms-period`.
+    pub safety_orphan_vms_period: Duration,
+    /// `--resource-exhausted-retry`.
+    pub resource_exhausted_retry: Duration,
+    /// `--concurrent-syncs`.
+    pub concurrent_syncs: u16,
+    /// `--node-conditions`: condition types that make a node unhealthy when not False.
+    pub node_conditions: Vec<String>,
+    /// `--bootstrap-token-auth-extra-groups`.
+    pub bootstrap_token_auth_extra_groups: String,
+    /// How often Pending and Unknown machines are re-checked (MCM: 1 min).
+    pub health_check_interval: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            namespace: "default".into(),
+            creation_timeout: Duration::from_secs(20 * 60),
+            health_timeout: Duration::from_secs(10 * 60),
+            drain_timeout: Duration::from_secs(2 * 3600),
+            safety_orphan_vms_period: Duration::from_secs(15 * 60),
+            resource_exhausted_retry: Retry::Long.period(),
+            concurrent_syncs: 50,
+            node_conditions: [
+                "KernelDeadlock",
+                "ReadonlyFilesystem",
+                "DiskPressure",
+                "NetworkUnavailable",
+            ]
+            .map(String::from)
+            .to_vec(),
+            bootstrap_token_auth_extra_groups: String::new(),
+            health_check_interval: Duration::from_secs(60),
+        }
+    }
+}
+
+/// What every reconcile shares.
+pub struct Context {
+    /// The cluster that holds Machines, MachineClasses and their Secrets.
+    pub control: Client,
+    /// The cluster whose Nodes the machines become; `None` = `--target-kubeconfig none`.
+    pub target: Option<Client>,
+    pub registry: Arc<Registry>,
+    pub recorder: Recorder,
+    pub config: Config,
+}
+
+impl Context {
+    pub fn new(
+        control: Client,
+        target: Option<Client>,
+        registry: Arc<Registry>,
+        config: Config,
+    ) -> Arc<Context> {
+        let recorder = Recorder::new(
+            control.clone(),
+            Reporter {
+                controller: "mcm-wasm".into(),
+                instance: None,
+            },
+        );
+        Arc::new(Context {
+            control,
+            target,
+            registry,
+            recorder,
+            config,
+        })
+    }
+
+    pub fn machines(&self) -> Api<Machine> {
+        Api::namespaced(self.control.clone(), &self.config.namespace)
+    }
+
+    pub fn classes(&self) -> Api<MachineClass> {
+        Api::namespaced(self.control.clone(), &self.config.namespace)
+    }
+
+    pub fn nodes(&self) -> Option<Api<Node>> {
+        self.target.as_ref().map(|c| Api::all(c.clone()))
+    }
+}
+
+/// Why a reconcile did not finish. `Retry` is not a failure: it is MCM's "requeue after this
+/// period" (a deletion step that is not done yet, a driver error with its retry period).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{reason} (retry in {})", retry::go_duration(*after))]
+    Retry { after: Duration, reason: String },
+    #[error("kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("finalizer: {0}")]
+    Finalizer(String),
+}
+
+impl Error {
+    pub fn retry(after: Duration, reason: impl Into<String>) -> Error {
+        Error::Retry {
+            after,
+            reason: reason.into(),
+        }
+    }
+
+    /// The label of this error in metrics.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::Retry { .. } => "retry",
+            Error::Kube(_) => "kube",
+            Error::Finalizer(_) => "finalizer",
+        }
+    }
+}
+
+/// Install the ring TLS provider once (reqwest and kube both link rustls; with two providers
+/// compiled in, rustls wants one chosen).
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// One reconcile of one Machine.
+pub async fn reconcile(machine: Arc<Machine>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let name = machine.name_any();
+    // Only the machines of our providers: find the class and its provider first, before the
+    // finalizer says "this machine is ours".
+    let class_name = machine.spec.class.name.clone();
+    if class_name.is_empty() || machine.spec.class.kind.is_empty() {
+        tracing::warn!(machine = %name, "spec.class.kind and spec.class.name must be set");
+        return Ok(Action::requeue(Retry::Long.period()));
+    }
+    let Some(class) = ctx.classes().get_opt(&class_name).await? else {
+        tracing::info!(machine = %name, class = %class_name, "MachineClass not found");
+        return Ok(Action::requeue(Retry::Long.period()));
+    };
+    let Some(provider) = ctx.registry.get(&class.spec.provider) else {
+        tracing::debug!(machine = %name, provider = %class.spec.provider, "no such provider loaded: not ours");
+        return Ok(Action::requeue(Retry::Long.period()));
+    };
+    machine::ensure_class_finalizers(&ctx, &class).await?;
+    let api = ctx.machines();
+    let job = machine::Job {
+        ctx: ctx.clone(),
+        api: api.clone(),
+        class: Arc::new(class),
+        provider,
+        name,
+    };
+    finalizer(&api, MCM_FINALIZER, machine, |event| async {
+        match event {
+            FinalizerEvent::Apply(m) => create::reconcile(&job, m).await,
+            FinalizerEvent::Cleanup(m) => delete::reconcile(&job, m).await,
+        }
+    })
+    .await
+    .map_err(|e| match e {
+        kube::runtime::finalizer::Error::ApplyFailed(e)
+        | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
+        kube::runtime::finalizer::Error::AddFinalizer(e)
+        | kube::runtime::finalizer::Error::RemoveFinalizer(e) => Error::Kube(e),
+        other => Error::Finalizer(other.to_string()),
+    })
+}
+
+/// The requeue after a failed reconcile.
+pub fn error_policy(_machine: Arc<Machine>, error: &Error, _ctx: Arc<Context>) -> Action {
+    match error {
+        Error::Retry { after, .. } => Action::requeue(*after),
+        Error::Kube(kube::Error::Api(s)) if s.code == 409 => {
+            Action::requeue(Retry::Conflict.period())
+        }
+        _ => Action::requeue(Retry::Short.period()),
+    }
+}
+
+/// Machines to reconcile when a Node changes: those whose `node` label names it.
+fn machines_of_node(store: &Store<Machine>, node: &Node) -> Vec<ObjectRef<Machine>> {
+    let node_name = node.name_any();
+    store
+        .state()
+        .iter()
+        .filter(|m| m.node_name() == Some(node_name.as_str()))
+        .map(|m| ObjectRef::from_obj(m.as_ref()))
+        .collect()
+}
+
+/// Run the machine controller until `shutdown` resolves (then reconciles in flight finish).
+pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + Sync + 'static) {
+    let controller = Controller::new(ctx.machines(), watcher::Config::default())
+        .with_config(ControllerConfig::default().concurrency(ctx.config.concurrent_syncs));
+    let store = controller.store();
+    let controller = match ctx.nodes() {
+        Some(nodes) => controller.watches(nodes, watcher::Config::default(), move |node| {
+            machines_of_node(&store, &node)
+        }),
+        None => controller,
+    };
+    // A provider that loads or is replaced may serve machines that waited for it.
+    let loaded = futures::stream::unfold(ctx.registry.subscribe(), |mut rx| async move {
+        loop {
+            match rx.recv().await {
+                Ok(RegistryEvent::Loaded { .. }) => return Some(((), rx)),
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    });
+    controller
+        .reconcile_all_on(loaded)
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            match result {
+                Ok(_) => {}
+                Err(kube::runtime::controller::Error::ReconcilerFailed(
+                    Error::Retry { reason, after },
+                    obj,
+                )) => {
+                    tracing::debug!(machine = %obj.name, "{reason} (requeue in {after:?})")
+                }
+                Err(e) => tracing::warn!("reconcile failed: {e}"),
+            }
+        })
+        .await;
+}
+
+/// Add a finalizer with a merge patch guarded by the resourceVersion (a conflict retries).
+pub(crate) async fn add_finalizer<K>(
+    api: &Api<K>,
+    obj: &K,
+    finalizer: &str,
+) -> Result<bool, kube::Error>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    if obj.finalizers().iter().any(|f| f == finalizer) {
+        return Ok(false);
+    }
+    let mut finalizers = obj.finalizers().to_vec();
+    finalizers.push(finalizer.to_string());
+    let patch = serde_json::json!({
+        "metadata": { "finalizers": finalizers, "resourceVersion": obj.resource_version() }
+    });
+    api.patch(
+        &obj.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(&patch),
+    )
+    .await?;
+    Ok(true)
+}
+
+/// Remove a finalizer (merge patch guarded by the resourceVersion).
+pub(crate) async fn remove_finalizer<K>(
+    api: &Api<K>,
+    obj: &K,
+    finalizer: &str,
+) -> Result<bool, kube::Error>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    if !obj.finalizers().iter().any(|f| f == finalizer) {
+        return Ok(false);
+    }
+    let finalizers: Vec<&String> = obj
+        .finalizers()
+        .iter()
+        .filter(|f| *f != finalizer)
+        .collect();
+    let patch = serde_json::json!({
+        "metadata": { "finalizers": finalizers, "resourceVersion": obj.resource_version() }
+    });
+    api.patch(
+        &obj.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(&patch),
+    )
+    .await?;
+    Ok(true)
+}

@@ -1,0 +1,273 @@
+//! The machine controller end to end: a real kube-apiserver + etcd (testenv), a real moto EC2
+//! server, the real AWS provider component loaded from a providers directory, and the
+//! simulated node join. Everything is checked through the Kubernetes API and moto.
+
+mod moto_support;
+mod support;
+
+use std::time::{Duration, Instant};
+
+use futures::{StreamExt as _, TryStreamExt as _};
+use k8s_openapi::api::core::v1::{Node, Secret};
+use k8s_openapi::api::events::v1::Event;
+use kube::api::{Api, DeleteParams, ListParams, PostParams, WatchEvent, WatchParams};
+use kube::ResourceExt as _;
+use machine_api::{Machine, MachineClass, MachineOperationType as Op, MachinePhase, MachineState as State};
+use mcm_wasm::controller::{self, Config, Context};
+use mcm_wasm::{EgressPolicy, ProviderSettings, Registry};
+use moto_support::*;
+use support::*;
+
+const NS: &str = "default";
+
+/// Control plane, moto, providers dir, the controller and the node simulation.
+struct World {
+    _cp: testenv::ControlPlane,
+    moto: Moto,
+    client: kube::Client,
+    _providers: tempfile::TempDir,
+    stop: tokio::sync::watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl World {
+    async fn start() -> World {
+        controller::install_crypto_provider();
+        let cp = testenv::ControlPlane::start().expect("control plane (run `just controlplane`)");
+        cp.apply_crds().unwrap();
+        let client = cp.client().await.unwrap();
+        let moto = Moto::start();
+        let ami = moto.some_ami().await;
+        let (subnet, group) = moto.default_network().await;
+
+        let providers = tempfile::tempdir().unwrap();
+        std::fs::copy(guest("aws_provider"), providers.path().join("aws.wasm")).unwrap();
+        let registry = Registry::new(sandbox(Duration::from_secs(30)));
+        registry.set_settings(
+            "aws",
+            ProviderSettings {
+                egress: EgressPolicy::parse(&[moto.addr.to_string()]).unwrap(),
+                config: Some(serde_json::json!({ "endpoint": moto.endpoint }).to_string()),
+                deadlines: None,
+            },
+        );
+        let watch = registry.watch_dir(providers.path().to_path_buf(), Duration::from_secs(30)).await.unwrap();
+        assert_eq!(registry.names(), ["aws"]);
+
+        // The class's secret: user data with both placeholders; credentials in a second secret.
+        let secrets: Api<Secret> = Api::namespaced(client.clone(), NS);
+        let user_data: Secret = serde_json::from_value(serde_json::json!({
+            "metadata": { "name": "aws-userdata" },
+            "stringData": {
+                "userData": "#!/bin/bash\necho <<MACHINE_NAME>> <<BOOTSTRAP_TOKEN>>",
+                "providerAccessKeyId": "overridden-by-credentials",
+            },
+        }))
+        .unwrap();
+        let creds: Secret = serde_json::from_value(serde_json::json!({
+            "metadata": { "name": "aws-credentials" },
+            "stringData": { "providerAccessKeyId": ACCESS_KEY, "providerSecretAccessKey": SECRET_KEY },
+        }))
+        .unwrap();
+        secrets.create(&PostParams::default(), &user_data).await.unwrap();
+        secrets.create(&PostParams::default(), &creds).await.unwrap();
+        let class: MachineClass = serde_json::from_value(serde_json::json!({
+            "apiVersion": "machine.sapcloud.io/v1alpha1",
+            "kind": "MachineClass",
+            "metadata": { "name": "aws-class" },
+            "provider": "aws",
+            "providerSpec": provider_spec(&ami, &subnet, &group),
+            "secretRef": { "name": "aws-userdata", "namespace": NS },
+            "credentialsSecretRef": { "name": "aws-credentials", "namespace": NS },
+        }))
+        .unwrap();
+        Api::<MachineClass>::namespaced(client.clone(), NS).create(&PostParams::default(), &class).await.unwrap();
+
+        let config = Config { namespace: NS.into(), health_check_interval: Duration::from_secs(2), ..Config::default() };
+        let ctx = Context::new(client.clone(), Some(client.clone()), registry, config);
+        let (stop, rx) = tokio::sync::watch::channel(false);
+        let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|v| *v).await;
+        };
+        let tasks = vec![
+            tokio::spawn(controller::run(ctx.clone(), stopped(rx.clone()))),
+            tokio::spawn(controller::node_sim::run(ctx.clone(), Duration::from_millis(300), stopped(rx.clone()))),
+            watch,
+        ];
+        World { _cp: cp, moto, client, _providers: providers, stop, tasks }
+    }
+
+    fn machines(&self) -> Api<Machine> {
+        Api::namespaced(self.client.clone(), NS)
+    }
+
+    async fn create_machine(&self, name: &str) {
+        let m: Machine = serde_json::from_value(serde_json::json!({
+            "apiVersion": "machine.sapcloud.io/v1alpha1",
+            "kind": "Machine",
+            "metadata": { "name": name },
+            "spec": { "class": { "kind": "MachineClass", "name": "aws-class" } },
+        }))
+        .unwrap();
+        self.machines().create(&PostParams::default(), &m).await.unwrap();
+    }
+
+    async fn wait_machine(&self, name: &str, what: &str, timeout: Duration, ok: impl Fn(&Machine) -> bool) -> Machine {
+        let started = Instant::now();
+        loop {
+            let m = self.machines().get_opt(name).await.unwrap();
+            if let Some(m) = &m {
+                if ok(m) {
+                    return m.clone();
+                }
+            }
+            if started.elapsed() > timeout {
+                panic!("machine {name}: {what} not reached in {timeout:?}; last seen: {:#?}", m.map(|m| m.status));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        for t in self.tasks {
+            t.abort();
+        }
+    }
+}
+
+fn last_op(m: &Machine) -> (String, Option<State>, Option<Op>, String) {
+    let lo = &m.status.as_ref().unwrap().last_operation;
+    (lo.description.clone(), lo.state.clone(), lo.type_.clone(), lo.error_code.clone())
+}
+
+/// Every distinct lastOperation the machine goes through, from a watch started now, until the
+/// machine is deleted or `timeout` passes.
+async fn record_operations(api: Api<Machine>, name: &str) -> tokio::task::JoinHandle<Vec<(String, String, String, String)>> {
+    let params = WatchParams::default().fields(&format!("metadata.name={name}")).timeout(180);
+    let rv = api.list(&ListParams::default()).await.unwrap().metadata.resource_version.unwrap();
+    let mut stream = api.watch(&params, &rv).await.unwrap().boxed();
+    tokio::spawn(async move {
+        let mut seen: Vec<(String, String, String, String)> = Vec::new();
+        while let Ok(Some(ev)) = stream.try_next().await {
+            match ev {
+                WatchEvent::Added(m) | WatchEvent::Modified(m) => {
+                    let Some(st) = m.status.as_ref() else { continue };
+                    let lo = &st.last_operation;
+                    let row = (
+                        st.current_status.phase.as_ref().map(|p| p.as_str().to_string()).unwrap_or_default(),
+                        lo.description.clone(),
+                        lo.state.as_ref().map(|s| s.as_str().to_string()).unwrap_or_default(),
+                        lo.type_.as_ref().map(|t| t.as_str().to_string()).unwrap_or_default(),
+                    );
+                    if seen.last() != Some(&row) {
+                        seen.push(row);
+                    }
+                }
+                WatchEvent::Deleted(_) => break,
+                _ => {}
+            }
+        }
+        seen
+    })
+}
+
+fn rows(expected: &[(&str, &str, &str, &str)]) -> Vec<(String, String, String, String)> {
+    expected.iter().map(|(a, b, c, d)| (a.to_string(), b.to_string(), c.to_string(), d.to_string())).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn machine_runs_then_deletes_as_mcm_does() {
+    let world = World::start().await;
+    let name = "e2e-machine-1";
+    let creating = record_operations(world.machines(), name).await;
+    world.create_machine(name).await;
+
+    // Running: providerID and node label set, the node joined.
+    let m = world
+        .wait_machine(name, "phase Running", Duration::from_secs(120), |m| m.phase() == Some(&MachinePhase::Running))
+        .await;
+    let id = m.spec.provider_id.strip_prefix(&format!("aws:///{REGION}/")).expect("aws:///<region>/<id>").to_string();
+    let live = world.moto.live_instances_named(name).await;
+    assert_eq!(live.len(), 1, "exactly one instance: {live:?}");
+    assert_eq!(live[0].id, id);
+    let node_name = m.node_name().expect("node label").to_string();
+    assert_eq!(node_name, live[0].private_dns_name, "the node label names the VM's PrivateDnsName");
+    assert_eq!(
+        last_op(&m),
+        (format!("Machine {name} successfully joined the cluster"), Some(State::Successful), Some(Op::Create), String::new())
+    );
+    assert_eq!(m.annotations().get("machinepriority.machine.sapcloud.io").map(String::as_str), Some("3"));
+    assert!(m.finalizers().contains(&"machine.sapcloud.io/machine-controller-manager".to_string()));
+    assert!(!m.status.as_ref().unwrap().current_status.timeout_active);
+    assert!(m.status.as_ref().unwrap().conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+    let node = Api::<Node>::all(world.client.clone()).get(&node_name).await.unwrap();
+    assert_eq!(node.spec.unwrap().provider_id.as_deref(), Some(m.spec.provider_id.as_str()));
+
+    // Finalizers as MCM sets them on the class and the secrets.
+    let class = Api::<MachineClass>::namespaced(world.client.clone(), NS).get("aws-class").await.unwrap();
+    assert!(class.finalizers().contains(&"machine.sapcloud.io/machine-controller-manager".to_string()));
+    for s in ["aws-userdata", "aws-credentials"] {
+        let secret = Api::<Secret>::namespaced(world.client.clone(), NS).get(s).await.unwrap();
+        assert!(secret.finalizers().contains(&"machine.sapcloud.io/machine-controller".to_string()), "{s}");
+    }
+
+    // userData reached EC2 with the placeholders filled; the bootstrap token went after the join.
+    use base64::Engine as _;
+    let user_data = world.moto.attribute(&id, "userData").await;
+    let user_data = String::from_utf8(base64::engine::general_purpose::STANDARD.decode(user_data.trim()).unwrap()).unwrap();
+    let token_id = &hex_tail(name);
+    assert!(user_data.starts_with(&format!("#!/bin/bash\necho {name} {token_id}.")), "{user_data}");
+    assert_eq!(user_data.trim_end().len(), format!("#!/bin/bash\necho {name} {token_id}.").len() + 16, "{user_data}");
+    let tokens: Api<Secret> = Api::namespaced(world.client.clone(), "kube-system");
+    assert!(tokens.get_opt(&format!("bootstrap-token-{token_id}")).await.unwrap().is_none(), "token deleted on first join");
+
+    // The create path as MCM writes it.
+    let events: Vec<String> = Api::<Event>::namespaced(world.client.clone(), NS)
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+        .map(|e| format!("{}: {}", e.reason.unwrap_or_default(), e.note.unwrap_or_default()))
+        .collect();
+    assert!(events.iter().any(|e| e.starts_with("GetMachineStatusNotFound: ") && e.contains("code = [NotFound]")), "{events:#?}");
+    assert!(events.iter().any(|e| e.starts_with("CreateMachineSucceeded: ") && e.contains(&id)), "{events:#?}");
+
+    // Delete: each step recorded with MCM's description; VM terminated, Node deleted, finalizer gone.
+    let deleting = record_operations(world.machines(), name).await;
+    world.machines().delete(name, &DeleteParams::default()).await.unwrap();
+    let started = Instant::now();
+    while world.machines().get_opt(name).await.unwrap().is_some() {
+        assert!(started.elapsed() < Duration::from_secs(120), "machine not deleted in time");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let seen = deleting.await.unwrap();
+    let node_deleted = format!("Deletion of Node Object \"{node_name}\" is successful. Initiate machine object finalizer removal");
+    let expected = rows(&[
+        // The deletionTimestamp arrives first, with the status unchanged.
+        ("Running", &format!("Machine {name} successfully joined the cluster"), "Successful", "Create"),
+        ("Terminating", "Set machine status to termination. Now, getting VM Status", "Processing", "Delete"),
+        ("Terminating", "Initiate node drain", "Processing", "Delete"),
+        ("Terminating", "Drain successful. Initiate VM deletion", "Processing", "Delete"),
+        ("Terminating", "VM deletion was successful. Initiate node object deletion", "Processing", "Delete"),
+        ("Terminating", &node_deleted, "Processing", "Delete"),
+    ]);
+    assert_eq!(seen, expected);
+    let vm = world.moto.instance(&id).await;
+    assert!(matches!(vm.state.as_str(), "terminated" | "shutting-down"), "instance {id} is {}", vm.state);
+    assert!(Api::<Node>::all(world.client.clone()).get_opt(&node_name).await.unwrap().is_none(), "node deleted");
+
+    let created = creating.await.unwrap();
+    assert!(
+        created.contains(&("Pending".into(), "Creating machine on cloud provider".into(), "Processing".into(), "Create".into())),
+        "{created:#?}"
+    );
+    world.shutdown().await;
+}
+
+fn hex_tail(name: &str) -> String {
+    let b = name.as_bytes();
+    b[b.len() - 5..b.len() - 2].iter().map(|x| format!("{x:02x}")).collect()
+}
