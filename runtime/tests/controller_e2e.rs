@@ -24,6 +24,10 @@ const NS: &str = "default";
 struct World {
     _cp: testenv::ControlPlane,
     moto: Moto,
+    /// Between the provider and moto: counts requests, injects faults.
+    proxy: FaultProxy,
+    /// moto's AMI, subnet and security group.
+    network: (String, String, String),
     client: kube::Client,
     _providers: tempfile::TempDir,
     stop: tokio::sync::watch::Sender<bool>,
@@ -32,6 +36,11 @@ struct World {
 
 impl World {
     async fn start() -> World {
+        World::start_with(Duration::from_secs(30), Some(Duration::from_secs(2))).await
+    }
+
+    /// A world whose provider calls have `deadline`, collecting orphans every `orphan_period`.
+    async fn start_with(deadline: Duration, orphan_period: Option<Duration>) -> World {
         controller::install_crypto_provider();
         let cp = testenv::ControlPlane::start().expect("control plane (run `just controlplane`)");
         cp.apply_crds().unwrap();
@@ -39,15 +48,16 @@ impl World {
         let moto = Moto::start();
         let ami = moto.some_ami().await;
         let (subnet, group) = moto.default_network().await;
+        let proxy = FaultProxy::start(moto.addr).await;
 
         let providers = tempfile::tempdir().unwrap();
         std::fs::copy(guest("aws_provider"), providers.path().join("aws.wasm")).unwrap();
-        let registry = Registry::new(sandbox(Duration::from_secs(30)));
+        let registry = Registry::new(sandbox(deadline));
         registry.set_settings(
             "aws",
             ProviderSettings {
-                egress: EgressPolicy::parse(&[moto.addr.to_string()]).unwrap(),
-                config: Some(serde_json::json!({ "endpoint": moto.endpoint }).to_string()),
+                egress: EgressPolicy::parse(&[proxy.addr.to_string()]).unwrap(),
+                config: Some(serde_json::json!({ "endpoint": proxy.endpoint }).to_string()),
                 deadlines: None,
             },
         );
@@ -94,7 +104,11 @@ impl World {
             tokio::spawn(controller::node_sim::run(ctx.clone(), Duration::from_millis(300), stopped(rx.clone()))),
             watch,
         ];
-        World { _cp: cp, moto, client, _providers: providers, stop, tasks }
+        let mut tasks = tasks;
+        if let Some(period) = orphan_period {
+            tasks.push(tokio::spawn(controller::orphans::run(ctx.clone(), period, stopped(rx.clone()))));
+        }
+        World { _cp: cp, moto, proxy, network: (ami, subnet, group), client, _providers: providers, stop, tasks }
     }
 
     fn machines(&self) -> Api<Machine> {
@@ -102,11 +116,30 @@ impl World {
     }
 
     async fn create_machine(&self, name: &str) {
+        self.create_machine_of(name, "aws-class").await
+    }
+
+    /// Another class of the aws provider, with the same secrets.
+    async fn create_class(&self, name: &str, spec: serde_json::Value) {
+        let class: MachineClass = serde_json::from_value(serde_json::json!({
+            "apiVersion": "machine.sapcloud.io/v1alpha1",
+            "kind": "MachineClass",
+            "metadata": { "name": name },
+            "provider": "aws",
+            "providerSpec": spec,
+            "secretRef": { "name": "aws-userdata", "namespace": NS },
+            "credentialsSecretRef": { "name": "aws-credentials", "namespace": NS },
+        }))
+        .unwrap();
+        Api::<MachineClass>::namespaced(self.client.clone(), NS).create(&PostParams::default(), &class).await.unwrap();
+    }
+
+    async fn create_machine_of(&self, name: &str, class: &str) {
         let m: Machine = serde_json::from_value(serde_json::json!({
             "apiVersion": "machine.sapcloud.io/v1alpha1",
             "kind": "Machine",
             "metadata": { "name": name },
-            "spec": { "class": { "kind": "MachineClass", "name": "aws-class" } },
+            "spec": { "class": { "kind": "MachineClass", "name": class } },
         }))
         .unwrap();
         self.machines().create(&PostParams::default(), &m).await.unwrap();
@@ -235,6 +268,49 @@ async fn machine_runs_then_deletes_as_mcm_does() {
     assert!(events.iter().any(|e| e.starts_with("GetMachineStatusNotFound: ") && e.contains("code = [NotFound]")), "{events:#?}");
     assert!(events.iter().any(|e| e.starts_with("CreateMachineSucceeded: ") && e.contains(&id)), "{events:#?}");
 
+    // An instance created directly in moto with the cluster's tags has no Machine: collected.
+    let (ami, subnet, _) = world.network.clone();
+    let orphan = world
+        .moto
+        .ec2(
+            REGION,
+            "RunInstances",
+            &[
+                ("ImageId", ami.as_str()),
+                ("InstanceType", "m5.large"),
+                ("MinCount", "1"),
+                ("MaxCount", "1"),
+                ("SubnetId", subnet.as_str()),
+                ("TagSpecification.1.ResourceType", "instance"),
+                ("TagSpecification.1.Tag.1.Key", "Name"),
+                ("TagSpecification.1.Tag.1.Value", "orphan-vm"),
+                ("TagSpecification.1.Tag.2.Key", "kubernetes.io/cluster/shoot--a"),
+                ("TagSpecification.1.Tag.2.Value", "1"),
+                ("TagSpecification.1.Tag.3.Key", "kubernetes.io/role/node"),
+                ("TagSpecification.1.Tag.3.Value", "1"),
+            ],
+        )
+        .await
+        .first_text(&["instanceId"])
+        .expect("RunInstances answers the instance id");
+    let started = Instant::now();
+    while !world.moto.live_instances_named("orphan-vm").await.is_empty() {
+        assert!(started.elapsed() < Duration::from_secs(60), "orphan {orphan} not collected");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(matches!(world.moto.instance(&orphan).await.state.as_str(), "terminated" | "shutting-down"));
+    assert_eq!(world.moto.live_instances_named(name).await.len(), 1, "the machine's own VM is kept");
+    let class_events: Vec<String> = Api::<Event>::namespaced(world.client.clone(), NS)
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("aws-class"))
+        .filter_map(|e| e.reason)
+        .collect();
+    assert!(class_events.iter().any(|r| r == "OrphanVMDeleted"), "{class_events:?}");
+
     // Delete: each step recorded with MCM's description; VM terminated, Node deleted, finalizer gone.
     let deleting = record_operations(world.machines(), name).await;
     world.machines().delete(name, &DeleteParams::default()).await.unwrap();
@@ -270,4 +346,89 @@ async fn machine_runs_then_deletes_as_mcm_does() {
 fn hex_tail(name: &str) -> String {
     let b = name.as_bytes();
     b[b.len() - 5..b.len() - 2].iter().map(|x| format!("{x:02x}")).collect()
+}
+
+async fn delete_and_wait(world: &World, name: &str) {
+    world.machines().delete(name, &DeleteParams::default()).await.unwrap();
+    let started = Instant::now();
+    while world.machines().get_opt(name).await.unwrap().is_some() {
+        assert!(started.elapsed() < Duration::from_secs(120), "machine {name} not deleted in time");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_errors_are_recorded_and_retried_as_mcm_does() {
+    let world = World::start_with(Duration::from_secs(4), None).await;
+
+    // A bad providerSpec: a clear InvalidArgument, no cloud call, no VM, retried only after
+    // MCM's medium period (so it stays put here).
+    let (ami, subnet, group) = world.network.clone();
+    let mut bad = provider_spec(&ami, &subnet, &group);
+    bad.as_object_mut().unwrap().remove("ami");
+    world.create_class("bad-class", bad).await;
+    let before = world.proxy.requests();
+    world.create_machine_of("e2e-bad-spec", "bad-class").await;
+    let m = world
+        .wait_machine("e2e-bad-spec", "CrashLoopBackOff", Duration::from_secs(60), |m| {
+            m.phase() == Some(&MachinePhase::CrashLoopBackOff)
+        })
+        .await;
+    let (description, state, type_, code) = last_op(&m);
+    assert!(
+        description.starts_with("Cloud provider message - machine codes error: code = [InvalidArgument] message = ["),
+        "{description}"
+    );
+    assert!(description.contains("providerSpec.ami"), "names the bad field: {description}");
+    assert_eq!((state, type_, code.as_str()), (Some(State::Failed), Some(Op::Create), "InvalidArgument"));
+    assert!(m.spec.provider_id.is_empty());
+    let first_update = m.status.as_ref().unwrap().last_operation.last_update_time.clone();
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let m = world.machines().get("e2e-bad-spec").await.unwrap();
+    assert_eq!(
+        m.status.as_ref().unwrap().last_operation.last_update_time,
+        first_update,
+        "an InvalidArgument waits for the medium retry (3 min), not a hot loop"
+    );
+    assert_eq!(world.proxy.requests(), before, "no cloud call for a bad providerSpec");
+
+    // A create that exceeds its deadline (moto runs the instance, the answer comes too late):
+    // DeadlineExceeded in lastOperation, retried after the short period, one instance in the end.
+    world.proxy.inject("RunInstances", Fault::SlowAnswer(Duration::from_secs(8)));
+    let name = "e2e-slow-create";
+    let ops = record_operations(world.machines(), name).await;
+    world.create_machine(name).await;
+    let m = world
+        .wait_machine(name, "DeadlineExceeded recorded", Duration::from_secs(60), |m| {
+            m.status.as_ref().is_some_and(|s| s.last_operation.error_code == "DeadlineExceeded")
+        })
+        .await;
+    let (description, state, type_, _) = last_op(&m);
+    assert!(
+        description.starts_with("Cloud provider message - machine codes error: code = [DeadlineExceeded] message = ["),
+        "{description}"
+    );
+    assert_eq!((state, type_), (Some(State::Failed), Some(Op::Create)));
+    assert_eq!(m.phase(), Some(&MachinePhase::CrashLoopBackOff));
+    let m = world
+        .wait_machine(name, "phase Running after the retry", Duration::from_secs(120), |m| {
+            m.phase() == Some(&MachinePhase::Running)
+        })
+        .await;
+    assert_eq!(world.proxy.pending_faults(), 0, "the slow answer was used");
+    assert_eq!(world.moto.live_instances_named(name).await.len(), 1, "exactly one instance after the retry");
+    assert!(!m.spec.provider_id.is_empty());
+    delete_and_wait(&world, name).await;
+    let seen = ops.await.unwrap();
+    let failed_at = seen
+        .iter()
+        .position(|r| r.0 == "CrashLoopBackOff" && r.1.contains("code = [DeadlineExceeded]") && r.2 == "Failed")
+        .unwrap_or_else(|| panic!("{seen:#?}"));
+    let pending_at = seen
+        .iter()
+        .position(|r| r == &("Pending".into(), "Creating machine on cloud provider".into(), "Processing".into(), "Create".into()))
+        .unwrap_or_else(|| panic!("{seen:#?}"));
+    assert!(failed_at < pending_at, "{seen:#?}");
+    assert!(world.moto.live_instances_named(name).await.is_empty());
+    world.shutdown().await;
 }

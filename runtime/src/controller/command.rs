@@ -43,6 +43,9 @@ pub struct ControllerArgs {
     /// Drain timeout: after this long a deletion is forced.
     #[arg(long, default_value = "2h", value_parser = go_duration)]
     pub machine_drain_timeout: Duration,
+    /// How often VMs that no Machine owns are looked for (ListMachines per class) and deleted.
+    #[arg(long, default_value = "15m", value_parser = go_duration)]
+    pub machine_safety_orphan_vms_period: Duration,
     /// Requeue period after a ResourceExhausted create error (0 means 10m).
     #[arg(long, default_value = "10m", value_parser = go_duration)]
     pub resource_exhausted_retry: Duration,
@@ -76,6 +79,7 @@ impl ControllerArgs {
             creation_timeout: self.machine_creation_timeout,
             health_timeout: self.machine_health_timeout,
             drain_timeout: self.machine_drain_timeout,
+            safety_orphan_vms_period: self.machine_safety_orphan_vms_period,
             resource_exhausted_retry: if self.resource_exhausted_retry.is_zero() {
                 super::retry::Retry::Long.period()
             } else {
@@ -201,6 +205,11 @@ async fn run(args: ControllerArgs) -> Result<(), String> {
             stopped(stop_rx.clone()),
         ))
     });
+    let orphans = tokio::spawn(super::orphans::run(
+        ctx.clone(),
+        ctx.config.safety_orphan_vms_period,
+        stopped(stop_rx.clone()),
+    ));
     let signal = async move {
         shutdown_signal().await;
         tracing::info!("shutting down");
@@ -208,6 +217,7 @@ async fn run(args: ControllerArgs) -> Result<(), String> {
     };
     let ctrl = super::run(Arc::clone(&ctx), stopped(stop_rx.clone()));
     tokio::join!(signal, ctrl);
+    let _ = orphans.await;
     if let Some(sim) = sim {
         let _ = sim.await;
     }

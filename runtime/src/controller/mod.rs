@@ -15,6 +15,7 @@ pub mod delete;
 pub mod drain;
 pub mod machine;
 pub mod node_sim;
+pub mod orphans;
 pub mod retry;
 pub mod secrets;
 pub mod status;
@@ -29,7 +30,7 @@ use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt as _, reflector, watcher};
 use kube::{Client, ResourceExt as _};
 use machine_api::{MCM_FINALIZER, Machine, MachineClass};
 
@@ -187,6 +188,10 @@ pub async fn reconcile(machine: Arc<Machine>, ctx: Arc<Context>) -> Result<Actio
         return Ok(Action::requeue(Retry::Long.period()));
     };
     machine::ensure_class_finalizers(&ctx, &class).await?;
+    // Adding the finalizer changes no generation, so no watch event brings the machine back:
+    // requeue at once, as MCM retries after adding it.
+    let adding_finalizer = machine.metadata.deletion_timestamp.is_none()
+        && !machine.finalizers().iter().any(|f| f == MCM_FINALIZER);
     let api = ctx.machines();
     let job = machine::Job {
         ctx: ctx.clone(),
@@ -209,6 +214,13 @@ pub async fn reconcile(machine: Arc<Machine>, ctx: Arc<Context>) -> Result<Actio
         | kube::runtime::finalizer::Error::RemoveFinalizer(e) => Error::Kube(e),
         other => Error::Finalizer(other.to_string()),
     })
+    .map(|action| {
+        if adding_finalizer {
+            Action::requeue(Retry::Conflict.period())
+        } else {
+            action
+        }
+    })
 }
 
 /// The requeue after a failed reconcile.
@@ -220,6 +232,20 @@ pub fn error_policy(_machine: Arc<Machine>, error: &Error, _ctx: Arc<Context>) -
         }
         _ => Action::requeue(Retry::Short.period()),
     }
+}
+
+/// The annotation that preserves a machine (MCM re-reconciles when it changes).
+pub const PRESERVE_ANNOTATION: &str = "node.machine.sapcloud.io/preserve";
+
+/// What makes a Machine update worth a reconcile (MCM `updateMachine`): its generation, its
+/// deletion mark, its preserve annotation.
+pub fn machine_trigger(m: &Machine) -> Option<u64> {
+    use std::hash::{Hash as _, Hasher as _};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    m.metadata.generation.hash(&mut h);
+    m.metadata.deletion_timestamp.is_some().hash(&mut h);
+    m.annotations().get(PRESERVE_ANNOTATION).hash(&mut h);
+    Some(h.finish())
 }
 
 /// Machines to reconcile when a Node changes: those whose `node` label names it.
@@ -235,9 +261,16 @@ fn machines_of_node(store: &Store<Machine>, node: &Node) -> Vec<ObjectRef<Machin
 
 /// Run the machine controller until `shutdown` resolves (then reconciles in flight finish).
 pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + Sync + 'static) {
-    let controller = Controller::new(ctx.machines(), watcher::Config::default())
+    // Like MCM, only changes of the spec (generation; the deletion mark bumps it too) or of
+    // the preserve annotation trigger a reconcile: status writes, ours included, do not.
+    let (store, writer) = reflector::store();
+    let machines = watcher(ctx.machines(), watcher::Config::default())
+        .default_backoff()
+        .reflect(writer)
+        .applied_objects()
+        .predicate_filter(machine_trigger, Default::default());
+    let controller = Controller::for_stream(machines, store.clone())
         .with_config(ControllerConfig::default().concurrency(ctx.config.concurrent_syncs));
-    let store = controller.store();
     let controller = match ctx.nodes() {
         Some(nodes) => controller.watches(nodes, watcher::Config::default(), move |node| {
             machines_of_node(&store, &node)
