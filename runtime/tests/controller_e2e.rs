@@ -7,6 +7,8 @@ mod support;
 
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
+
 use futures::{StreamExt as _, TryStreamExt as _};
 use k8s_openapi::api::core::v1::{Node, Secret};
 use k8s_openapi::api::events::v1::Event;
@@ -30,8 +32,13 @@ struct World {
     network: (String, String, String),
     client: kube::Client,
     _providers: tempfile::TempDir,
+    ctx: Arc<Context>,
+    orphan_period: Option<Duration>,
     stop: tokio::sync::watch::Sender<bool>,
+    /// The controller, the node simulation and the orphan loop: stopped together.
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// The providers directory watch.
+    watch: tokio::task::JoinHandle<()>,
 }
 
 impl World {
@@ -95,20 +102,45 @@ impl World {
 
         let config = Config { namespace: NS.into(), health_check_interval: Duration::from_secs(2), ..Config::default() };
         let ctx = Context::new(client.clone(), Some(client.clone()), registry, config);
+        let stop = tokio::sync::watch::channel(false).0;
+        let mut world = World {
+            _cp: cp,
+            moto,
+            proxy,
+            network: (ami, subnet, group),
+            client,
+            _providers: providers,
+            ctx,
+            orphan_period,
+            stop,
+            tasks: Vec::new(),
+            watch,
+        };
+        world.start_controller();
+        world
+    }
+
+    /// Start the controller (with the node simulation and the orphan loop).
+    fn start_controller(&mut self) {
         let (stop, rx) = tokio::sync::watch::channel(false);
         let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|v| *v).await;
         };
-        let tasks = vec![
-            tokio::spawn(controller::run(ctx.clone(), stopped(rx.clone()))),
-            tokio::spawn(controller::node_sim::run(ctx.clone(), Duration::from_millis(300), stopped(rx.clone()))),
-            watch,
-        ];
-        let mut tasks = tasks;
-        if let Some(period) = orphan_period {
-            tasks.push(tokio::spawn(controller::orphans::run(ctx.clone(), period, stopped(rx.clone()))));
+        let ctx = &self.ctx;
+        self.tasks.push(tokio::spawn(controller::run(ctx.clone(), stopped(rx.clone()))));
+        self.tasks.push(tokio::spawn(controller::node_sim::run(ctx.clone(), Duration::from_millis(300), stopped(rx.clone()))));
+        if let Some(period) = self.orphan_period {
+            self.tasks.push(tokio::spawn(controller::orphans::run(ctx.clone(), period, stopped(rx.clone()))));
         }
-        World { _cp: cp, moto, proxy, network: (ami, subnet, group), client, _providers: providers, stop, tasks }
+        self.stop = stop;
+    }
+
+    /// Stop the controller and wait until its reconciles have finished.
+    async fn stop_controller(&mut self) {
+        let _ = self.stop.send(true);
+        for t in self.tasks.drain(..) {
+            tokio::time::timeout(Duration::from_secs(60), t).await.expect("controller stops").unwrap();
+        }
     }
 
     fn machines(&self) -> Api<Machine> {
@@ -166,6 +198,7 @@ impl World {
         for t in self.tasks {
             t.abort();
         }
+        self.watch.abort();
     }
 }
 
@@ -431,4 +464,57 @@ async fn create_errors_are_recorded_and_retried_as_mcm_does() {
     assert!(failed_at < pending_at, "{seen:#?}");
     assert!(world.moto.live_instances_named(name).await.is_empty());
     world.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deletion_resumes_at_its_step_after_a_restart() {
+    let mut world = World::start_with(Duration::from_secs(30), None).await;
+    let name = "e2e-resume-1";
+    world.create_machine(name).await;
+    let m = world
+        .wait_machine(name, "phase Running", Duration::from_secs(120), |m| m.phase() == Some(&MachinePhase::Running))
+        .await;
+    let node_name = m.node_name().unwrap().to_string();
+    let id = m.spec.provider_id.rsplit('/').next().unwrap().to_string();
+
+    // The controller stops after the drain step of a deletion: the machine is marked for
+    // deletion, Terminating, and its lastOperation says the VM deletion is next.
+    world.stop_controller().await;
+    world.machines().delete(name, &DeleteParams::default()).await.unwrap();
+    let mut st = world.machines().get(name).await.unwrap().status.unwrap();
+    st.current_status.phase = Some(MachinePhase::Terminating);
+    st.last_operation = controller::status::last_op(
+        "Drain successful. Initiate VM deletion",
+        State::Processing,
+        Op::Delete,
+        "",
+    );
+    controller::status::write(&world.machines(), name, &st).await.unwrap();
+    assert!(world.moto.live_instances_named(name).await.len() == 1, "the VM is still there");
+
+    // A new controller goes on from "Initiate VM deletion", not from the start.
+    let ops = record_operations(world.machines(), name).await;
+    world.start_controller();
+    delete_wait_gone(&world, name).await;
+    let seen = ops.await.unwrap();
+    let node_deleted = format!("Deletion of Node Object \"{node_name}\" is successful. Initiate machine object finalizer removal");
+    assert_eq!(
+        seen,
+        rows(&[
+            ("Terminating", "VM deletion was successful. Initiate node object deletion", "Processing", "Delete"),
+            ("Terminating", &node_deleted, "Processing", "Delete"),
+        ])
+    );
+    let vm = world.moto.instance(&id).await;
+    assert!(matches!(vm.state.as_str(), "terminated" | "shutting-down"), "instance {id} is {}", vm.state);
+    assert!(Api::<Node>::all(world.client.clone()).get_opt(&node_name).await.unwrap().is_none(), "node deleted");
+    world.shutdown().await;
+}
+
+async fn delete_wait_gone(world: &World, name: &str) {
+    let started = Instant::now();
+    while world.machines().get_opt(name).await.unwrap().is_some() {
+        assert!(started.elapsed() < Duration::from_secs(120), "machine {name} not deleted in time");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
