@@ -86,7 +86,7 @@ async fn main() {
     warm_req.machine.provider_id = warm.provider_id;
     provider.delete_machine(&warm_req).await.unwrap();
 
-    let mut baseline = Row::new("moto DescribeInstances, direct (no sandbox, no provider)");
+    let mut baseline = Row::new("moto DescribeInstances by tag, direct (no sandbox, no provider, unsigned)");
     let mut validate = Row::new("validate-machine-class");
     let mut create = Row::new("create-machine (new VM)");
     let mut recreate = Row::new("create-machine (repeated, VM exists)");
@@ -98,7 +98,7 @@ async fn main() {
     let mut made = Vec::new();
     for i in 0..N {
         let name = format!("bench-{i}");
-        measure(&mut baseline, None, async || moto.ec2(REGION, "DescribeInstances", &[("InstanceId.1", "i-00000000")]).await.0.len()).await;
+        measure(&mut baseline, None, async || moto.ec2(REGION, "DescribeInstances", &[("Filter.1.Name", "tag:Name"), ("Filter.1.Value.1", &name)]).await.0.len()).await;
         measure(&mut validate, Some(&proxy), async || provider.validate_machine_class(&class).await.unwrap()).await;
         let c = measure(&mut create, Some(&proxy), async || provider.create_machine(&request(&name)).await.unwrap()).await;
         measure(&mut recreate, Some(&proxy), async || provider.create_machine(&request(&name)).await.unwrap()).await;

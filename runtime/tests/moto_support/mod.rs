@@ -300,6 +300,7 @@ impl FaultProxy {
         tokio::spawn(async move {
             loop {
                 let Ok((sock, _)) = listener.accept().await else { return };
+                let _ = sock.set_nodelay(true);
                 let s = s.clone();
                 tokio::spawn(async move {
                     let _ = serve_connection(sock, upstream, s).await;
@@ -369,8 +370,10 @@ async fn write_response(sock: &mut TcpStream, status: u16, content_type: &str, b
         "HTTP/1.1 {status} Fault\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: keep-alive\r\n\r\n",
         body.len()
     );
-    sock.write_all(head.as_bytes()).await?;
-    sock.write_all(body).await?;
+    // One write: a head and a body in two small segments would meet Nagle + delayed ACK (40 ms).
+    let mut out = head.into_bytes();
+    out.extend_from_slice(body);
+    sock.write_all(&out).await?;
     sock.flush().await
 }
 
