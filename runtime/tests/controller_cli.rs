@@ -1,0 +1,172 @@
+//! `mcm-wasm controller` as a process: MCM's flag names, bad flags refused with a clear
+//! message, and a real run (control plane, moto, the AWS provider from a providers directory,
+//! `--simulate-node-join`) that brings a Machine to Running and stops cleanly on SIGTERM.
+
+mod moto_support;
+mod support;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use kube::api::{Api, PostParams};
+use machine_api::{Machine, MachineClass, MachinePhase};
+use moto_support::*;
+use support::*;
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_mcm-wasm"))
+}
+
+#[test]
+fn help_names_mcm_flags() {
+    let out = bin().args(["controller", "--help"]).output().unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8(out.stdout).unwrap();
+    for flag in [
+        "--control-kubeconfig",
+        "--target-kubeconfig",
+        "--namespace",
+        "--machine-creation-timeout",
+        "--machine-health-timeout",
+        "--machine-drain-timeout",
+        "--machine-safety-orphan-vms-period",
+        "--concurrent-syncs",
+        "--providers-dir",
+    ] {
+        assert!(help.contains(flag), "{flag} missing from:\n{help}");
+    }
+}
+
+#[test]
+fn bad_flags_are_refused_clearly() {
+    let out = bin().args(["controller", "--providers-dir", "/nonexistent", "--machine-creation-timeout", "soon"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("\"soon\" is not a duration"), "{err}");
+
+    let out = bin().args(["controller", "--providers-dir", "/nonexistent"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--providers-dir /nonexistent is not a directory"), "{err}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let out = bin()
+        .args(["controller", "--providers-dir"])
+        .arg(dir.path())
+        .args(["--provider-config", "aws={not json"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--provider-config for aws: not JSON"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_a_machine_to_running_and_stops_on_sigterm() {
+    mcm_wasm::controller::install_crypto_provider();
+    let cp = testenv::ControlPlane::start().expect("control plane (run `just controlplane`)");
+    cp.apply_crds().unwrap();
+    let client = cp.client().await.unwrap();
+    let moto = Moto::start();
+    let ami = moto.some_ami().await;
+    let (subnet, group) = moto.default_network().await;
+    let providers = tempfile::tempdir().unwrap();
+    std::fs::copy(guest("aws_provider"), providers.path().join("aws.wasm")).unwrap();
+
+    let secret: k8s_openapi::api::core::v1::Secret = serde_json::from_value(serde_json::json!({
+        "metadata": { "name": "aws-secret" },
+        "stringData": {
+            "userData": "#!/bin/bash\necho <<MACHINE_NAME>>",
+            "providerAccessKeyId": ACCESS_KEY,
+            "providerSecretAccessKey": SECRET_KEY,
+        },
+    }))
+    .unwrap();
+    Api::namespaced(client.clone(), "default").create(&PostParams::default(), &secret).await.unwrap();
+    let class: MachineClass = serde_json::from_value(serde_json::json!({
+        "apiVersion": "machine.sapcloud.io/v1alpha1",
+        "kind": "MachineClass",
+        "metadata": { "name": "aws-class" },
+        "provider": "aws",
+        "providerSpec": provider_spec(&ami, &subnet, &group),
+        "secretRef": { "name": "aws-secret", "namespace": "default" },
+    }))
+    .unwrap();
+    Api::namespaced(client.clone(), "default").create(&PostParams::default(), &class).await.unwrap();
+
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let mut child = KillOnDrop(bin()
+        .arg("controller")
+        .arg("--providers-dir")
+        .arg(providers.path())
+        .arg("--control-kubeconfig")
+        .arg(cp.kubeconfig_path())
+        .args(["--namespace", "default"])
+        .arg("--provider-config")
+        .arg(format!("aws={}", serde_json::json!({ "endpoint": moto.endpoint })))
+        .arg("--provider-allow-host")
+        .arg(format!("aws={}", moto.addr))
+        .arg("--simulate-node-join")
+        .env("MCM_WASM_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(log.reopen().unwrap())
+        .spawn()
+        .unwrap());
+    let child = &mut child.0;
+
+    let machine: Machine = serde_json::from_value(serde_json::json!({
+        "apiVersion": "machine.sapcloud.io/v1alpha1",
+        "kind": "Machine",
+        "metadata": { "name": "cli-machine-1" },
+        "spec": { "class": { "kind": "MachineClass", "name": "aws-class" } },
+    }))
+    .unwrap();
+    let machines: Api<Machine> = Api::namespaced(client.clone(), "default");
+    machines.create(&PostParams::default(), &machine).await.unwrap();
+    let started = Instant::now();
+    loop {
+        let m = machines.get("cli-machine-1").await.unwrap();
+        if m.phase() == Some(&MachinePhase::Running) {
+            assert!(m.spec.provider_id.starts_with("aws:///"), "{:?}", m.spec);
+            break;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("controller exited with {status}: {}", std::fs::read_to_string(log.path()).unwrap());
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "not Running: {:?}\n--- controller log ---\n{}",
+            m.status,
+            std::fs::read_to_string(log.path()).unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert_eq!(moto.live_instances_named("cli-machine-1").await.len(), 1);
+
+    // SIGTERM: the controller finishes and exits 0.
+    send_sigterm(child.id());
+    let started = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "controller did not stop on SIGTERM");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(status.success(), "exit {status}: {}", std::fs::read_to_string(log.path()).unwrap());
+}
+
+fn send_sigterm(pid: u32) {
+    let ok = Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap();
+    assert!(ok.success());
+}
+
+/// A test that fails leaves no controller behind.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
