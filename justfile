@@ -41,6 +41,7 @@ test: guests
 # Benchmarks: prints a table (see BENCHMARKS.md for recorded figures).
 bench: guests
     cargo bench -p mcm-wasm --bench sandbox
+    cargo bench -p mcm-wasm --bench aws
 
 # Build the mcm-wasm binary (release).
 build:
