@@ -63,7 +63,7 @@ async fn slow_server_is_cut_at_the_call_deadline() {
     let err = probe.create_machine(&machine_request("m1", spec)).await.unwrap_err();
     let elapsed = started.elapsed();
     assert_eq!(err.code, Code::DeadlineExceeded, "{err}");
-    assert!(elapsed >= deadline - Duration::from_millis(50) && elapsed < deadline + Duration::from_millis(300), "{elapsed:?}");
+    assert!(elapsed >= deadline - Duration::from_millis(50) && elapsed < deadline + Duration::from_millis(400), "{elapsed:?}");
 }
 
 #[tokio::test]
