@@ -129,6 +129,7 @@ impl World {
         let ctx = &self.ctx;
         self.tasks.push(tokio::spawn(controller::run(ctx.clone(), stopped(rx.clone()))));
         self.tasks.push(tokio::spawn(controller::node_sim::run(ctx.clone(), Duration::from_millis(300), stopped(rx.clone()))));
+        self.tasks.push(tokio::spawn(controller::finalizers::run(ctx.clone(), Duration::from_secs(1), stopped(rx.clone()))));
         if let Some(period) = self.orphan_period {
             self.tasks.push(tokio::spawn(controller::orphans::run(ctx.clone(), period, stopped(rx.clone()))));
         }
@@ -367,6 +368,26 @@ async fn machine_runs_then_deletes_as_mcm_does() {
     let vm = world.moto.instance(&id).await;
     assert!(matches!(vm.state.as_str(), "terminated" | "shutting-down"), "instance {id} is {}", vm.state);
     assert!(Api::<Node>::all(world.client.clone()).get_opt(&node_name).await.unwrap().is_none(), "node deleted");
+
+    // No Machine refers to the class any more: its finalizer goes; the secrets keep theirs
+    // while the class names them, and lose them when the class is deleted.
+    let classes = Api::<MachineClass>::namespaced(world.client.clone(), NS);
+    let started = Instant::now();
+    while classes.get("aws-class").await.unwrap().finalizers().iter().any(|f| f == "machine.sapcloud.io/machine-controller-manager") {
+        assert!(started.elapsed() < Duration::from_secs(30), "class finalizer not removed");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let secrets = Api::<Secret>::namespaced(world.client.clone(), NS);
+    assert!(secrets.get("aws-credentials").await.unwrap().finalizers().contains(&"machine.sapcloud.io/machine-controller".to_string()));
+    classes.delete("aws-class", &DeleteParams::default()).await.unwrap();
+    let started = Instant::now();
+    for s in ["aws-userdata", "aws-credentials"] {
+        while secrets.get(s).await.unwrap().finalizers().iter().any(|f| f == "machine.sapcloud.io/machine-controller") {
+            assert!(started.elapsed() < Duration::from_secs(30), "secret {s} finalizer not removed");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    assert!(classes.get_opt("aws-class").await.unwrap().is_none(), "class deleted");
 
     let created = creating.await.unwrap();
     assert!(

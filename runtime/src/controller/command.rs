@@ -210,6 +210,11 @@ async fn run(args: ControllerArgs) -> Result<(), String> {
         ctx.config.safety_orphan_vms_period,
         stopped(stop_rx.clone()),
     ));
+    let finalizers = tokio::spawn(super::finalizers::run(
+        ctx.clone(),
+        Duration::from_secs(10),
+        stopped(stop_rx.clone()),
+    ));
     let signal = async move {
         shutdown_signal().await;
         tracing::info!("shutting down");
@@ -218,6 +223,7 @@ async fn run(args: ControllerArgs) -> Result<(), String> {
     let ctrl = super::run(Arc::clone(&ctx), stopped(stop_rx.clone()));
     tokio::join!(signal, ctrl);
     let _ = orphans.await;
+    let _ = finalizers.await;
     if let Some(sim) = sim {
         let _ = sim.await;
     }

@@ -13,6 +13,7 @@ pub mod command;
 pub mod create;
 pub mod delete;
 pub mod drain;
+pub mod finalizers;
 pub mod machine;
 pub mod node_sim;
 pub mod orphans;
