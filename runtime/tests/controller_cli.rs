@@ -1,6 +1,7 @@
 //! `mcm-wasm controller` as a process: MCM's flag names, bad flags refused with a clear
 //! message, and a real run (control plane, moto, the AWS provider from a providers directory,
-//! `--simulate-node-join`) that brings a Machine to Running and stops cleanly on SIGTERM.
+//! `--simulate-node-join`) that brings a Machine to Running and stops cleanly on SIGTERM, and a
+//! controller killed mid-create that leaves exactly one instance after its restart.
 
 mod moto_support;
 mod support;
@@ -169,4 +170,107 @@ impl Drop for KillOnDrop {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// The controller killed (SIGKILL) while CreateMachine is in flight, then started again:
+/// exactly one instance, and the machine Running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_mid_create_then_restarted_leaves_exactly_one_instance() {
+    mcm_wasm::controller::install_crypto_provider();
+    let cp = testenv::ControlPlane::start().expect("control plane (run `just controlplane`)");
+    cp.apply_crds().unwrap();
+    let client = cp.client().await.unwrap();
+    let moto = Moto::start();
+    let proxy = FaultProxy::start(moto.addr).await;
+    let ami = moto.some_ami().await;
+    let (subnet, group) = moto.default_network().await;
+    let providers = tempfile::tempdir().unwrap();
+    std::fs::copy(guest("aws_provider"), providers.path().join("aws.wasm")).unwrap();
+    let secret: k8s_openapi::api::core::v1::Secret = serde_json::from_value(serde_json::json!({
+        "metadata": { "name": "aws-secret" },
+        "stringData": {
+            "userData": "#!/bin/bash\necho <<MACHINE_NAME>>",
+            "providerAccessKeyId": ACCESS_KEY,
+            "providerSecretAccessKey": SECRET_KEY,
+        },
+    }))
+    .unwrap();
+    Api::namespaced(client.clone(), "default").create(&PostParams::default(), &secret).await.unwrap();
+    let class: MachineClass = serde_json::from_value(serde_json::json!({
+        "apiVersion": "machine.sapcloud.io/v1alpha1",
+        "kind": "MachineClass",
+        "metadata": { "name": "aws-class" },
+        "provider": "aws",
+        "providerSpec": provider_spec(&ami, &subnet, &group),
+        "secretRef": { "name": "aws-secret", "namespace": "default" },
+    }))
+    .unwrap();
+    Api::namespaced(client.clone(), "default").create(&PostParams::default(), &class).await.unwrap();
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let spawn = || {
+        KillOnDrop(
+            bin()
+                .arg("controller")
+                .arg("--providers-dir")
+                .arg(providers.path())
+                .arg("--control-kubeconfig")
+                .arg(cp.kubeconfig_path())
+                .arg("--provider-config")
+                .arg(format!("aws={}", serde_json::json!({ "endpoint": proxy.endpoint })))
+                .arg("--provider-allow-host")
+                .arg(format!("aws={}", proxy.addr))
+                .arg("--simulate-node-join")
+                .env("MCM_WASM_LOG", "info")
+                .stdout(Stdio::null())
+                .stderr(log.reopen().unwrap())
+                .spawn()
+                .unwrap(),
+        )
+    };
+
+    // moto runs the instance, the answer is held back; the controller dies meanwhile.
+    proxy.inject("RunInstances", Fault::SlowAnswer(Duration::from_secs(20)));
+    let mut first = spawn();
+    let machine: Machine = serde_json::from_value(serde_json::json!({
+        "apiVersion": "machine.sapcloud.io/v1alpha1",
+        "kind": "Machine",
+        "metadata": { "name": "killed-machine-1" },
+        "spec": { "class": { "kind": "MachineClass", "name": "aws-class" } },
+    }))
+    .unwrap();
+    let machines: Api<Machine> = Api::namespaced(client.clone(), "default");
+    machines.create(&PostParams::default(), &machine).await.unwrap();
+    let started = Instant::now();
+    while proxy.pending_faults() > 0 {
+        assert!(started.elapsed() < Duration::from_secs(60), "RunInstances never sent");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    first.0.kill().unwrap();
+    first.0.wait().unwrap();
+    assert_eq!(moto.live_instances_named("killed-machine-1").await.len(), 1, "moto ran the instance");
+    assert!(machines.get("killed-machine-1").await.unwrap().spec.provider_id.is_empty(), "killed before recording it");
+
+    let mut second = spawn();
+    let started = Instant::now();
+    loop {
+        let m = machines.get("killed-machine-1").await.unwrap();
+        if m.phase() == Some(&MachinePhase::Running) {
+            break;
+        }
+        if let Ok(Some(status)) = second.0.try_wait() {
+            panic!("controller exited with {status}: {}", std::fs::read_to_string(log.path()).unwrap());
+        }
+        assert!(started.elapsed() < Duration::from_secs(120), "not Running: {:?}", m.status);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let live = moto.live_instances_named("killed-machine-1").await;
+    assert_eq!(live.len(), 1, "exactly one instance after the restart: {live:?}");
+    let m = machines.get("killed-machine-1").await.unwrap();
+    assert!(m.spec.provider_id.ends_with(&live[0].id), "{} vs {}", m.spec.provider_id, live[0].id);
+    assert_eq!(
+        proxy.take_actions().iter().filter(|a| *a == "RunInstances").count(),
+        1,
+        "the restarted controller found the VM instead of running another"
+    );
 }
