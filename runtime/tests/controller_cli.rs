@@ -96,13 +96,14 @@ async fn runs_a_machine_to_running_and_stops_on_sigterm() {
     Api::namespaced(client.clone(), "default").create(&PostParams::default(), &class).await.unwrap();
 
     let log = tempfile::NamedTempFile::new().unwrap();
+    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let mut child = KillOnDrop(bin()
         .arg("controller")
         .arg("--providers-dir")
         .arg(providers.path())
         .arg("--control-kubeconfig")
         .arg(cp.kubeconfig_path())
-        .args(["--namespace", "default"])
+        .args(["--namespace", "default", "--address", "127.0.0.1", "--port", &metrics_port.to_string()])
         .arg("--provider-config")
         .arg(format!("aws={}", serde_json::json!({ "endpoint": moto.endpoint })))
         .arg("--provider-allow-host")
@@ -143,6 +144,30 @@ async fn runs_a_machine_to_running_and_stops_on_sigterm() {
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     assert_eq!(moto.live_instances_named("cli-machine-1").await.len(), 1);
+
+    // /healthz, /readyz and /metrics.
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let get = |path: &'static str| {
+        let http = http.clone();
+        async move {
+            let resp = http.get(format!("http://127.0.0.1:{metrics_port}{path}")).send().await.unwrap();
+            (resp.status().as_u16(), resp.text().await.unwrap())
+        }
+    };
+    assert_eq!(get("/healthz").await, (200, "ok".to_string()));
+    assert_eq!(get("/readyz").await, (200, "ok".to_string()), "{}", std::fs::read_to_string(log.path()).unwrap());
+    let (status, metrics) = get("/metrics").await;
+    assert_eq!(status, 200);
+    for line in [
+        "mcm_wasm_driver_calls_total{provider=\"aws\",operation=\"CreateMachine\",code=\"OK\"} 1",
+        "mcm_wasm_driver_calls_total{provider=\"aws\",operation=\"GetMachineStatus\",code=\"NotFound\"} 1",
+        "mcm_wasm_driver_call_duration_seconds_count{provider=\"aws\",operation=\"CreateMachine\"} 1",
+        "mcm_machine_items_total 1",
+        "mcm_machine_current_status_phase{name=\"cli-machine-1\",namespace=\"default\"} 1",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} missing from:\n{metrics}");
+    }
+    assert_eq!(get("/nope").await.0, 404);
 
     // SIGTERM: the controller finishes and exits 0.
     send_sigterm(child.id());
@@ -220,6 +245,7 @@ async fn killed_mid_create_then_restarted_leaves_exactly_one_instance() {
                 .arg("--provider-allow-host")
                 .arg(format!("aws={}", proxy.addr))
                 .arg("--simulate-node-join")
+                .args(["--port", "0"])
                 .env("MCM_WASM_LOG", "info")
                 .stdout(Stdio::null())
                 .stderr(log.reopen().unwrap())

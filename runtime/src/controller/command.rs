@@ -43,6 +43,12 @@ pub struct ControllerArgs {
     /// Drain timeout: after this long a deletion is forced.
     #[arg(long, default_value = "2h", value_parser = go_duration)]
     pub machine_drain_timeout: Duration,
+    /// Address of the /metrics, /healthz and /readyz endpoints.
+    #[arg(long, default_value = "0.0.0.0")]
+    pub address: String,
+    /// Port of the /metrics, /healthz and /readyz endpoints (0: not served).
+    #[arg(long, default_value_t = 10259)]
+    pub port: u16,
     /// How often VMs that no Machine owns are looked for (ListMachines per class) and deleted.
     #[arg(long, default_value = "15m", value_parser = go_duration)]
     pub machine_safety_orphan_vms_period: Duration,
@@ -198,6 +204,19 @@ async fn run(args: ControllerArgs) -> Result<(), String> {
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|v| *v).await;
     };
+    let http = if args.port == 0 {
+        None
+    } else {
+        let addr = format!("{}:{}", args.address, args.port);
+        let listener = tokio::net::TcpListener::bind(&addr)
+            .await
+            .map_err(|e| format!("--address/--port {addr}: {e}"))?;
+        Some(tokio::spawn(super::metrics::serve(
+            listener,
+            ctx.clone(),
+            stopped(stop_rx.clone()),
+        )))
+    };
     let sim = args.simulate_node_join.then(|| {
         tokio::spawn(super::node_sim::run(
             ctx.clone(),
@@ -223,6 +242,9 @@ async fn run(args: ControllerArgs) -> Result<(), String> {
     let ctrl = super::run(Arc::clone(&ctx), stopped(stop_rx.clone()));
     tokio::join!(signal, ctrl);
     let _ = orphans.await;
+    if let Some(http) = http {
+        let _ = http.await;
+    }
     let _ = finalizers.await;
     if let Some(sim) = sim {
         let _ = sim.await;

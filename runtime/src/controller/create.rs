@@ -319,7 +319,12 @@ async fn creation_flow(job: &Job, machine: &Machine) -> Result<Action, Error> {
     secret.insert(secrets::USER_DATA_KEY.to_string(), filled);
     let req = job.request(machine, secret);
 
-    let got = provider.get_machine_status(&req).await;
+    let got = job
+        .timed(
+            Operation::GetMachineStatus,
+            provider.get_machine_status(&req),
+        )
+        .await;
     job.driver_event(machine, Operation::GetMachineStatus, &got, "")
         .await;
     let mut last_known_state = machine
@@ -350,7 +355,9 @@ async fn creation_flow(job: &Job, machine: &Machine) -> Result<Action, Error> {
         {
             // Uninitialized carries no response in our contract; CreateMachine is idempotent
             // per machine and answers the existing VM's ids.
-            let created = provider.create_machine(&req).await;
+            let created = job
+                .timed(Operation::CreateMachine, provider.create_machine(&req))
+                .await;
             let detail = created
                 .as_ref()
                 .map(|r| format!(": providerID {}, node {}", r.provider_id, r.node_name));
@@ -404,7 +411,12 @@ async fn creation_flow(job: &Job, machine: &Machine) -> Result<Action, Error> {
     }
     update_labels(job, machine, &node_name, &provider_id).await?;
     if uninitialized {
-        let init = provider.initialize_machine(&req).await;
+        let init = job
+            .timed(
+                Operation::InitializeMachine,
+                provider.initialize_machine(&req),
+            )
+            .await;
         if !matches!(&init, Err(e) if e.code == Code::Unimplemented) {
             job.driver_event(machine, Operation::InitializeMachine, &init, "")
                 .await;
@@ -487,7 +499,9 @@ async fn old_node_obj(
     req: &crate::driver::MachineRequest,
     node: &str,
 ) -> Result<Action, Error> {
-    let deleted = job.provider.delete_machine(req).await;
+    let deleted = job
+        .timed(Operation::DeleteMachine, job.provider.delete_machine(req))
+        .await;
     job.driver_event(
         machine,
         Operation::DeleteMachine,

@@ -167,8 +167,11 @@ async fn get_vm_status(job: &Job, machine: &mut Machine) -> Result<Outcome, Erro
     };
     let secret = job.secret().await?;
     let got = job
-        .provider
-        .get_machine_status(&job.request(machine, secret))
+        .timed(
+            Operation::GetMachineStatus,
+            job.provider
+                .get_machine_status(&job.request(machine, secret)),
+        )
         .await;
     job.driver_event(machine, Operation::GetMachineStatus, &got, "")
         .await;
@@ -345,8 +348,10 @@ async fn delete_vm(job: &Job, machine: &mut Machine) -> Result<Outcome, Error> {
     // DeleteMachine gets the merged secret without userData substitution.
     let secret = job.secret().await?;
     let deleted = job
-        .provider
-        .delete_machine(&job.request(machine, secret))
+        .timed(
+            Operation::DeleteMachine,
+            job.provider.delete_machine(&job.request(machine, secret)),
+        )
         .await;
     job.driver_event(machine, Operation::DeleteMachine, &deleted, "")
         .await;

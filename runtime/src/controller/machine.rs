@@ -45,6 +45,21 @@ impl Job {
         }
     }
 
+    /// Await a driver call and record its outcome and duration in the metrics.
+    pub async fn timed<T>(
+        &self,
+        op: Operation,
+        call: impl Future<Output = Result<T, DriverError>>,
+    ) -> Result<T, DriverError> {
+        let started = std::time::Instant::now();
+        let result = call.await;
+        let outcome = result.as_ref().err().map(|e| e.code);
+        self.ctx
+            .metrics
+            .observe(self.provider.name(), op, outcome, started.elapsed());
+        result
+    }
+
     /// Record a driver outcome as an event on the machine (Normal for OK, Warning with the
     /// code and message otherwise). Event failures are logged, never fatal.
     pub async fn driver_event<T>(

@@ -15,6 +15,7 @@ pub mod delete;
 pub mod drain;
 pub mod finalizers;
 pub mod machine;
+pub mod metrics;
 pub mod node_sim;
 pub mod orphans;
 pub mod retry;
@@ -96,6 +97,7 @@ pub struct Context {
     pub registry: Arc<Registry>,
     pub recorder: Recorder,
     pub config: Config,
+    pub metrics: metrics::Metrics,
 }
 
 impl Context {
@@ -118,6 +120,7 @@ impl Context {
             registry,
             recorder,
             config,
+            metrics: Default::default(),
         })
     }
 
@@ -267,15 +270,27 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
     let (store, writer) = reflector::store();
     let machines = watcher(ctx.machines(), watcher::Config::default())
         .default_backoff()
+        .inspect({
+            // Ready once the first full list of Machines is in the cache.
+            let ctx = ctx.clone();
+            move |event| {
+                if let Ok(watcher::Event::InitDone) = event {
+                    ctx.metrics.set_ready();
+                }
+            }
+        })
         .reflect(writer)
         .applied_objects()
         .predicate_filter(machine_trigger, Default::default());
     let controller = Controller::for_stream(machines, store.clone())
         .with_config(ControllerConfig::default().concurrency(ctx.config.concurrent_syncs));
     let controller = match ctx.nodes() {
-        Some(nodes) => controller.watches(nodes, watcher::Config::default(), move |node| {
-            machines_of_node(&store, &node)
-        }),
+        Some(nodes) => {
+            let store = store.clone();
+            controller.watches(nodes, watcher::Config::default(), move |node| {
+                machines_of_node(&store, &node)
+            })
+        }
         None => controller,
     };
     // A provider that loads or is replaced may serve machines that waited for it.
@@ -288,20 +303,28 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
             }
         }
     });
+    ctx.metrics.set_machines(store.clone());
+    let metrics_ctx = ctx.clone();
     controller
         .reconcile_all_on(loaded)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
-        .for_each(|result| async move {
-            match result {
-                Ok(_) => {}
-                Err(kube::runtime::controller::Error::ReconcilerFailed(
-                    Error::Retry { reason, after },
-                    obj,
-                )) => {
-                    tracing::debug!(machine = %obj.name, "{reason} (requeue in {after:?})")
+        .for_each(|result| {
+            let ctx = metrics_ctx.clone();
+            async move {
+                match result {
+                    Ok(_) => {}
+                    Err(kube::runtime::controller::Error::ReconcilerFailed(e, obj)) => {
+                        ctx.metrics.reconcile_error(e.metric_label());
+                        match e {
+                            Error::Retry { reason, after } => {
+                                tracing::debug!(machine = %obj.name, "{reason} (requeue in {after:?})")
+                            }
+                            e => tracing::warn!(machine = %obj.name, "reconcile failed: {e}"),
+                        }
+                    }
+                    Err(e) => tracing::warn!("controller: {e}"),
                 }
-                Err(e) => tracing::warn!("reconcile failed: {e}"),
             }
         })
         .await;

@@ -62,13 +62,20 @@ pub async fn collect_once(ctx: &Context) -> Result<Vec<Orphan>, kube::Error> {
             continue;
         };
         let secret = secrets::merged_secret(&ctx.control, &class, &ctx.config.namespace).await?;
-        let listed = match provider
+        let started = std::time::Instant::now();
+        let listed = provider
             .list_machines(&ClassRequest {
                 machine_class: driver_class(&class),
                 secret: secret.clone(),
             })
-            .await
-        {
+            .await;
+        ctx.metrics.observe(
+            provider.name(),
+            crate::driver::Operation::ListMachines,
+            listed.as_ref().err().map(|e| e.code),
+            started.elapsed(),
+        );
+        let listed = match listed {
             Ok(r) => r.machines,
             Err(e) => {
                 tracing::info!(class = %class.name_any(), "ListMachines failed, skipping the class: {e}");
@@ -99,11 +106,15 @@ pub async fn collect_once(ctx: &Context) -> Result<Vec<Orphan>, kube::Error> {
                 machine_class: driver_class(&class),
                 secret: secret.clone(),
             };
-            let result = provider
-                .delete_machine(&req)
-                .await
-                .map(|_| ())
-                .map_err(|e| e.to_string());
+            let started = std::time::Instant::now();
+            let deleted = provider.delete_machine(&req).await;
+            ctx.metrics.observe(
+                provider.name(),
+                crate::driver::Operation::DeleteMachine,
+                deleted.as_ref().err().map(|e| e.code),
+                started.elapsed(),
+            );
+            let result = deleted.map(|_| ()).map_err(|e| e.to_string());
             match &result {
                 Ok(()) => {
                     tracing::info!(class = %class.name_any(), %provider_id, machine = %machine_name, "orphan VM deleted")
