@@ -33,6 +33,7 @@ fn help_names_mcm_flags() {
         "--machine-safety-orphan-vms-period",
         "--concurrent-syncs",
         "--providers-dir",
+        "--leader-elect",
     ] {
         assert!(help.contains(flag), "{flag} missing from:\n{help}");
     }
@@ -299,4 +300,118 @@ async fn killed_mid_create_then_restarted_leaves_exactly_one_instance() {
         1,
         "the restarted controller found the VM instead of running another"
     );
+}
+
+/// Two controllers with `--leader-elect`: one leads (holds the Lease `machine-controller`);
+/// when it is killed, the other takes the Lease after it expires and serves new machines.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_election_hands_over_when_the_leader_dies() {
+    mcm_wasm::controller::install_crypto_provider();
+    let cp = testenv::ControlPlane::start().expect("control plane (run `just controlplane`)");
+    cp.apply_crds().unwrap();
+    let client = cp.client().await.unwrap();
+    let moto = Moto::start();
+    let ami = moto.some_ami().await;
+    let (subnet, group) = moto.default_network().await;
+    let providers = tempfile::tempdir().unwrap();
+    std::fs::copy(guest("aws_provider"), providers.path().join("aws.wasm")).unwrap();
+    let secret: k8s_openapi::api::core::v1::Secret = serde_json::from_value(serde_json::json!({
+        "metadata": { "name": "aws-secret" },
+        "stringData": {
+            "userData": "#!/bin/bash\necho <<MACHINE_NAME>>",
+            "providerAccessKeyId": ACCESS_KEY,
+            "providerSecretAccessKey": SECRET_KEY,
+        },
+    }))
+    .unwrap();
+    Api::namespaced(client.clone(), "default").create(&PostParams::default(), &secret).await.unwrap();
+    let class: MachineClass = serde_json::from_value(serde_json::json!({
+        "apiVersion": "machine.sapcloud.io/v1alpha1",
+        "kind": "MachineClass",
+        "metadata": { "name": "aws-class" },
+        "provider": "aws",
+        "providerSpec": provider_spec(&ami, &subnet, &group),
+        "secretRef": { "name": "aws-secret", "namespace": "default" },
+    }))
+    .unwrap();
+    Api::namespaced(client.clone(), "default").create(&PostParams::default(), &class).await.unwrap();
+    let spawn = || {
+        KillOnDrop(
+            bin()
+                .arg("controller")
+                .arg("--providers-dir")
+                .arg(providers.path())
+                .arg("--control-kubeconfig")
+                .arg(cp.kubeconfig_path())
+                .arg("--provider-config")
+                .arg(format!("aws={}", serde_json::json!({ "endpoint": moto.endpoint })))
+                .arg("--provider-allow-host")
+                .arg(format!("aws={}", moto.addr))
+                .args(["--simulate-node-join", "--port", "0", "--leader-elect"])
+                .args(["--leader-elect-lease-duration", "3s", "--leader-elect-renew-deadline", "2s"])
+                .args(["--leader-elect-retry-period", "500ms"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        )
+    };
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> = Api::namespaced(client.clone(), "default");
+    let holder = || async {
+        leases
+            .get_opt("machine-controller")
+            .await
+            .unwrap()
+            .and_then(|l| l.spec)
+            .and_then(|s| s.holder_identity)
+            .unwrap_or_default()
+    };
+    let wait_holder = |pid: u32| {
+        let holder = &holder;
+        async move {
+            let started = Instant::now();
+            loop {
+                let h = holder().await;
+                if h.ends_with(&format!("_{pid}")) {
+                    return;
+                }
+                assert!(started.elapsed() < Duration::from_secs(30), "pid {pid} never led; holder {h:?}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    let machines: Api<Machine> = Api::namespaced(client.clone(), "default");
+    let run_machine = |name: &'static str| {
+        let machines = machines.clone();
+        async move {
+            let m: Machine = serde_json::from_value(serde_json::json!({
+                "apiVersion": "machine.sapcloud.io/v1alpha1",
+                "kind": "Machine",
+                "metadata": { "name": name },
+                "spec": { "class": { "kind": "MachineClass", "name": "aws-class" } },
+            }))
+            .unwrap();
+            machines.create(&PostParams::default(), &m).await.unwrap();
+            let started = Instant::now();
+            while machines.get(name).await.unwrap().phase() != Some(&MachinePhase::Running) {
+                assert!(started.elapsed() < Duration::from_secs(90), "{name} not Running");
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        }
+    };
+
+    let mut a = spawn();
+    wait_holder(a.0.id()).await;
+    let b = spawn();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(holder().await.ends_with(&format!("_{}", a.0.id())), "the first leader keeps the Lease while it renews");
+    run_machine("leader-machine-1").await;
+
+    a.0.kill().unwrap();
+    a.0.wait().unwrap();
+    wait_holder(b.0.id()).await;
+    run_machine("leader-machine-2").await;
+    assert_eq!(moto.live_instances_named("leader-machine-1").await.len(), 1);
+    assert_eq!(moto.live_instances_named("leader-machine-2").await.len(), 1);
+    drop(b);
 }

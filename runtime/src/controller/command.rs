@@ -43,6 +43,18 @@ pub struct ControllerArgs {
     /// Drain timeout: after this long a deletion is forced.
     #[arg(long, default_value = "2h", value_parser = go_duration)]
     pub machine_drain_timeout: Duration,
+    /// Run only while holding the Lease `machine-controller` in --namespace.
+    #[arg(long, default_value_t = true, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub leader_elect: bool,
+    /// How long a Lease holds without renewal.
+    #[arg(long, default_value = "15s", value_parser = go_duration)]
+    pub leader_elect_lease_duration: Duration,
+    /// The leader gives up when it could not renew for this long.
+    #[arg(long, default_value = "10s", value_parser = go_duration)]
+    pub leader_elect_renew_deadline: Duration,
+    /// How often the Lease is tried and renewed.
+    #[arg(long, default_value = "2s", value_parser = go_duration)]
+    pub leader_elect_retry_period: Duration,
     /// Address of the /metrics, /healthz and /readyz endpoints.
     #[arg(long, default_value = "0.0.0.0")]
     pub address: String,
@@ -217,6 +229,26 @@ async fn run(args: ControllerArgs) -> Result<(), String> {
             stopped(stop_rx.clone()),
         )))
     };
+    let leader = args.leader_elect.then(|| super::leader::LeaderConfig {
+        namespace: args.namespace.clone(),
+        name: "machine-controller".into(),
+        identity: super::leader::default_identity(),
+        lease_duration: args.leader_elect_lease_duration,
+        renew_deadline: args.leader_elect_renew_deadline,
+        retry_period: args.leader_elect_retry_period,
+    });
+    if let Some(cfg) = &leader {
+        tokio::select! {
+            _ = super::leader::acquire(&ctx.control, cfg) => {}
+            _ = shutdown_signal() => {
+                let _ = stop_tx.send(true);
+                if let Some(http) = http {
+                    let _ = http.await;
+                }
+                return Ok(());
+            }
+        }
+    }
     let sim = args.simulate_node_join.then(|| {
         tokio::spawn(super::node_sim::run(
             ctx.clone(),
@@ -234,13 +266,24 @@ async fn run(args: ControllerArgs) -> Result<(), String> {
         Duration::from_secs(10),
         stopped(stop_rx.clone()),
     ));
+    let control = ctx.control.clone();
+    let lost = async move {
+        match &leader {
+            Some(cfg) => super::leader::hold(&control, cfg).await,
+            None => std::future::pending::<()>().await,
+        }
+    };
     let signal = async move {
-        shutdown_signal().await;
+        let lost = tokio::select! {
+            _ = shutdown_signal() => false,
+            _ = lost => true,
+        };
         tracing::info!("shutting down");
         let _ = stop_tx.send(true);
+        lost
     };
     let ctrl = super::run(Arc::clone(&ctx), stopped(stop_rx.clone()));
-    tokio::join!(signal, ctrl);
+    let (lost, ()) = tokio::join!(signal, ctrl);
     let _ = orphans.await;
     if let Some(http) = http {
         let _ = http.await;
@@ -248,6 +291,9 @@ async fn run(args: ControllerArgs) -> Result<(), String> {
     let _ = finalizers.await;
     if let Some(sim) = sim {
         let _ = sim.await;
+    }
+    if lost {
+        return Err("leadership lost: stopped so that the new leader alone reconciles".into());
     }
     Ok(())
 }

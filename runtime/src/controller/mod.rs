@@ -14,6 +14,7 @@ pub mod create;
 pub mod delete;
 pub mod drain;
 pub mod finalizers;
+pub mod leader;
 pub mod machine;
 pub mod metrics;
 pub mod node_sim;
