@@ -539,3 +539,86 @@ async fn delete_wait_gone(world: &World, name: &str) {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// Live (not terminated) instances in moto with the cluster's tag.
+async fn live_cluster_instances(world: &World) -> Vec<moto_support::roxml::Instance> {
+    world
+        .moto
+        .ec2(
+            REGION,
+            "DescribeInstances",
+            &[("Filter.1.Name", "tag-key"), ("Filter.1.Value.1", "kubernetes.io/cluster/shoot--a")],
+        )
+        .await
+        .instances()
+        .into_iter()
+        .filter(|i| !matches!(i.state.as_str(), "terminated" | "shutting-down"))
+        .collect()
+}
+
+/// Gardener's real machine-controller-manager beside our controller: a MachineDeployment
+/// scaled 0 → 3 → 1 gives 3, then 1, Running machines and exactly as many live instances.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gardener_mcm_machine_deployment_scales_on_our_controller() {
+    use kube::api::{Patch, PatchParams};
+    use machine_api::MachineDeployment;
+
+    let world = World::start_with(Duration::from_secs(30), None).await;
+    let deployment: MachineDeployment = serde_json::from_value(serde_json::json!({
+        "apiVersion": "machine.sapcloud.io/v1alpha1",
+        "kind": "MachineDeployment",
+        "metadata": { "name": "pool" },
+        "spec": {
+            "replicas": 0,
+            "selector": { "matchLabels": { "pool": "pool" } },
+            "strategy": { "type": "RollingUpdate", "rollingUpdate": { "maxSurge": 1, "maxUnavailable": 0 } },
+            "template": {
+                "metadata": { "labels": { "pool": "pool" } },
+                "spec": { "class": { "kind": "MachineClass", "name": "aws-class" } },
+            },
+        },
+    }))
+    .unwrap();
+    let deployments = Api::<MachineDeployment>::namespaced(world.client.clone(), NS);
+    deployments.create(&PostParams::default(), &deployment).await.unwrap();
+    let mut mcm = world._cp.start_gardener_mcm(NS).expect("Gardener MCM (run `just controlplane`)");
+
+    let scale = |n: i32| {
+        let deployments = deployments.clone();
+        async move {
+            let patch = serde_json::json!({ "spec": { "replicas": n } });
+            deployments.patch("pool", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+        }
+    };
+    let wait_running = |n: usize| {
+        let machines = world.machines();
+        let world = &world;
+        async move {
+            let started = Instant::now();
+            loop {
+                let all = machines.list(&ListParams::default()).await.unwrap().items;
+                let running = all.iter().filter(|m| m.phase() == Some(&MachinePhase::Running)).count();
+                let live = live_cluster_instances(world).await.len();
+                if all.len() == n && running == n && live == n {
+                    return;
+                }
+                assert!(
+                    started.elapsed() < Duration::from_secs(180),
+                    "wanted {n} Running machines and instances; machines {:?}, {live} live instances",
+                    all.iter().map(|m| (m.name_any(), m.phase().map(|p| p.as_str().to_string()))).collect::<Vec<_>>()
+                );
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    };
+
+    scale(3).await;
+    wait_running(3).await;
+    scale(1).await;
+    wait_running(1).await;
+    // Stays at one.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(live_cluster_instances(&world).await.len(), 1);
+    assert!(mcm.is_running(), "Gardener MCM still running");
+    world.shutdown().await;
+}
