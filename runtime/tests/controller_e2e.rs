@@ -622,3 +622,80 @@ async fn gardener_mcm_machine_deployment_scales_on_our_controller() {
     assert!(mcm.is_running(), "Gardener MCM still running");
     world.shutdown().await;
 }
+
+/// A component with an extra custom section: same code, another digest (a new "version" for
+/// the registry).
+fn with_custom_section(component: &[u8], payload: &[u8]) -> Vec<u8> {
+    fn leb(mut n: usize, out: &mut Vec<u8>) {
+        loop {
+            let b = (n & 0x7f) as u8;
+            n >>= 7;
+            if n == 0 {
+                out.push(b);
+                return;
+            }
+            out.push(b | 0x80);
+        }
+    }
+    let name = b"mcm-wasm-test-swap";
+    let mut body = Vec::new();
+    leb(name.len(), &mut body);
+    body.extend_from_slice(name);
+    body.extend_from_slice(payload);
+    let mut out = component.to_vec();
+    out.push(0);
+    leb(body.len(), &mut out);
+    out.extend_from_slice(&body);
+    out
+}
+
+/// Replacing the provider's .wasm again and again while machines are created fails no
+/// reconcile: every machine reaches Running with one instance, and no driver call fails
+/// except the expected NotFound of the first status check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replacing_the_provider_while_machines_reconcile_fails_nothing() {
+    let world = World::start_with(Duration::from_secs(30), None).await;
+    let mut loaded = world.ctx.registry.subscribe();
+    let original = std::fs::read(guest("aws_provider")).unwrap();
+    let dir = world._providers.path().to_path_buf();
+    let names: Vec<String> = (1..=6).map(|i| format!("swap-machine-{i}")).collect();
+    let mut swaps = 0;
+    // Create machines two at a time and swap the provider after each pair, while they reconcile.
+    for (i, pair) in names.chunks(2).enumerate() {
+        for n in pair {
+            world.create_machine(n).await;
+        }
+        let tmp = dir.join(".aws.wasm.tmp");
+        std::fs::write(&tmp, with_custom_section(&original, &[i as u8])).unwrap();
+        std::fs::rename(&tmp, dir.join("aws.wasm")).unwrap();
+        let swapped = tokio::time::timeout(Duration::from_secs(60), async {
+            loop {
+                match loaded.recv().await.unwrap() {
+                    mcm_wasm::RegistryEvent::Loaded { replaced: Some(_), .. } => return,
+                    mcm_wasm::RegistryEvent::Rejected { error, .. } => panic!("a swap was rejected: {error}"),
+                    _ => {}
+                }
+            }
+        })
+        .await;
+        assert!(swapped.is_ok(), "swap {i} not loaded");
+        swaps += 1;
+    }
+    for n in &names {
+        world.wait_machine(n, "phase Running", Duration::from_secs(120), |m| m.phase() == Some(&MachinePhase::Running)).await;
+        assert_eq!(world.moto.live_instances_named(n).await.len(), 1, "{n}");
+    }
+    assert_eq!(swaps, 3);
+    let warnings: Vec<String> = Api::<Event>::namespaced(world.client.clone(), NS)
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.type_.as_deref() == Some("Warning"))
+        .filter_map(|e| e.reason)
+        .filter(|r| r != "GetMachineStatusNotFound")
+        .collect();
+    assert!(warnings.is_empty(), "driver calls failed during the swaps: {warnings:?}");
+    world.shutdown().await;
+}
