@@ -268,7 +268,18 @@ async fn machine_runs_then_deletes_as_mcm_does() {
     assert!(m.finalizers().contains(&"machine.sapcloud.io/machine-controller-manager".to_string()));
     assert!(!m.status.as_ref().unwrap().current_status.timeout_active);
     assert!(m.status.as_ref().unwrap().conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
-    let node = Api::<Node>::all(world.client.clone()).get(&node_name).await.unwrap();
+    let started = Instant::now();
+    let node = loop {
+        // The node controller part: the machine-name label and MCM's node finalizer.
+        let node = Api::<Node>::all(world.client.clone()).get(&node_name).await.unwrap();
+        if node.finalizers().contains(&"node.machine.sapcloud.io/machine-controller".to_string())
+            && node.labels().get("node.gardener.cloud/machine-name").map(String::as_str) == Some(name)
+        {
+            break node;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "node not labelled/finalized: {:?}", node.metadata);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
     assert_eq!(node.spec.unwrap().provider_id.as_deref(), Some(m.spec.provider_id.as_str()));
 
     // Finalizers as MCM sets them on the class and the secrets.

@@ -123,6 +123,9 @@ async fn health(job: &Job, machine: &Machine) -> Result<Option<Action>, Error> {
     if matches!(phase, Phase::InPlaceUpdating | Phase::InPlaceUpdateFailed) {
         return Ok(None);
     }
+    if let Some(n) = &node {
+        sync_node(&nodes, n, &job.name).await?;
+    }
     let mut changed = false;
     if let Some(n) = &node {
         let conditions = n
@@ -248,6 +251,56 @@ async fn health(job: &Job, machine: &Machine) -> Result<Option<Action>, Error> {
         }
         _ => Ok(None),
     }
+}
+
+/// The label on a Node that names its Machine (MCM `syncMachineNameToNode`).
+pub const MACHINE_NAME_NODE_LABEL: &str = "node.gardener.cloud/machine-name";
+
+/// What the machine controller keeps on a Node with a backing Machine: the machine-name label
+/// and the finalizer `node.machine.sapcloud.io/machine-controller` (MCM's node controller).
+async fn sync_node(
+    nodes: &Api<k8s_openapi::api::core::v1::Node>,
+    node: &k8s_openapi::api::core::v1::Node,
+    machine: &str,
+) -> Result<(), kube::Error> {
+    if node
+        .annotations()
+        .contains_key("node.machine.sapcloud.io/not-managed-by-mcm")
+        || node.metadata.deletion_timestamp.is_some()
+    {
+        return Ok(());
+    }
+    let has_label = node
+        .labels()
+        .get(MACHINE_NAME_NODE_LABEL)
+        .map(String::as_str)
+        == Some(machine);
+    let has_finalizer = node
+        .finalizers()
+        .iter()
+        .any(|f| f == machine_api::MC_NODE_FINALIZER);
+    if has_label && has_finalizer {
+        return Ok(());
+    }
+    let mut finalizers = node.finalizers().to_vec();
+    if !has_finalizer {
+        finalizers.push(machine_api::MC_NODE_FINALIZER.to_string());
+    }
+    let patch = serde_json::json!({
+        "metadata": {
+            "labels": { MACHINE_NAME_NODE_LABEL: machine },
+            "finalizers": finalizers,
+            "resourceVersion": node.resource_version(),
+        }
+    });
+    nodes
+        .patch(
+            &node.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await?;
+    Ok(())
 }
 
 /// MCM `getCreateFailurePhase`.
