@@ -7,7 +7,22 @@
 //! One module per concern: [`machine`] (per-machine context, driver requests, events),
 //! [`create`] (creation flow and health), [`delete`] (deletion state machine), [`drain`],
 //! [`secrets`] (merge + userData), [`status`] (status writes), [`retry`] (MCM's periods),
-//! [`node_sim`] (a kubelet stand-in for tests and `just run`).
+//! [`node_sim`] (a kubelet stand-in for tests and `just run`), [`orphans`] (orphan-VM
+//! collection), [`finalizers`] (class and secret finalizers), [`leader`] (Lease election),
+//! [`metrics`] (`/metrics`, `/healthz`, `/readyz`), [`command`] (`mcm-wasm controller`).
+//!
+//! Deliberate differences from Gardener's MC (v0.62.1):
+//! - a deletion step that succeeds goes straight on to the next step in the same reconcile
+//!   (MCM requeues after 5 s in between); every step still writes MCM's description first;
+//! - after InitializeMachine succeeds the machine goes to Pending in the same pass;
+//! - `Uninitialized` from GetMachineStatus carries no ids in our contract: CreateMachine
+//!   (idempotent per machine) is called to learn them, then InitializeMachine;
+//! - Kubernetes Events are recorded for every driver outcome (MCM records none).
+//!
+//! Not yet: Node deleted → Machine deleted; the Unknown→Failed rate limit per
+//! MachineDeployment; the "similar status" write skip; nodeTemplate / virtual capacity sync;
+//! preservation and in-place updates; the API-server safety freeze; drain's PV detach /
+//! reattach waits and misconfigured-PDB detection; orphan Node annotation.
 
 pub mod command;
 pub mod create;
