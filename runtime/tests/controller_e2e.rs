@@ -710,3 +710,23 @@ async fn replacing_the_provider_while_machines_reconcile_fails_nothing() {
     assert!(warnings.is_empty(), "driver calls failed during the swaps: {warnings:?}");
     world.shutdown().await;
 }
+
+/// A Node deleted by someone else takes its Machine with it (MCM's node controller): the
+/// Machine goes through the deletion flow and its instance is terminated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_the_node_deletes_the_machine() {
+    let world = World::start_with(Duration::from_secs(30), None).await;
+    let name = "node-gone-1";
+    world.create_machine(name).await;
+    let m = world
+        .wait_machine(name, "phase Running", Duration::from_secs(120), |m| m.phase() == Some(&MachinePhase::Running))
+        .await;
+    let node_name = m.node_name().unwrap().to_string();
+    let id = m.spec.provider_id.rsplit('/').next().unwrap().to_string();
+    Api::<Node>::all(world.client.clone()).delete(&node_name, &DeleteParams::default()).await.unwrap();
+    delete_wait_gone(&world, name).await;
+    let vm = world.moto.instance(&id).await;
+    assert!(matches!(vm.state.as_str(), "terminated" | "shutting-down"), "instance {id} is {}", vm.state);
+    assert!(Api::<Node>::all(world.client.clone()).get_opt(&node_name).await.unwrap().is_none());
+    world.shutdown().await;
+}

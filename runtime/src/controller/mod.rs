@@ -19,7 +19,7 @@
 //!   (idempotent per machine) is called to learn them, then InitializeMachine;
 //! - Kubernetes Events are recorded for every driver outcome (MCM records none).
 //!
-//! Not yet: Node deleted → Machine deleted; the Unknown→Failed rate limit per
+//! Not yet: the Unknown→Failed rate limit per
 //! MachineDeployment; the "similar status" write skip; nodeTemplate / virtual capacity sync;
 //! preservation and in-place updates; the API-server safety freeze; drain's PV detach /
 //! reattach waits and misconfigured-PDB detection; orphan Node annotation.
@@ -320,6 +320,13 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
         }
     });
     ctx.metrics.set_machines(store.clone());
+    let node_deletions = ctx.nodes().map(|nodes| {
+        tokio::spawn(delete_machines_of_deleted_nodes(
+            ctx.clone(),
+            nodes,
+            store.clone(),
+        ))
+    });
     let metrics_ctx = ctx.clone();
     controller
         .reconcile_all_on(loaded)
@@ -344,6 +351,53 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
             }
         })
         .await;
+    if let Some(task) = node_deletions {
+        task.abort();
+    }
+}
+
+/// MCM's node controller: a Node that is deleted (or marked for deletion) takes its Machine
+/// with it (`triggerMachineDeletion`). Nodes annotated not-managed-by-mcm are ignored.
+async fn delete_machines_of_deleted_nodes(
+    ctx: Arc<Context>,
+    nodes: Api<Node>,
+    store: Store<Machine>,
+) {
+    let events = watcher(nodes, watcher::Config::default()).default_backoff();
+    futures::pin_mut!(events);
+    while let Some(event) = events.next().await {
+        let node = match event {
+            Ok(watcher::Event::Delete(n)) => n,
+            Ok(watcher::Event::Apply(n)) | Ok(watcher::Event::InitApply(n))
+                if n.metadata.deletion_timestamp.is_some() =>
+            {
+                n
+            }
+            _ => continue,
+        };
+        if node
+            .annotations()
+            .contains_key("node.machine.sapcloud.io/not-managed-by-mcm")
+        {
+            continue;
+        }
+        for machine in machines_of_node(&store, &node) {
+            let Some(m) = store.get(&machine) else {
+                continue;
+            };
+            if m.metadata.deletion_timestamp.is_some() {
+                continue;
+            }
+            tracing::info!(machine = %machine.name, node = %node.name_any(), "node deleted: deleting its machine");
+            if let Err(e) = ctx
+                .machines()
+                .delete(&machine.name, &Default::default())
+                .await
+            {
+                tracing::warn!(machine = %machine.name, "deleting the machine of a deleted node: {e}");
+            }
+        }
+    }
 }
 
 /// Add a finalizer with a merge patch guarded by the resourceVersion (a conflict retries).
