@@ -98,6 +98,7 @@ impl ControlPlane {
     /// Blocking; safe to call from inside an async runtime (the readiness check runs on its own
     /// thread). Fails with a message naming `just controlplane` when the binaries are not built.
     pub fn start() -> Result<Self> {
+        install_crypto_provider();
         let binaries = Binaries::locate()?;
         // Free ports are found by binding port 0 and releasing it; another process may grab one
         // in between, so a start that fails is retried with new ports.
@@ -414,8 +415,15 @@ pub fn crds_dir() -> PathBuf {
     kubernetes_dir().join("crds")
 }
 
+/// In a workspace build rustls has two crypto backends enabled (ring through kube, aws-lc-rs
+/// through reqwest), so it cannot pick a process default by itself: choose ring, as kube does.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 /// A kube client for a kubeconfig file.
 pub async fn client_from(kubeconfig: &Path) -> Result<kube::Client> {
+    install_crypto_provider();
     let kc = kube::config::Kubeconfig::read_from(kubeconfig).map_err(|e| Error::Io {
         context: format!("reading {}", kubeconfig.display()),
         source: std::io::Error::other(e.to_string()),
