@@ -36,7 +36,8 @@ guests:
 
 # Run all tests: guests run in the real sandbox.
 test: guests
-    cargo test --workspace --no-fail-fast 2>&1
+    cargo test --manifest-path guests/Cargo.toml -p aws-provider
+    cargo test --workspace --no-fail-fast
 
 # Benchmarks: prints a table (see BENCHMARKS.md for recorded figures).
 bench: guests
