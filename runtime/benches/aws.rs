@@ -23,7 +23,11 @@ struct Row {
 
 impl Row {
     fn new(name: &'static str) -> Row {
-        Row { name, times: Vec::new(), requests: Vec::new() }
+        Row {
+            name,
+            times: Vec::new(),
+            requests: Vec::new(),
+        }
     }
     fn print(&mut self) {
         self.times.sort();
@@ -32,10 +36,25 @@ impl Row {
         let reqs = if self.requests.is_empty() {
             "-".to_string()
         } else {
-            let (min, max) = (self.requests.iter().min().unwrap(), self.requests.iter().max().unwrap());
-            if min == max { min.to_string() } else { format!("{min}-{max}") }
+            let (min, max) = (
+                self.requests.iter().min().unwrap(),
+                self.requests.iter().max().unwrap(),
+            );
+            if min == max {
+                min.to_string()
+            } else {
+                format!("{min}-{max}")
+            }
         };
-        println!("| {} | {} | {} | {} | {} | {} |", self.name, self.times.len(), ms(p(0.5)), ms(p(0.9)), ms(p(1.0)), reqs);
+        println!(
+            "| {} | {} | {} | {} | {} | {} |",
+            self.name,
+            self.times.len(),
+            ms(p(0.5)),
+            ms(p(0.9)),
+            ms(p(1.0)),
+            reqs
+        );
     }
 }
 
@@ -54,7 +73,11 @@ async fn measure<T>(row: &mut Row, proxy: Option<&FaultProxy>, f: impl AsyncFnOn
 async fn main() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
     let wasm = root.join("target/wasm32-wasip2/release/aws_provider.wasm");
-    assert!(wasm.exists(), "{} missing: run `just guests`", wasm.display());
+    assert!(
+        wasm.exists(),
+        "{} missing: run `just guests`",
+        wasm.display()
+    );
 
     let moto = Moto::start();
     let proxy = FaultProxy::start(moto.addr).await;
@@ -74,11 +97,24 @@ async fn main() {
     };
     let provider = Provider::load(&sandbox, &wasm, settings).await.unwrap();
     let request = |name: &str| MachineRequest {
-        machine: Machine { name: name.into(), namespace: "bench".into(), uid: format!("uid-{name}"), ..Default::default() },
-        machine_class: MachineClass { name: "bench".into(), provider: "aws".into(), provider_spec: spec.clone(), node_template: None },
+        machine: Machine {
+            name: name.into(),
+            namespace: "bench".into(),
+            uid: format!("uid-{name}"),
+            ..Default::default()
+        },
+        machine_class: MachineClass {
+            name: "bench".into(),
+            provider: "aws".into(),
+            provider_spec: spec.clone(),
+            node_template: None,
+        },
         secret: secret(),
     };
-    let class = ClassRequest { machine_class: request("x").machine_class, secret: secret() };
+    let class = ClassRequest {
+        machine_class: request("x").machine_class,
+        secret: secret(),
+    };
 
     // Warm up moto (its first answers are slow) and the connection pool.
     let warm = provider.create_machine(&request("warm-up")).await.unwrap();
@@ -86,7 +122,8 @@ async fn main() {
     warm_req.machine.provider_id = warm.provider_id;
     provider.delete_machine(&warm_req).await.unwrap();
 
-    let mut baseline = Row::new("moto DescribeInstances by tag, direct (no sandbox, no provider, unsigned)");
+    let mut baseline =
+        Row::new("moto DescribeInstances by tag, direct (no sandbox, no provider, unsigned)");
     let mut validate = Row::new("validate-machine-class");
     let mut create = Row::new("create-machine (new VM)");
     let mut recreate = Row::new("create-machine (repeated, VM exists)");
@@ -98,26 +135,69 @@ async fn main() {
     let mut made = Vec::new();
     for i in 0..N {
         let name = format!("bench-{i}");
-        measure(&mut baseline, None, async || moto.ec2(REGION, "DescribeInstances", &[("Filter.1.Name", "tag:Name"), ("Filter.1.Value.1", &name)]).await.0.len()).await;
-        measure(&mut validate, Some(&proxy), async || provider.validate_machine_class(&class).await.unwrap()).await;
-        let c = measure(&mut create, Some(&proxy), async || provider.create_machine(&request(&name)).await.unwrap()).await;
-        measure(&mut recreate, Some(&proxy), async || provider.create_machine(&request(&name)).await.unwrap()).await;
+        measure(&mut baseline, None, async || {
+            moto.ec2(
+                REGION,
+                "DescribeInstances",
+                &[("Filter.1.Name", "tag:Name"), ("Filter.1.Value.1", &name)],
+            )
+            .await
+            .0
+            .len()
+        })
+        .await;
+        measure(&mut validate, Some(&proxy), async || {
+            provider.validate_machine_class(&class).await.unwrap()
+        })
+        .await;
+        let c = measure(&mut create, Some(&proxy), async || {
+            provider.create_machine(&request(&name)).await.unwrap()
+        })
+        .await;
+        measure(&mut recreate, Some(&proxy), async || {
+            provider.create_machine(&request(&name)).await.unwrap()
+        })
+        .await;
         let mut with_id = request(&name);
         with_id.machine.provider_id = c.provider_id.clone();
-        measure(&mut status, Some(&proxy), async || provider.get_machine_status(&with_id).await.unwrap()).await;
-        measure(&mut list, Some(&proxy), async || provider.list_machines(&class).await.unwrap()).await;
+        measure(&mut status, Some(&proxy), async || {
+            provider.get_machine_status(&with_id).await.unwrap()
+        })
+        .await;
+        measure(&mut list, Some(&proxy), async || {
+            provider.list_machines(&class).await.unwrap()
+        })
+        .await;
         made.push(with_id);
     }
     for with_id in &made {
-        measure(&mut delete, Some(&proxy), async || provider.delete_machine(with_id).await.unwrap()).await;
-        measure(&mut gone, Some(&proxy), async || provider.get_machine_status(with_id).await.unwrap_err()).await;
+        measure(&mut delete, Some(&proxy), async || {
+            provider.delete_machine(with_id).await.unwrap()
+        })
+        .await;
+        measure(&mut gone, Some(&proxy), async || {
+            provider.get_machine_status(with_id).await.unwrap_err()
+        })
+        .await;
     }
 
     let size = std::fs::metadata(&wasm).unwrap().len();
-    println!("\n## AWS provider against moto ({N} machines; component {} KiB)\n", size / 1024);
+    println!(
+        "\n## AWS provider against moto ({N} machines; component {} KiB)\n",
+        size / 1024
+    );
     println!("| operation | n | p50 | p90 | max | EC2 requests per call |");
     println!("|---|---|---|---|---|---|");
-    for row in [&mut baseline, &mut validate, &mut create, &mut recreate, &mut status, &mut list, &mut delete, &mut gone] {
+    for row in [
+        &mut baseline,
+        &mut validate,
+        &mut create,
+        &mut recreate,
+        &mut status,
+        &mut list,
+        &mut delete,
+        &mut gone,
+    ] {
         row.print();
     }
     println!("\nlist-machines ran with 1..{N} machines of the class present.");

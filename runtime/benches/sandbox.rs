@@ -11,7 +11,11 @@ use mcm_wasm::{Deadlines, Provider, ProviderSettings, Registry, Sandbox, Sandbox
 fn guest(name: &str) -> PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
     let path = root.join(format!("target/wasm32-wasip2/release/{name}.wasm"));
-    assert!(path.exists(), "{} missing: run `just guests`", path.display());
+    assert!(
+        path.exists(),
+        "{} missing: run `just guests`",
+        path.display()
+    );
     path
 }
 
@@ -26,7 +30,12 @@ fn sandbox(cache: &Path, deadline: Duration) -> Arc<Sandbox> {
 
 fn request() -> MachineRequest {
     MachineRequest {
-        machine: Machine { name: "bench-1".into(), namespace: "default".into(), provider_id: "noop:///bench-1".into(), ..Default::default() },
+        machine: Machine {
+            name: "bench-1".into(),
+            namespace: "default".into(),
+            provider_id: "noop:///bench-1".into(),
+            ..Default::default()
+        },
         ..Default::default()
     }
 }
@@ -72,7 +81,10 @@ fn throughput(provider: &Arc<Provider>, threads: usize, duration: Duration) -> f
         .map(|_| {
             let provider = provider.clone();
             std::thread::spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
                 let req = request();
                 rt.block_on(async {
                     let mut n = 0u64;
@@ -90,13 +102,25 @@ fn throughput(provider: &Arc<Provider>, threads: usize, duration: Duration) -> f
 }
 
 fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg").unwrap_or_default().split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn main() {
-    println!("machine: {} cores, load average before: {}", std::thread::available_parallelism().map_or(0, |n| n.get()), load_average());
+    println!(
+        "machine: {} cores, load average before: {}",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        load_average()
+    );
     let cache = tempfile::tempdir().unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let mut table = Table(Vec::new());
     println!("running sandbox benchmarks…");
 
@@ -104,13 +128,17 @@ fn main() {
     let cold = rt.block_on(async {
         let s = sandbox(cache.path(), Duration::from_secs(5));
         let started = Instant::now();
-        Provider::load(&s, &guest("sample_provider"), ProviderSettings::default()).await.unwrap();
+        Provider::load(&s, &guest("sample_provider"), ProviderSettings::default())
+            .await
+            .unwrap();
         started.elapsed()
     });
     let cached = rt.block_on(async {
         let s = sandbox(cache.path(), Duration::from_secs(5));
         let started = Instant::now();
-        let p = Provider::load(&s, &guest("sample_provider"), ProviderSettings::default()).await.unwrap();
+        let p = Provider::load(&s, &guest("sample_provider"), ProviderSettings::default())
+            .await
+            .unwrap();
         assert_eq!(p.load_stats.cache, mcm_wasm::cache::CacheHit::Disk);
         started.elapsed()
     });
@@ -119,7 +147,14 @@ fn main() {
 
     // Per-call overhead on the no-op guest.
     let s = sandbox(cache.path(), Duration::from_secs(5));
-    let noop = Arc::new(rt.block_on(Provider::load(&s, &guest("test_noop"), ProviderSettings::default())).unwrap());
+    let noop = Arc::new(
+        rt.block_on(Provider::load(
+            &s,
+            &guest("test_noop"),
+            ProviderSettings::default(),
+        ))
+        .unwrap(),
+    );
     let req = request();
     let mut samples = Vec::with_capacity(20_000);
     rt.block_on(async {
@@ -142,10 +177,22 @@ fn main() {
         }
     });
     floor.sort();
-    table.row("wasmtime floor p50 (store + instantiate + call only)", us(percentile(&floor, 0.5)), "—");
+    table.row(
+        "wasmtime floor p50 (store + instantiate + call only)",
+        us(percentile(&floor, 0.5)),
+        "—",
+    );
     table.row("wasmtime floor p99", us(percentile(&floor, 0.99)), "—");
-    table.row("sandboxed call p50 (fresh instance + call + mapping)", us(percentile(&samples, 0.5)), "≤ 10 µs");
-    table.row("sandboxed call p99", us(percentile(&samples, 0.99)), "≤ 50 µs");
+    table.row(
+        "sandboxed call p50 (fresh instance + call + mapping)",
+        us(percentile(&samples, 0.5)),
+        "≤ 10 µs",
+    );
+    table.row(
+        "sandboxed call p99",
+        us(percentile(&samples, 0.99)),
+        "≤ 50 µs",
+    );
 
     let mut native = Vec::with_capacity(20_000);
     for _ in 0..20_000 {
@@ -154,7 +201,11 @@ fn main() {
         native.push(t.elapsed());
     }
     native.sort();
-    table.row("native trait call p50 (baseline)", us(percentile(&native, 0.5)), "—");
+    table.row(
+        "native trait call p50 (baseline)",
+        us(percentile(&native, 0.5)),
+        "—",
+    );
 
     let one = throughput(&noop, 1, Duration::from_secs(2));
     let two = throughput(&noop, 2, Duration::from_secs(2));
@@ -168,7 +219,11 @@ fn main() {
         registry.load_file(&guest("test_noop_v2")).await.unwrap(); // warm the cache
         let mut times = Vec::new();
         for i in 0..10 {
-            let path = guest(if i % 2 == 0 { "test_noop" } else { "test_noop_v2" });
+            let path = guest(if i % 2 == 0 {
+                "test_noop"
+            } else {
+                "test_noop_v2"
+            });
             let t = Instant::now();
             registry.load_file(&path).await.unwrap();
             times.push(t.elapsed());
@@ -176,12 +231,19 @@ fn main() {
         times.sort();
         percentile(&times, 0.5)
     });
-    table.row("hot swap from cache (load + verify + smoke + swap), p50", ms(swap), "≤ 100 ms");
+    table.row(
+        "hot swap from cache (load + verify + smoke + swap), p50",
+        ms(swap),
+        "≤ 100 ms",
+    );
     let watched = rt.block_on(async {
         let dir = tempfile::tempdir().unwrap();
         let registry = Registry::new(s.clone());
         std::fs::copy(guest("test_noop"), dir.path().join("noop.wasm")).unwrap();
-        let _w = registry.watch_dir(dir.path().to_path_buf(), Duration::from_secs(5)).await.unwrap();
+        let _w = registry
+            .watch_dir(dir.path().to_path_buf(), Duration::from_secs(5))
+            .await
+            .unwrap();
         let mut events = registry.subscribe();
         let tmp = dir.path().join(".noop.tmp");
         std::fs::copy(guest("test_noop_v2"), &tmp).unwrap();
@@ -195,13 +257,19 @@ fn main() {
             }
         }
     });
-    table.row("hot swap via watched directory (rename -> serving)", ms(watched), "≤ 100 ms");
+    table.row(
+        "hot swap via watched directory (rename -> serving)",
+        ms(watched),
+        "≤ 100 ms",
+    );
 
     // Deadline overshoot of the looping guest.
     let deadline = Duration::from_millis(100);
     let overshoot = rt.block_on(async {
         let s = sandbox(cache.path(), deadline);
-        let looper = Provider::load(&s, &guest("test_looper"), ProviderSettings::default()).await.unwrap();
+        let looper = Provider::load(&s, &guest("test_looper"), ProviderSettings::default())
+            .await
+            .unwrap();
         let mut over = Vec::new();
         for _ in 0..10 {
             let t = Instant::now();
@@ -212,8 +280,16 @@ fn main() {
         over.sort();
         over
     });
-    table.row("deadline overshoot of a looping guest, p50", ms(percentile(&overshoot, 0.5)), "≤ 15 ms");
-    table.row("deadline overshoot of a looping guest, max", ms(*overshoot.last().unwrap()), "≤ 15 ms");
+    table.row(
+        "deadline overshoot of a looping guest, p50",
+        ms(percentile(&overshoot, 0.5)),
+        "≤ 15 ms",
+    );
+    table.row(
+        "deadline overshoot of a looping guest, max",
+        ms(*overshoot.last().unwrap()),
+        "≤ 15 ms",
+    );
 
     println!();
     println!("load average after: {}", load_average());

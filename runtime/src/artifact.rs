@@ -42,7 +42,10 @@ pub struct ArtifactInfo {
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     #[error("{path}: cannot read: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("{path}: file is empty")]
     Empty { path: String },
     #[error("{path}: not a WebAssembly binary: {reason}")]
@@ -52,7 +55,9 @@ pub enum LoadError {
          wasm32-wasip2 (or wrap it with `wasm-tools component new`)"
     )]
     CoreModule { path: String },
-    #[error("{path}: does not export {DRIVER_INTERFACE} (exports: [{exports}]); build it with the mcm-wasm guest SDK")]
+    #[error(
+        "{path}: does not export {DRIVER_INTERFACE} (exports: [{exports}]); build it with the mcm-wasm guest SDK"
+    )]
     NoDriverExport { path: String, exports: String },
     #[error(
         "{path}: provider {name} {provider_version} is built against contract mcm:driver@{guest}, \
@@ -100,16 +105,25 @@ pub fn inspect(path: &Path, bytes: &[u8]) -> Result<ArtifactInfo, LoadError> {
     let mut metadata_text = None;
     let mut depth = 0usize;
     for payload in Parser::new(0).parse_all(bytes) {
-        let payload = payload.map_err(|e| LoadError::NotWasm { path: p.clone(), reason: e.to_string() })?;
+        let payload = payload.map_err(|e| LoadError::NotWasm {
+            path: p.clone(),
+            reason: e.to_string(),
+        })?;
         match payload {
-            Payload::Version { encoding: Encoding::Module, .. } if depth == 0 => {
+            Payload::Version {
+                encoding: Encoding::Module,
+                ..
+            } if depth == 0 => {
                 return Err(LoadError::CoreModule { path: p });
             }
             Payload::ModuleSection { .. } | Payload::ComponentSection { .. } => depth += 1,
             Payload::End(_) => depth = depth.saturating_sub(1),
             Payload::ComponentExportSection(reader) if depth == 0 => {
                 for export in reader {
-                    let export = export.map_err(|e| LoadError::NotWasm { path: p.clone(), reason: e.to_string() })?;
+                    let export = export.map_err(|e| LoadError::NotWasm {
+                        path: p.clone(),
+                        reason: e.to_string(),
+                    })?;
                     exports.push(export.name.0.to_string());
                 }
             }
@@ -126,7 +140,10 @@ pub fn inspect(path: &Path, bytes: &[u8]) -> Result<ArtifactInfo, LoadError> {
         (name == DRIVER_INTERFACE).then_some(version)
     });
     let Some(export_version) = driver_export else {
-        return Err(LoadError::NoDriverExport { path: p, exports: exports.join(", ") });
+        return Err(LoadError::NoDriverExport {
+            path: p,
+            exports: exports.join(", "),
+        });
     };
     let contract = semver::Version::parse(export_version).map_err(|e| LoadError::BadMetadata {
         path: p.clone(),
@@ -135,10 +152,17 @@ pub fn inspect(path: &Path, bytes: &[u8]) -> Result<ArtifactInfo, LoadError> {
 
     let has_metadata_section = metadata_text.is_some();
     let metadata = match metadata_text {
-        Some(text) => serde_json::from_slice::<Metadata>(&text)
-            .map_err(|e| LoadError::BadMetadata { path: p.clone(), reason: e.to_string() })?,
+        Some(text) => {
+            serde_json::from_slice::<Metadata>(&text).map_err(|e| LoadError::BadMetadata {
+                path: p.clone(),
+                reason: e.to_string(),
+            })?
+        }
         None => Metadata {
-            name: path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default(),
+            name: path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default(),
             version: "unknown".into(),
             contract: contract.to_string(),
         },
@@ -193,7 +217,11 @@ mod tests {
         assert!(matches!(inspect(p, b""), Err(LoadError::Empty { .. })));
         let err = inspect(p, b"not wasm at all").unwrap_err();
         assert!(matches!(err, LoadError::NotWasm { .. }), "{err}");
-        assert!(err.to_string().starts_with("x.wasm: not a WebAssembly binary"), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with("x.wasm: not a WebAssembly binary"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -44,10 +44,16 @@ impl CompileCache {
         engine.precompile_compatibility_hash().hash(&mut hasher);
         let digest = crate::artifact::digest(bytes);
         let digest = digest.trim_start_matches("sha256:");
-        self.dir.as_ref().map(|d| d.join(format!("{digest}-{:016x}.cwasm", hasher.finish())))
+        self.dir
+            .as_ref()
+            .map(|d| d.join(format!("{digest}-{:016x}.cwasm", hasher.finish())))
     }
 
-    pub(crate) fn load(&self, engine: &Engine, bytes: &[u8]) -> anyhow::Result<(Component, CacheHit)> {
+    pub(crate) fn load(
+        &self,
+        engine: &Engine,
+        bytes: &[u8],
+    ) -> anyhow::Result<(Component, CacheHit)> {
         let entry = self.entry(engine, bytes);
         if let Some(path) = &entry {
             if path.exists() {
@@ -55,12 +61,16 @@ impl CompileCache {
                 // same compatibility hash (it is in the name) into our private cache directory.
                 match unsafe { Component::deserialize_file(engine, path) } {
                     Ok(component) => return Ok((component, CacheHit::Disk)),
-                    Err(e) => tracing::warn!(path = %path.display(), "ignoring unusable cache entry: {e:#}"),
+                    Err(e) => {
+                        tracing::warn!(path = %path.display(), "ignoring unusable cache entry: {e:#}")
+                    }
                 }
             }
         }
         let started = Instant::now();
-        let compiled = engine.precompile_component(bytes).map_err(anyhow::Error::msg)?;
+        let compiled = engine
+            .precompile_component(bytes)
+            .map_err(anyhow::Error::msg)?;
         tracing::debug!(elapsed = ?started.elapsed(), "compiled component");
         if let Some(path) = &entry {
             if let Err(e) = store(path, &compiled) {
@@ -68,7 +78,8 @@ impl CompileCache {
             }
         }
         // SAFETY: the bytes come from `precompile_component` of this engine just now.
-        let component = unsafe { Component::deserialize(engine, &compiled) }.map_err(anyhow::Error::msg)?;
+        let component =
+            unsafe { Component::deserialize(engine, &compiled) }.map_err(anyhow::Error::msg)?;
         Ok((component, CacheHit::Compiled))
     }
 }
@@ -77,7 +88,10 @@ impl CompileCache {
 fn store(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
     let dir = path.parent().context("cache path has no parent")?;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let name = path.file_name().context("cache path has no file name")?.to_string_lossy();
+    let name = path
+        .file_name()
+        .context("cache path has no file name")?
+        .to_string_lossy();
     let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
     std::fs::write(&tmp, bytes)?;
     std::fs::rename(&tmp, path)?;

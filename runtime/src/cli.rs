@@ -7,13 +7,17 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
+use crate::EgressPolicy;
 use crate::driver::{Operation, SecretData};
 use crate::provider::{CallError, Provider, ProviderSettings};
 use crate::sandbox::{Deadlines, Sandbox, SandboxConfig};
-use crate::EgressPolicy;
 
 #[derive(Parser)]
-#[command(name = "mcm-wasm", version, about = "Gardener MCM machine drivers as sandboxed WebAssembly components")]
+#[command(
+    name = "mcm-wasm",
+    version,
+    about = "Gardener MCM machine drivers as sandboxed WebAssembly components"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -63,8 +67,25 @@ pub enum Command {
 pub async fn run(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Inspect { file, json } => inspect(file, json).await,
-        Command::Call { file, operation, request, secrets, allow_hosts, config, deadline } => {
-            call(file, operation, request, secrets, allow_hosts, config, deadline).await
+        Command::Call {
+            file,
+            operation,
+            request,
+            secrets,
+            allow_hosts,
+            config,
+            deadline,
+        } => {
+            call(
+                file,
+                operation,
+                request,
+                secrets,
+                allow_hosts,
+                config,
+                deadline,
+            )
+            .await
         }
         Command::Conformance(args) => crate::conformance::main(args).await,
         Command::Controller(args) => crate::controller::command::main(args).await,
@@ -104,7 +125,10 @@ async fn inspect(file: PathBuf, json: bool) -> ExitCode {
         println!("{}", serde_json::to_string_pretty(&out).expect("json"));
     } else {
         println!("file:       {}", file.display());
-        println!("provider:   {} {}", info.metadata.name, info.metadata.version);
+        println!(
+            "provider:   {} {}",
+            info.metadata.name, info.metadata.version
+        );
         println!("contract:   mcm:driver@{}", info.contract);
         if !info.has_metadata_section {
             println!("            (no SDK metadata section: name taken from the file name)");
@@ -127,7 +151,10 @@ async fn call(
 ) -> ExitCode {
     let Some(op) = Operation::parse(&operation) else {
         let known: Vec<&str> = Operation::ALL.iter().map(|o| o.wit_name()).collect();
-        return bad_input(format!("unknown operation {operation:?}; expected one of: {}", known.join(", ")));
+        return bad_input(format!(
+            "unknown operation {operation:?}; expected one of: {}",
+            known.join(", ")
+        ));
     };
     let mut secret = SecretData::new();
     for s in &secrets {
@@ -149,7 +176,11 @@ async fn call(
         Ok(s) => s,
         Err(code) => return code,
     };
-    let settings = ProviderSettings { egress, config, deadlines: Some(Deadlines::all(deadline)) };
+    let settings = ProviderSettings {
+        egress,
+        config,
+        deadlines: Some(Deadlines::all(deadline)),
+    };
     let provider = match Provider::load(&sandbox, &file, settings).await {
         Ok(p) => p,
         Err(e) => return bad_input(e),

@@ -9,10 +9,10 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::EgressPolicy;
 use crate::driver::*;
 use crate::provider::{Provider, ProviderSettings};
 use crate::sandbox::{Deadlines, Sandbox, SandboxConfig};
-use crate::EgressPolicy;
 
 /// Arguments of `mcm-wasm conformance`.
 #[derive(clap::Args, Debug)]
@@ -96,17 +96,44 @@ impl Report {
 
     /// The pass/fail table.
     pub fn table(&self) -> String {
-        let width = self.steps.iter().map(|s| s.name.len()).max().unwrap_or(4).max(4);
+        let width = self
+            .steps
+            .iter()
+            .map(|s| s.name.len())
+            .max()
+            .unwrap_or(4)
+            .max(4);
         let mut out = String::new();
-        let _ = writeln!(out, "conformance of provider {} (machine {})", self.provider, self.machine);
-        let _ = writeln!(out, "{:>2}  {:<width$}  {:<6}  {:>9}  DETAIL", "#", "STEP", "RESULT", "TIME");
+        let _ = writeln!(
+            out,
+            "conformance of provider {} (machine {})",
+            self.provider, self.machine
+        );
+        let _ = writeln!(
+            out,
+            "{:>2}  {:<width$}  {:<6}  {:>9}  DETAIL",
+            "#", "STEP", "RESULT", "TIME"
+        );
         for (i, s) in self.steps.iter().enumerate() {
             let result = if s.passed { "PASS" } else { "FAIL" };
             let time = format!("{:.1} ms", s.elapsed.as_secs_f64() * 1000.0);
-            let _ = writeln!(out, "{:>2}  {:<width$}  {:<6}  {:>9}  {}", i + 1, s.name, result, time, s.detail);
+            let _ = writeln!(
+                out,
+                "{:>2}  {:<width$}  {:<6}  {:>9}  {}",
+                i + 1,
+                s.name,
+                result,
+                time,
+                s.detail
+            );
         }
         let passed = self.steps.iter().filter(|s| s.passed).count();
-        let _ = writeln!(out, "{passed}/{} steps passed: {}", self.steps.len(), if self.passed() { "PASS" } else { "FAIL" });
+        let _ = writeln!(
+            out,
+            "{passed}/{} steps passed: {}",
+            self.steps.len(),
+            if self.passed() { "PASS" } else { "FAIL" }
+        );
         out
     }
 }
@@ -132,22 +159,39 @@ struct Recorder {
 }
 
 impl Recorder {
-    async fn step<F: Future<Output = Result<String, String>>>(&mut self, name: &'static str, f: F) -> bool {
+    async fn step<F: Future<Output = Result<String, String>>>(
+        &mut self,
+        name: &'static str,
+        f: F,
+    ) -> bool {
         let started = Instant::now();
         let result = f.await;
         let elapsed = started.elapsed();
         let passed = result.is_ok();
         let detail = result.unwrap_or_else(|e| e);
-        self.report.steps.push(Step { name, passed, detail, elapsed });
+        self.report.steps.push(Step {
+            name,
+            passed,
+            detail,
+            elapsed,
+        });
         passed
     }
 
     fn skip(&mut self, name: &'static str, why: &str) {
-        self.report.steps.push(Step { name, passed: false, detail: format!("not run: {why}"), elapsed: Duration::ZERO });
+        self.report.steps.push(Step {
+            name,
+            passed: false,
+            detail: format!("not run: {why}"),
+            elapsed: Duration::ZERO,
+        });
     }
 }
 
-fn expect_code<T: std::fmt::Debug>(r: Result<T, DriverError>, code: Code) -> Result<String, String> {
+fn expect_code<T: std::fmt::Debug>(
+    r: Result<T, DriverError>,
+    code: Code,
+) -> Result<String, String> {
     match r {
         Err(e) if e.code == code => Ok(format!("{}: {}", e.code, e.message)),
         Err(e) => Err(format!("expected {code}, got {e}")),
@@ -156,38 +200,82 @@ fn expect_code<T: std::fmt::Debug>(r: Result<T, DriverError>, code: Code) -> Res
 }
 
 /// Run the lifecycle with `provider` (its settings already point it at the backend).
-pub async fn run(provider: &Provider, class: &MachineClass, secret: &SecretData, machine_name: &str, namespace: &str) -> Report {
+pub async fn run(
+    provider: &Provider,
+    class: &MachineClass,
+    secret: &SecretData,
+    machine_name: &str,
+    namespace: &str,
+) -> Report {
     let mut rec = Recorder {
-        report: Report { provider: format!("{} {}", provider.name(), provider.version()), machine: machine_name.to_string(), steps: Vec::new() },
+        report: Report {
+            provider: format!("{} {}", provider.name(), provider.version()),
+            machine: machine_name.to_string(),
+            steps: Vec::new(),
+        },
     };
     let uid = format!(
         "conformance-{}",
-        SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or_default()
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default()
     );
-    let machine = Machine { name: machine_name.to_string(), namespace: namespace.to_string(), uid, ..Default::default() };
-    let request = MachineRequest { machine: machine.clone(), machine_class: class.clone(), secret: secret.clone() };
-    let class_request = ClassRequest { machine_class: class.clone(), secret: secret.clone() };
+    let machine = Machine {
+        name: machine_name.to_string(),
+        namespace: namespace.to_string(),
+        uid,
+        ..Default::default()
+    };
+    let request = MachineRequest {
+        machine: machine.clone(),
+        machine_class: class.clone(),
+        secret: secret.clone(),
+    };
+    let class_request = ClassRequest {
+        machine_class: class.clone(),
+        secret: secret.clone(),
+    };
 
     rec.step(STEPS[0], async {
-        provider.validate_machine_class(&class_request).await.map(|()| String::new()).map_err(|e| e.to_string())
+        provider
+            .validate_machine_class(&class_request)
+            .await
+            .map(|()| String::new())
+            .map_err(|e| e.to_string())
     })
     .await;
     rec.step(STEPS[1], async {
         let mut bad = class_request.clone();
-        bad.machine_class.provider_spec = serde_json::Value::String("this is not a providerSpec".into());
-        expect_code(provider.validate_machine_class(&bad).await, Code::InvalidArgument)
+        bad.machine_class.provider_spec =
+            serde_json::Value::String("this is not a providerSpec".into());
+        expect_code(
+            provider.validate_machine_class(&bad).await,
+            Code::InvalidArgument,
+        )
     })
     .await;
-    rec.step(STEPS[2], async { expect_code(provider.get_machine_status(&request).await, Code::NotFound) }).await;
+    rec.step(STEPS[2], async {
+        expect_code(provider.get_machine_status(&request).await, Code::NotFound)
+    })
+    .await;
 
     let mut provider_id = None;
     rec.step(STEPS[3], async {
-        let created = provider.create_machine(&request).await.map_err(|e| e.to_string())?;
+        let created = provider
+            .create_machine(&request)
+            .await
+            .map_err(|e| e.to_string())?;
         if created.provider_id.is_empty() || created.node_name.is_empty() {
-            return Err(format!("providerID and nodeName must not be empty: {created:?}"));
+            return Err(format!(
+                "providerID and nodeName must not be empty: {created:?}"
+            ));
         }
         provider_id = Some(created.provider_id.clone());
-        Ok(format!("providerID {} node {}", created.provider_id, created.node_name))
+        Ok(format!(
+            "providerID {} node {}",
+            created.provider_id, created.node_name
+        ))
     })
     .await;
 
@@ -195,7 +283,10 @@ pub async fn run(provider: &Provider, class: &MachineClass, secret: &SecretData,
     if let Some(id) = &provider_id {
         with_id.machine.provider_id = id.clone();
         rec.step(STEPS[4], async {
-            let again = provider.create_machine(&request).await.map_err(|e| e.to_string())?;
+            let again = provider
+                .create_machine(&request)
+                .await
+                .map_err(|e| e.to_string())?;
             if &again.provider_id == id {
                 Ok(again.provider_id)
             } else {
@@ -204,16 +295,36 @@ pub async fn run(provider: &Provider, class: &MachineClass, secret: &SecretData,
         })
         .await;
         rec.step(STEPS[5], async {
-            let status = provider.get_machine_status(&with_id).await.map_err(|e| e.to_string())?;
-            if &status.provider_id == id { Ok(format!("node {}", status.node_name)) } else { Err(format!("status names {} instead of {id}", status.provider_id)) }
+            let status = provider
+                .get_machine_status(&with_id)
+                .await
+                .map_err(|e| e.to_string())?;
+            if &status.provider_id == id {
+                Ok(format!("node {}", status.node_name))
+            } else {
+                Err(format!(
+                    "status names {} instead of {id}",
+                    status.provider_id
+                ))
+            }
         })
         .await;
         rec.step(STEPS[6], async {
-            let list = provider.list_machines(&class_request).await.map_err(|e| e.to_string())?;
+            let list = provider
+                .list_machines(&class_request)
+                .await
+                .map_err(|e| e.to_string())?;
             match list.machines.get(id) {
-                Some(name) if name == machine_name => Ok(format!("{} VMs listed", list.machines.len())),
-                Some(name) => Err(format!("{id} is listed as machine {name:?}, expected {machine_name:?}")),
-                None => Err(format!("{id} missing from {} listed VMs", list.machines.len())),
+                Some(name) if name == machine_name => {
+                    Ok(format!("{} VMs listed", list.machines.len()))
+                }
+                Some(name) => Err(format!(
+                    "{id} is listed as machine {name:?}, expected {machine_name:?}"
+                )),
+                None => Err(format!(
+                    "{id} missing from {} listed VMs",
+                    list.machines.len()
+                )),
             }
         })
         .await;
@@ -223,9 +334,17 @@ pub async fn run(provider: &Provider, class: &MachineClass, secret: &SecretData,
         }
     }
     rec.step(STEPS[7], async {
-        match provider.get_volume_ids(&GetVolumeIdsRequest { pv_specs: vec![serde_json::json!({})] }).await {
+        match provider
+            .get_volume_ids(&GetVolumeIdsRequest {
+                pv_specs: vec![serde_json::json!({})],
+            })
+            .await
+        {
             Ok(r) if r.volume_ids.is_empty() => Ok("no volume IDs in an empty PV spec".into()),
-            Ok(r) => Err(format!("volume IDs from an empty PV spec: {:?}", r.volume_ids)),
+            Ok(r) => Err(format!(
+                "volume IDs from an empty PV spec: {:?}",
+                r.volume_ids
+            )),
             Err(e) if e.code == Code::Unimplemented => Ok("Unimplemented (optional)".into()),
             Err(e) => Err(e.to_string()),
         }
@@ -233,13 +352,42 @@ pub async fn run(provider: &Provider, class: &MachineClass, secret: &SecretData,
     .await;
 
     // Delete as MCM does: with the providerID when there is one, else by the machine alone.
-    rec.step(STEPS[8], async { provider.delete_machine(&with_id).await.map(|r| r.last_known_state).map_err(|e| e.to_string()) }).await;
-    rec.step(STEPS[9], async { provider.delete_machine(&with_id).await.map(|r| r.last_known_state).map_err(|e| e.to_string()) }).await;
-    rec.step(STEPS[10], async { expect_code(provider.get_machine_status(&with_id).await, Code::NotFound) }).await;
+    rec.step(STEPS[8], async {
+        provider
+            .delete_machine(&with_id)
+            .await
+            .map(|r| r.last_known_state)
+            .map_err(|e| e.to_string())
+    })
+    .await;
+    rec.step(STEPS[9], async {
+        provider
+            .delete_machine(&with_id)
+            .await
+            .map(|r| r.last_known_state)
+            .map_err(|e| e.to_string())
+    })
+    .await;
+    rec.step(STEPS[10], async {
+        expect_code(provider.get_machine_status(&with_id).await, Code::NotFound)
+    })
+    .await;
     rec.step(STEPS[11], async {
-        let list = provider.list_machines(&class_request).await.map_err(|e| e.to_string())?;
-        let stale: Vec<&String> = list.machines.iter().filter(|(id, name)| Some(*id) == provider_id.as_ref() || *name == machine_name).map(|(id, _)| id).collect();
-        if stale.is_empty() { Ok(format!("{} VMs listed", list.machines.len())) } else { Err(format!("still listed: {stale:?}")) }
+        let list = provider
+            .list_machines(&class_request)
+            .await
+            .map_err(|e| e.to_string())?;
+        let stale: Vec<&String> = list
+            .machines
+            .iter()
+            .filter(|(id, name)| Some(*id) == provider_id.as_ref() || *name == machine_name)
+            .map(|(id, _)| id)
+            .collect();
+        if stale.is_empty() {
+            Ok(format!("{} VMs listed", list.machines.len()))
+        } else {
+            Err(format!("still listed: {stale:?}"))
+        }
     })
     .await;
     rec.report
@@ -248,8 +396,13 @@ pub async fn run(provider: &Provider, class: &MachineClass, secret: &SecretData,
 /// Read a MachineClass JSON file (Kubernetes object or the runtime's short form).
 pub fn load_class(path: &Path) -> Result<MachineClass, String> {
     let value = read_json(path)?;
-    let obj = value.as_object().ok_or_else(|| format!("{}: a MachineClass must be a JSON object", path.display()))?;
-    let spec = obj.get("providerSpec").cloned().ok_or_else(|| format!("{}: the MachineClass has no providerSpec", path.display()))?;
+    let obj = value
+        .as_object()
+        .ok_or_else(|| format!("{}: a MachineClass must be a JSON object", path.display()))?;
+    let spec = obj
+        .get("providerSpec")
+        .cloned()
+        .ok_or_else(|| format!("{}: the MachineClass has no providerSpec", path.display()))?;
     let name = obj
         .get("metadata")
         .and_then(|m| m.get("name"))
@@ -257,12 +410,24 @@ pub fn load_class(path: &Path) -> Result<MachineClass, String> {
         .and_then(|n| n.as_str())
         .unwrap_or("conformance")
         .to_string();
-    let provider = obj.get("provider").and_then(|p| p.as_str()).unwrap_or_default().to_string();
+    let provider = obj
+        .get("provider")
+        .and_then(|p| p.as_str())
+        .unwrap_or_default()
+        .to_string();
     let node_template = match obj.get("nodeTemplate") {
-        Some(t) => Some(serde_json::from_value(t.clone()).map_err(|e| format!("{}: nodeTemplate: {e}", path.display()))?),
+        Some(t) => Some(
+            serde_json::from_value(t.clone())
+                .map_err(|e| format!("{}: nodeTemplate: {e}", path.display()))?,
+        ),
         None => None,
     };
-    Ok(MachineClass { name, provider, provider_spec: spec, node_template })
+    Ok(MachineClass {
+        name,
+        provider,
+        provider_spec: spec,
+        node_template,
+    })
 }
 
 /// Read a Secret JSON file: `data` (base64 values) and/or `stringData` (text; wins).
@@ -271,22 +436,34 @@ pub fn load_secret(path: &Path) -> Result<SecretData, String> {
     let value = read_json(path)?;
     let mut out = SecretData::new();
     if let Some(data) = value.get("data") {
-        let data = data.as_object().ok_or_else(|| format!("{}: data must be an object", path.display()))?;
+        let data = data
+            .as_object()
+            .ok_or_else(|| format!("{}: data must be an object", path.display()))?;
         for (k, v) in data {
-            let text = v.as_str().ok_or_else(|| format!("{}: data.{k} must be a base64 string", path.display()))?;
-            let bytes = decode(text).ok_or_else(|| format!("{}: data.{k} is not valid base64", path.display()))?;
+            let text = v
+                .as_str()
+                .ok_or_else(|| format!("{}: data.{k} must be a base64 string", path.display()))?;
+            let bytes = decode(text)
+                .ok_or_else(|| format!("{}: data.{k} is not valid base64", path.display()))?;
             out.insert(k.clone(), bytes);
         }
     }
     if let Some(data) = value.get("stringData") {
-        let data = data.as_object().ok_or_else(|| format!("{}: stringData must be an object", path.display()))?;
+        let data = data
+            .as_object()
+            .ok_or_else(|| format!("{}: stringData must be an object", path.display()))?;
         for (k, v) in data {
-            let text = v.as_str().ok_or_else(|| format!("{}: stringData.{k} must be a string", path.display()))?;
+            let text = v
+                .as_str()
+                .ok_or_else(|| format!("{}: stringData.{k} must be a string", path.display()))?;
             out.insert(k.clone(), text.as_bytes().to_vec());
         }
     }
     if value.get("data").is_none() && value.get("stringData").is_none() {
-        return Err(format!("{}: a Secret needs \"data\" (base64) or \"stringData\"", path.display()));
+        return Err(format!(
+            "{}: a Secret needs \"data\" (base64) or \"stringData\"",
+            path.display()
+        ));
     }
     Ok(out)
 }
@@ -325,20 +502,44 @@ fn base64_decode(text: &str) -> Option<Vec<u8>> {
 /// The default egress allowlist of a cloud provider: the EC2 endpoint of the class's region
 /// (when the providerSpec has a `region`: `ec2.<region>.amazonaws.com:443`, `.com.cn` in China)
 /// plus the host:port of the provider config's `endpoint` override.
-pub fn default_egress(provider_spec: &serde_json::Value, config: Option<&str>) -> Result<EgressPolicy, String> {
+pub fn default_egress(
+    provider_spec: &serde_json::Value,
+    config: Option<&str>,
+) -> Result<EgressPolicy, String> {
     let mut rules = Vec::new();
-    if let Some(region) = provider_spec.get("region").and_then(|r| r.as_str()).filter(|r| !r.is_empty()) {
-        if !region.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
-            return Err(format!("providerSpec.region {region:?} is not a region name"));
+    if let Some(region) = provider_spec
+        .get("region")
+        .and_then(|r| r.as_str())
+        .filter(|r| !r.is_empty())
+    {
+        if !region
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        {
+            return Err(format!(
+                "providerSpec.region {region:?} is not a region name"
+            ));
         }
-        let suffix = if region.starts_with("cn-") { "amazonaws.com.cn" } else { "amazonaws.com" };
+        let suffix = if region.starts_with("cn-") {
+            "amazonaws.com.cn"
+        } else {
+            "amazonaws.com"
+        };
         rules.push(format!("ec2.{region}.{suffix}:443"));
     }
     if let Some(config) = config {
-        let config: serde_json::Value = serde_json::from_str(config).map_err(|e| format!("provider config is not JSON: {e}"))?;
-        if let Some(endpoint) = config.get("endpoint").and_then(|e| e.as_str()).filter(|e| !e.is_empty()) {
-            let url = reqwest::Url::parse(endpoint).map_err(|e| format!("provider config endpoint {endpoint:?}: {e}"))?;
-            let host = url.host_str().ok_or_else(|| format!("provider config endpoint {endpoint:?} has no host"))?;
+        let config: serde_json::Value = serde_json::from_str(config)
+            .map_err(|e| format!("provider config is not JSON: {e}"))?;
+        if let Some(endpoint) = config
+            .get("endpoint")
+            .and_then(|e| e.as_str())
+            .filter(|e| !e.is_empty())
+        {
+            let url = reqwest::Url::parse(endpoint)
+                .map_err(|e| format!("provider config endpoint {endpoint:?}: {e}"))?;
+            let host = url
+                .host_str()
+                .ok_or_else(|| format!("provider config endpoint {endpoint:?} has no host"))?;
             let port = url.port_or_known_default().unwrap_or(443);
             rules.push(format!("{host}:{port}"));
         }
@@ -374,13 +575,23 @@ pub async fn main(args: ConformanceArgs) -> ExitCode {
         Ok(s) => s,
         Err(e) => return bad_input(format!("{e:#}")),
     };
-    let settings = ProviderSettings { egress, config: args.config.clone(), deadlines: Some(Deadlines::all(args.deadline)) };
+    let settings = ProviderSettings {
+        egress,
+        config: args.config.clone(),
+        deadlines: Some(Deadlines::all(args.deadline)),
+    };
     let provider = match Provider::load(&sandbox, &args.file, settings).await {
         Ok(p) => p,
         Err(e) => return bad_input(e),
     };
     let name = args.machine_name.clone().unwrap_or_else(|| {
-        format!("mcm-wasm-conformance-{}", SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default())
+        format!(
+            "mcm-wasm-conformance-{}",
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or_default()
+        )
     });
     let report = run(&provider, &class, &secret, &name, &args.namespace).await;
     if args.json {
@@ -388,7 +599,11 @@ pub async fn main(args: ConformanceArgs) -> ExitCode {
     } else {
         print!("{}", report.table());
     }
-    if report.passed() { ExitCode::SUCCESS } else { ExitCode::from(1) }
+    if report.passed() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
 }
 
 #[cfg(test)]
@@ -397,13 +612,31 @@ mod tests {
 
     #[test]
     fn egress_from_region_and_endpoint() {
-        let p = default_egress(&serde_json::json!({"region": "eu-west-1"}), Some(r#"{"endpoint": "http://127.0.0.1:5000"}"#)).unwrap();
-        assert!(p.check(&"https://ec2.eu-west-1.amazonaws.com/".parse().unwrap()).is_ok());
+        let p = default_egress(
+            &serde_json::json!({"region": "eu-west-1"}),
+            Some(r#"{"endpoint": "http://127.0.0.1:5000"}"#),
+        )
+        .unwrap();
+        assert!(
+            p.check(&"https://ec2.eu-west-1.amazonaws.com/".parse().unwrap())
+                .is_ok()
+        );
         assert!(p.check(&"http://127.0.0.1:5000/".parse().unwrap()).is_ok());
-        assert!(p.check(&"https://ec2.us-east-1.amazonaws.com/".parse().unwrap()).is_err());
+        assert!(
+            p.check(&"https://ec2.us-east-1.amazonaws.com/".parse().unwrap())
+                .is_err()
+        );
         let cn = default_egress(&serde_json::json!({"region": "cn-north-1"}), None).unwrap();
-        assert!(cn.check(&"https://ec2.cn-north-1.amazonaws.com.cn/".parse().unwrap()).is_ok());
-        assert!(default_egress(&serde_json::json!({}), None).unwrap().check(&"https://x/".parse().unwrap()).is_err());
+        assert!(
+            cn.check(&"https://ec2.cn-north-1.amazonaws.com.cn/".parse().unwrap())
+                .is_ok()
+        );
+        assert!(
+            default_egress(&serde_json::json!({}), None)
+                .unwrap()
+                .check(&"https://x/".parse().unwrap())
+                .is_err()
+        );
         assert!(default_egress(&serde_json::json!({"region": "a/b"}), None).is_err());
     }
 
@@ -425,7 +658,11 @@ mod tests {
         assert_eq!((c.name.as_str(), c.provider.as_str()), ("c1", "aws"));
         assert_eq!(c.provider_spec["region"], "eu-west-1");
         let secret = dir.join("secret.json");
-        std::fs::write(&secret, r#"{"data":{"a":"aGVsbG8="},"stringData":{"b":"text","a":"wins"}}"#).unwrap();
+        std::fs::write(
+            &secret,
+            r#"{"data":{"a":"aGVsbG8="},"stringData":{"b":"text","a":"wins"}}"#,
+        )
+        .unwrap();
         let s = load_secret(&secret).unwrap();
         assert_eq!(s["a"], b"wins");
         assert_eq!(s["b"], b"text");

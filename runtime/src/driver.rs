@@ -102,7 +102,10 @@ pub struct DriverError {
 
 impl DriverError {
     pub fn new(code: Code, message: impl Into<String>) -> Self {
-        DriverError { code, message: message.into() }
+        DriverError {
+            code,
+            message: message.into(),
+        }
     }
 }
 
@@ -154,7 +157,10 @@ impl Operation {
     }
 
     fn index(self) -> usize {
-        Operation::ALL.iter().position(|o| *o == self).expect("listed")
+        Operation::ALL
+            .iter()
+            .position(|o| *o == self)
+            .expect("listed")
     }
 }
 
@@ -342,6 +348,8 @@ impl OperationCounters {
 
     /// Total time spent in calls of `op`.
     pub fn total_time(&self, op: Operation) -> std::time::Duration {
-        std::time::Duration::from_micros(self.micros[op.index()].load(std::sync::atomic::Ordering::Relaxed))
+        std::time::Duration::from_micros(
+            self.micros[op.index()].load(std::sync::atomic::Ordering::Relaxed),
+        )
     }
 }

@@ -53,10 +53,17 @@ struct CallContextTemplate {
 
 impl Provider {
     /// Read, verify, compile (or load from cache), link and smoke-instantiate a provider.
-    pub async fn load(sandbox: &Arc<Sandbox>, path: &Path, settings: ProviderSettings) -> Result<Provider, LoadError> {
+    pub async fn load(
+        sandbox: &Arc<Sandbox>,
+        path: &Path,
+        settings: ProviderSettings,
+    ) -> Result<Provider, LoadError> {
         let bytes = tokio::fs::read(path)
             .await
-            .map_err(|source| LoadError::Io { path: path.display().to_string(), source })?;
+            .map_err(|source| LoadError::Io {
+                path: path.display().to_string(),
+                source,
+            })?;
         Self::from_bytes(sandbox, path, &bytes, settings, Arc::default()).await
     }
 
@@ -77,15 +84,24 @@ impl Provider {
             let bytes = bytes.to_vec();
             tokio::task::spawn_blocking(move || sandbox.compile(&bytes))
                 .await
-                .map_err(|e| LoadError::Compile { path: p(), reason: e.to_string() })?
-                .map_err(|e| LoadError::Compile { path: p(), reason: format!("{e:#}") })?
+                .map_err(|e| LoadError::Compile {
+                    path: p(),
+                    reason: e.to_string(),
+                })?
+                .map_err(|e| LoadError::Compile {
+                    path: p(),
+                    reason: format!("{e:#}"),
+                })?
         };
         let operations = exported_operations(sandbox.engine(), &component);
         let pre = sandbox
             .linker
             .instantiate_pre(&component)
             .and_then(bindings::ProviderPre::new)
-            .map_err(|e| LoadError::Link { path: p(), reason: format!("{e:#}") })?;
+            .map_err(|e| LoadError::Link {
+                path: p(),
+                reason: format!("{e:#}"),
+            })?;
         let call_ctx = CallContextTemplate {
             provider: Arc::from(info.metadata.name.as_str()),
             egress: Arc::new(settings.egress.clone()),
@@ -100,17 +116,36 @@ impl Provider {
             call_ctx,
             operations,
             counters,
-            load_stats: LoadStats { cache, elapsed: Duration::ZERO },
+            load_stats: LoadStats {
+                cache,
+                elapsed: Duration::ZERO,
+            },
         };
-        provider.smoke().await.map_err(|e| LoadError::Smoke { path: p(), reason: e.message })?;
-        Ok(Provider { load_stats: LoadStats { cache, elapsed: started.elapsed() }, ..provider })
+        provider.smoke().await.map_err(|e| LoadError::Smoke {
+            path: p(),
+            reason: e.message,
+        })?;
+        Ok(Provider {
+            load_stats: LoadStats {
+                cache,
+                elapsed: started.elapsed(),
+            },
+            ..provider
+        })
     }
 
     /// Instantiate once without calling anything: start functions and data segments run, and
     /// the memory limits apply, before the provider is allowed to serve.
     async fn smoke(&self) -> Result<(), DriverError> {
         let ctx = self.call_context(Operation::MetricsLabels);
-        self.sandbox.call(&self.pre, ctx, Duration::from_secs(5), async |_store, _instance| Ok(Ok(()))).await
+        self.sandbox
+            .call(
+                &self.pre,
+                ctx,
+                Duration::from_secs(5),
+                async |_store, _instance| Ok(Ok(())),
+            )
+            .await
     }
 
     /// The same compiled provider with other settings (no recompilation).
@@ -173,11 +208,20 @@ impl Provider {
     }
 
     fn deadline(&self, op: Operation) -> Duration {
-        self.settings.deadlines.as_ref().unwrap_or(&self.sandbox.config.deadlines).get(op)
+        self.settings
+            .deadlines
+            .as_ref()
+            .unwrap_or(&self.sandbox.config.deadlines)
+            .get(op)
     }
 
     /// One driver call: span, deadline, sandbox, result-size cap, counters.
-    async fn invoke<W, T, F, Fut>(&self, op: Operation, machine: &str, run: F) -> Result<T, DriverError>
+    async fn invoke<W, T, F, Fut>(
+        &self,
+        op: Operation,
+        machine: &str,
+        run: F,
+    ) -> Result<T, DriverError>
     where
         W: Into<T>,
         T: serde::Serialize,
@@ -209,7 +253,9 @@ impl Provider {
         span.record("duration_us", elapsed.as_micros() as u64);
         match &result {
             Ok(_) => tracing::debug!(parent: &span, "driver call succeeded"),
-            Err(e) => tracing::info!(parent: &span, code = %e.code, "driver call failed: {}", e.message),
+            Err(e) => {
+                tracing::info!(parent: &span, code = %e.code, "driver call failed: {}", e.message)
+            }
         }
         result
     }
@@ -222,73 +268,153 @@ impl Provider {
         if counter.0 > limit {
             return Err(DriverError::new(
                 Code::ResourceExhausted,
-                format!("provider returned a result of {} bytes; the limit is {limit} bytes", counter.0),
+                format!(
+                    "provider returned a result of {} bytes; the limit is {limit} bytes",
+                    counter.0
+                ),
             ));
         }
         Ok(value)
     }
 
-    pub async fn create_machine(&self, req: &MachineRequest) -> Result<CreateMachineResponse, DriverError> {
+    pub async fn create_machine(
+        &self,
+        req: &MachineRequest,
+    ) -> Result<CreateMachineResponse, DriverError> {
         let wreq = sandbox::machine_request(req);
-        self.invoke(Operation::CreateMachine, &req.machine.name, async move |mut store, guest| {
-            guest.mcm_driver_driver().call_create_machine(&mut store, &wreq).await
-        })
+        self.invoke(
+            Operation::CreateMachine,
+            &req.machine.name,
+            async move |mut store, guest| {
+                guest
+                    .mcm_driver_driver()
+                    .call_create_machine(&mut store, &wreq)
+                    .await
+            },
+        )
         .await
     }
 
-    pub async fn initialize_machine(&self, req: &MachineRequest) -> Result<InitializeMachineResponse, DriverError> {
+    pub async fn initialize_machine(
+        &self,
+        req: &MachineRequest,
+    ) -> Result<InitializeMachineResponse, DriverError> {
         let wreq = sandbox::machine_request(req);
-        self.invoke(Operation::InitializeMachine, &req.machine.name, async move |mut store, guest| {
-            guest.mcm_driver_driver().call_initialize_machine(&mut store, &wreq).await
-        })
+        self.invoke(
+            Operation::InitializeMachine,
+            &req.machine.name,
+            async move |mut store, guest| {
+                guest
+                    .mcm_driver_driver()
+                    .call_initialize_machine(&mut store, &wreq)
+                    .await
+            },
+        )
         .await
     }
 
-    pub async fn delete_machine(&self, req: &MachineRequest) -> Result<DeleteMachineResponse, DriverError> {
+    pub async fn delete_machine(
+        &self,
+        req: &MachineRequest,
+    ) -> Result<DeleteMachineResponse, DriverError> {
         let wreq = sandbox::machine_request(req);
-        self.invoke(Operation::DeleteMachine, &req.machine.name, async move |mut store, guest| {
-            guest.mcm_driver_driver().call_delete_machine(&mut store, &wreq).await
-        })
+        self.invoke(
+            Operation::DeleteMachine,
+            &req.machine.name,
+            async move |mut store, guest| {
+                guest
+                    .mcm_driver_driver()
+                    .call_delete_machine(&mut store, &wreq)
+                    .await
+            },
+        )
         .await
     }
 
-    pub async fn get_machine_status(&self, req: &MachineRequest) -> Result<GetMachineStatusResponse, DriverError> {
+    pub async fn get_machine_status(
+        &self,
+        req: &MachineRequest,
+    ) -> Result<GetMachineStatusResponse, DriverError> {
         let wreq = sandbox::machine_request(req);
-        self.invoke(Operation::GetMachineStatus, &req.machine.name, async move |mut store, guest| {
-            guest.mcm_driver_driver().call_get_machine_status(&mut store, &wreq).await
-        })
+        self.invoke(
+            Operation::GetMachineStatus,
+            &req.machine.name,
+            async move |mut store, guest| {
+                guest
+                    .mcm_driver_driver()
+                    .call_get_machine_status(&mut store, &wreq)
+                    .await
+            },
+        )
         .await
     }
 
-    pub async fn list_machines(&self, req: &ClassRequest) -> Result<ListMachinesResponse, DriverError> {
+    pub async fn list_machines(
+        &self,
+        req: &ClassRequest,
+    ) -> Result<ListMachinesResponse, DriverError> {
         let wreq = sandbox::list_request(req);
-        self.invoke(Operation::ListMachines, "", async move |mut store, guest| {
-            guest.mcm_driver_driver().call_list_machines(&mut store, &wreq).await
-        })
+        self.invoke(
+            Operation::ListMachines,
+            "",
+            async move |mut store, guest| {
+                guest
+                    .mcm_driver_driver()
+                    .call_list_machines(&mut store, &wreq)
+                    .await
+            },
+        )
         .await
     }
 
-    pub async fn get_volume_ids(&self, req: &GetVolumeIdsRequest) -> Result<GetVolumeIdsResponse, DriverError> {
+    pub async fn get_volume_ids(
+        &self,
+        req: &GetVolumeIdsRequest,
+    ) -> Result<GetVolumeIdsResponse, DriverError> {
         let wreq = sandbox::volume_request(req);
-        self.invoke(Operation::GetVolumeIds, "", async move |mut store, guest| {
-            guest.mcm_driver_driver().call_get_volume_ids(&mut store, &wreq).await
-        })
+        self.invoke(
+            Operation::GetVolumeIds,
+            "",
+            async move |mut store, guest| {
+                guest
+                    .mcm_driver_driver()
+                    .call_get_volume_ids(&mut store, &wreq)
+                    .await
+            },
+        )
         .await
     }
 
     pub async fn validate_machine_class(&self, req: &ClassRequest) -> Result<(), DriverError> {
         let wreq = sandbox::validate_request(req);
-        self.invoke(Operation::ValidateMachineClass, "", async move |mut store, guest| {
-            guest.mcm_driver_driver().call_validate_machine_class(&mut store, &wreq).await
-        })
+        self.invoke(
+            Operation::ValidateMachineClass,
+            "",
+            async move |mut store, guest| {
+                guest
+                    .mcm_driver_driver()
+                    .call_validate_machine_class(&mut store, &wreq)
+                    .await
+            },
+        )
         .await
     }
 
-    pub async fn metrics_labels(&self, req: &MetricsLabelsRequest) -> Result<Vec<(String, String)>, DriverError> {
+    pub async fn metrics_labels(
+        &self,
+        req: &MetricsLabelsRequest,
+    ) -> Result<Vec<(String, String)>, DriverError> {
         let wreq = sandbox::metrics_labels_request(req);
-        self.invoke(Operation::MetricsLabels, &req.machine.name, async move |mut store, guest| {
-            guest.mcm_driver_driver().call_metrics_labels(&mut store, &wreq).await
-        })
+        self.invoke(
+            Operation::MetricsLabels,
+            &req.machine.name,
+            async move |mut store, guest| {
+                guest
+                    .mcm_driver_driver()
+                    .call_metrics_labels(&mut store, &wreq)
+                    .await
+            },
+        )
         .await
     }
 
@@ -298,19 +424,40 @@ impl Provider {
     #[doc(hidden)]
     pub async fn floor_get_machine_status(&self, req: &MachineRequest) -> bool {
         let wreq = sandbox::machine_request(req);
-        self.sandbox.floor_call(&self.pre, self.call_context(Operation::GetMachineStatus), &wreq).await
+        self.sandbox
+            .floor_call(
+                &self.pre,
+                self.call_context(Operation::GetMachineStatus),
+                &wreq,
+            )
+            .await
     }
 
     /// Call an operation with a JSON request (as the CLI does) and get a JSON result.
-    pub async fn call_json(&self, op: Operation, request: &str, secret: &SecretData) -> Result<serde_json::Value, CallError> {
-        fn parse<T: serde::de::DeserializeOwned>(op: Operation, text: &str) -> Result<T, CallError> {
-            serde_json::from_str(text).map_err(|e| CallError::BadRequest(format!("malformed request JSON for {op}: {e}")))
+    pub async fn call_json(
+        &self,
+        op: Operation,
+        request: &str,
+        secret: &SecretData,
+    ) -> Result<serde_json::Value, CallError> {
+        fn parse<T: serde::de::DeserializeOwned>(
+            op: Operation,
+            text: &str,
+        ) -> Result<T, CallError> {
+            serde_json::from_str(text)
+                .map_err(|e| CallError::BadRequest(format!("malformed request JSON for {op}: {e}")))
         }
-        fn json<T: serde::Serialize>(r: Result<T, DriverError>) -> Result<serde_json::Value, CallError> {
-            r.map(|v| serde_json::to_value(v).expect("driver types serialize")).map_err(CallError::Driver)
+        fn json<T: serde::Serialize>(
+            r: Result<T, DriverError>,
+        ) -> Result<serde_json::Value, CallError> {
+            r.map(|v| serde_json::to_value(v).expect("driver types serialize"))
+                .map_err(CallError::Driver)
         }
         match op {
-            Operation::CreateMachine | Operation::InitializeMachine | Operation::DeleteMachine | Operation::GetMachineStatus => {
+            Operation::CreateMachine
+            | Operation::InitializeMachine
+            | Operation::DeleteMachine
+            | Operation::GetMachineStatus => {
                 let mut req: MachineRequest = parse(op, request)?;
                 req.secret = secret.clone();
                 match op {
@@ -326,15 +473,21 @@ impl Provider {
                 if op == Operation::ListMachines {
                     json(self.list_machines(&req).await)
                 } else {
-                    json(self.validate_machine_class(&req).await.map(|()| serde_json::json!({})))
+                    json(
+                        self.validate_machine_class(&req)
+                            .await
+                            .map(|()| serde_json::json!({})),
+                    )
                 }
             }
             Operation::GetVolumeIds => json(self.get_volume_ids(&parse(op, request)?).await),
-            Operation::MetricsLabels => json(
-                self.metrics_labels(&parse(op, request)?)
-                    .await
-                    .map(|labels| labels.into_iter().collect::<std::collections::BTreeMap<_, _>>()),
-            ),
+            Operation::MetricsLabels => json(self.metrics_labels(&parse(op, request)?).await.map(
+                |labels| {
+                    labels
+                        .into_iter()
+                        .collect::<std::collections::BTreeMap<_, _>>()
+                },
+            )),
         }
     }
 }
@@ -348,15 +501,19 @@ pub enum CallError {
     Driver(DriverError),
 }
 
-fn exported_operations(engine: &wasmtime::Engine, component: &wasmtime::component::Component) -> Vec<String> {
+fn exported_operations(
+    engine: &wasmtime::Engine,
+    component: &wasmtime::component::Component,
+) -> Vec<String> {
     use wasmtime::component::types::ComponentItem;
     let ty = component.component_type();
     ty.exports(engine)
         .filter(|(name, _)| name.starts_with(artifact::DRIVER_INTERFACE))
         .flat_map(|(_, item)| match item.ty {
-            ComponentItem::ComponentInstance(instance) => {
-                instance.exports(engine).map(|(name, _)| name.to_string()).collect::<Vec<_>>()
-            }
+            ComponentItem::ComponentInstance(instance) => instance
+                .exports(engine)
+                .map(|(name, _)| name.to_string())
+                .collect::<Vec<_>>(),
             _ => Vec::new(),
         })
         .collect()

@@ -22,9 +22,22 @@ use crate::sandbox::Sandbox;
 /// What happened to the registry's providers (for logs, Kubernetes events, tests).
 #[derive(Clone, Debug)]
 pub enum RegistryEvent {
-    Loaded { name: String, version: String, digest: String, path: PathBuf, replaced: Option<String>, elapsed: Duration },
-    Rejected { path: PathBuf, error: String },
-    Unloaded { name: String, path: PathBuf },
+    Loaded {
+        name: String,
+        version: String,
+        digest: String,
+        path: PathBuf,
+        replaced: Option<String>,
+        elapsed: Duration,
+    },
+    Rejected {
+        path: PathBuf,
+        error: String,
+    },
+    Unloaded {
+        name: String,
+        path: PathBuf,
+    },
 }
 
 /// What the registry last saw in a file: its digest (to skip unchanged files, good or bad) and
@@ -65,12 +78,22 @@ impl Registry {
 
     /// The current version of a provider.
     pub fn get(&self, name: &str) -> Option<Arc<Provider>> {
-        self.providers.read().expect("registry lock").get(name).cloned()
+        self.providers
+            .read()
+            .expect("registry lock")
+            .get(name)
+            .cloned()
     }
 
     /// Names of the loaded providers, sorted.
     pub fn names(&self) -> Vec<String> {
-        let mut names: Vec<String> = self.providers.read().expect("registry lock").keys().cloned().collect();
+        let mut names: Vec<String> = self
+            .providers
+            .read()
+            .expect("registry lock")
+            .keys()
+            .cloned()
+            .collect();
         names.sort();
         names
     }
@@ -82,7 +105,10 @@ impl Registry {
     /// Set the operator's settings for a provider (by name); applies to the loaded version at
     /// once and to every later version.
     pub fn set_settings(&self, name: &str, settings: ProviderSettings) {
-        self.settings.write().expect("settings lock").insert(name.to_string(), settings.clone());
+        self.settings
+            .write()
+            .expect("settings lock")
+            .insert(name.to_string(), settings.clone());
         let mut providers = self.providers.write().expect("registry lock");
         if let Some(current) = providers.get(name) {
             let updated = Arc::new(current.with_settings(settings));
@@ -91,27 +117,49 @@ impl Registry {
     }
 
     fn settings_for(&self, name: &str) -> ProviderSettings {
-        self.settings.read().expect("settings lock").get(name).cloned().unwrap_or_default()
+        self.settings
+            .read()
+            .expect("settings lock")
+            .get(name)
+            .cloned()
+            .unwrap_or_default()
     }
 
     fn counters_for(&self, name: &str) -> Arc<OperationCounters> {
-        self.counters.lock().expect("counters lock").entry(name.to_string()).or_default().clone()
+        self.counters
+            .lock()
+            .expect("counters lock")
+            .entry(name.to_string())
+            .or_default()
+            .clone()
     }
 
     /// Load (or reload) one file; on success the provider is swapped in atomically.
     pub async fn load_file(&self, path: &Path) -> Result<Arc<Provider>, LoadError> {
         let bytes = tokio::fs::read(path)
             .await
-            .map_err(|source| LoadError::Io { path: path.display().to_string(), source })?;
+            .map_err(|source| LoadError::Io {
+                path: path.display().to_string(),
+                source,
+            })?;
         let result = self.load_bytes(path, &bytes).await;
         if let Err(e) = &result {
             tracing::warn!(path = %path.display(), "provider rejected, the previous version (if any) keeps serving: {e}");
             // Remember the rejected content so an unchanged bad file is not retried.
             let mut files = self.files.lock().expect("files lock");
             let provider = files.get(path).and_then(|f| f.provider.clone());
-            files.insert(path.to_path_buf(), FileState { digest: crate::artifact::digest(&bytes), provider });
+            files.insert(
+                path.to_path_buf(),
+                FileState {
+                    digest: crate::artifact::digest(&bytes),
+                    provider,
+                },
+            );
             drop(files);
-            let _ = self.events.send(RegistryEvent::Rejected { path: path.to_path_buf(), error: e.to_string() });
+            let _ = self.events.send(RegistryEvent::Rejected {
+                path: path.to_path_buf(),
+                error: e.to_string(),
+            });
         }
         result
     }
@@ -133,11 +181,16 @@ impl Registry {
             if let Some(other) = providers.get(&name).filter(|p| p.path() != path) {
                 tracing::warn!(provider = %name, "{} replaces the same provider from {}", path.display(), other.path().display());
             }
-            providers.insert(name.clone(), provider.clone()).map(|old| old.version().to_string())
+            providers
+                .insert(name.clone(), provider.clone())
+                .map(|old| old.version().to_string())
         };
         self.files.lock().expect("files lock").insert(
             path.to_path_buf(),
-            FileState { digest: provider.info().digest.clone(), provider: Some(name.clone()) },
+            FileState {
+                digest: provider.info().digest.clone(),
+                provider: Some(name.clone()),
+            },
         );
         tracing::info!(
             provider = %name, version = provider.version(), digest = %provider.info().digest,
@@ -211,16 +264,21 @@ impl Registry {
     /// Load a directory now and keep watching it: every change triggers a rescan (debounced),
     /// and a periodic rescan catches anything the file watcher missed. The task ends when the
     /// registry is dropped.
-    pub async fn watch_dir(self: &Arc<Self>, dir: PathBuf, rescan_every: Duration) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    pub async fn watch_dir(
+        self: &Arc<Self>,
+        dir: PathBuf,
+        rescan_every: Duration,
+    ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
         for e in self.sync_dir(&dir).await {
             tracing::warn!("{e}");
         }
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-            if event.is_ok() {
-                let _ = tx.send(());
-            }
-        })?;
+        let mut watcher =
+            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+                if event.is_ok() {
+                    let _ = tx.send(());
+                }
+            })?;
         watcher.watch(&dir, notify::RecursiveMode::NonRecursive)?;
         let weak = Arc::downgrade(self);
         Ok(tokio::spawn(async move {
@@ -233,7 +291,9 @@ impl Registry {
                 // Debounce: a copy in progress fires many events; wait until it settles.
                 tokio::time::sleep(Duration::from_millis(30)).await;
                 while rx.try_recv().is_ok() {}
-                let Some(registry) = weak.upgrade() else { break };
+                let Some(registry) = weak.upgrade() else {
+                    break;
+                };
                 registry.sync_dir(&dir).await;
             }
         }))

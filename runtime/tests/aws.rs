@@ -31,7 +31,12 @@ async fn env_with(config: serde_json::Value) -> Env {
         deadlines: None,
     };
     let provider = load(&sandbox(Duration::from_secs(30)), "aws_provider", settings).await;
-    Env { moto, proxy, provider, spec: provider_spec(&ami, &subnet, &group) }
+    Env {
+        moto,
+        proxy,
+        provider,
+        spec: provider_spec(&ami, &subnet, &group),
+    }
 }
 
 async fn env() -> Env {
@@ -46,7 +51,10 @@ impl Env {
         req
     }
     fn class(&self) -> ClassRequest {
-        ClassRequest { machine_class: self.request("x").machine_class, secret: secret() }
+        ClassRequest {
+            machine_class: self.request("x").machine_class,
+            secret: secret(),
+        }
     }
 }
 
@@ -62,10 +70,20 @@ async fn lifecycle_against_moto() {
 
     // Create.
     let created = p.create_machine(&env.request("m1")).await.unwrap();
-    let id = created.provider_id.strip_prefix(&format!("aws:///{REGION}/")).expect("aws:///<region>/<id>").to_string();
+    let id = created
+        .provider_id
+        .strip_prefix(&format!("aws:///{REGION}/"))
+        .expect("aws:///<region>/<id>")
+        .to_string();
     assert!(id.starts_with("i-"), "{created:?}");
-    assert!(created.node_name.starts_with("ip-") && created.node_name.contains(".compute.internal"), "{created:?}");
-    assert!(created.addresses.iter().any(|a| a.kind == "InternalIP"), "{created:?}");
+    assert!(
+        created.node_name.starts_with("ip-") && created.node_name.contains(".compute.internal"),
+        "{created:?}"
+    );
+    assert!(
+        created.addresses.iter().any(|a| a.kind == "InternalIP"),
+        "{created:?}"
+    );
 
     // What moto has: one instance, with everything the class asked for.
     let live = env.moto.live_instances_named("m1").await;
@@ -76,20 +94,46 @@ async fn lifecycle_against_moto() {
     assert_eq!(vm.image_id, env.spec["ami"].as_str().unwrap());
     assert_eq!(vm.private_dns_name, created.node_name);
     assert_eq!(vm.tags.get("Name").map(String::as_str), Some("m1"));
-    assert_eq!(vm.tags.get("kubernetes.io/cluster/shoot--a").map(String::as_str), Some("1"));
-    assert_eq!(vm.tags.get("kubernetes.io/role/node").map(String::as_str), Some("1"));
+    assert_eq!(
+        vm.tags
+            .get("kubernetes.io/cluster/shoot--a")
+            .map(String::as_str),
+        Some("1")
+    );
+    assert_eq!(
+        vm.tags.get("kubernetes.io/role/node").map(String::as_str),
+        Some("1")
+    );
     assert_eq!(vm.tags.get("team").map(String::as_str), Some("mcm-wasm"));
-    assert!(vm.client_token.starts_with("mcm-"), "idempotency token sent: {vm:?}");
+    assert!(
+        vm.client_token.starts_with("mcm-"),
+        "idempotency token sent: {vm:?}"
+    );
     let user_data = env.moto.attribute(&id, "userData").await;
     use base64::Engine as _;
-    let user_data = base64::engine::general_purpose::STANDARD.decode(user_data.trim()).unwrap();
+    let user_data = base64::engine::general_purpose::STANDARD
+        .decode(user_data.trim())
+        .unwrap();
     assert_eq!(user_data, b"#!/bin/bash\necho <<MACHINE_NAME>>");
     // The root disk gets the AMI's root device name; the data disk keeps its own.
     let devices: std::collections::BTreeMap<_, _> = vm.block_devices.iter().cloned().collect();
-    assert!(devices.contains_key("/dev/sda1") && devices.contains_key("/dev/sdb"), "{devices:?}");
-    assert_eq!(env.moto.volume(&devices["/dev/sda1"]).await, ("50".to_string(), "gp3".to_string()));
-    assert_eq!(env.moto.volume(&devices["/dev/sdb"]).await, ("100".to_string(), "gp2".to_string()));
-    assert_eq!(env.moto.attribute(&id, "sourceDestCheck").await, "false", "srcAndDstChecksEnabled=false applied");
+    assert!(
+        devices.contains_key("/dev/sda1") && devices.contains_key("/dev/sdb"),
+        "{devices:?}"
+    );
+    assert_eq!(
+        env.moto.volume(&devices["/dev/sda1"]).await,
+        ("50".to_string(), "gp3".to_string())
+    );
+    assert_eq!(
+        env.moto.volume(&devices["/dev/sdb"]).await,
+        ("100".to_string(), "gp2".to_string())
+    );
+    assert_eq!(
+        env.moto.attribute(&id, "sourceDestCheck").await,
+        "false",
+        "srcAndDstChecksEnabled=false applied"
+    );
 
     // Repeated create: the same VM, one DescribeInstances, no RunInstances.
     env.proxy.take_actions();
@@ -100,23 +144,39 @@ async fn lifecycle_against_moto() {
 
     // Status by tags, and by providerID.
     let status = p.get_machine_status(&env.request("m1")).await.unwrap();
-    assert_eq!((status.provider_id.as_str(), status.node_name.as_str()), (created.provider_id.as_str(), created.node_name.as_str()));
+    assert_eq!(
+        (status.provider_id.as_str(), status.node_name.as_str()),
+        (created.provider_id.as_str(), created.node_name.as_str())
+    );
     let mut by_id = env.request("other-name");
     by_id.machine.provider_id = created.provider_id.clone();
-    assert_eq!(p.get_machine_status(&by_id).await.unwrap().provider_id, created.provider_id);
+    assert_eq!(
+        p.get_machine_status(&by_id).await.unwrap().provider_id,
+        created.provider_id
+    );
 
     // Initialize (provider-aws: source/dest check) answers the same VM.
     let init = p.initialize_machine(&env.request("m1")).await.unwrap();
     assert_eq!(init.provider_id, created.provider_id);
 
     let list = p.list_machines(&env.class()).await.unwrap();
-    assert_eq!(list.machines.get(&created.provider_id).map(String::as_str), Some("m1"), "{list:?}");
+    assert_eq!(
+        list.machines.get(&created.provider_id).map(String::as_str),
+        Some("m1"),
+        "{list:?}"
+    );
 
     let labels = p
-        .metrics_labels(&MetricsLabelsRequest { machine: by_id.machine.clone(), machine_class: by_id.machine_class.clone() })
+        .metrics_labels(&MetricsLabelsRequest {
+            machine: by_id.machine.clone(),
+            machine_class: by_id.machine_class.clone(),
+        })
         .await
         .unwrap();
-    assert!(labels.contains(&("size".to_string(), "m5.large".to_string())), "{labels:?}");
+    assert!(
+        labels.contains(&("size".to_string(), "m5.large".to_string())),
+        "{labels:?}"
+    );
 
     let volumes = p
         .get_volume_ids(&GetVolumeIdsRequest {
@@ -131,16 +191,34 @@ async fn lifecycle_against_moto() {
     assert_eq!(volumes.volume_ids, ["vol-0aaa", "vol-0bbb"]);
 
     // Delete from the providerID alone, twice.
-    let mut only_id = MachineRequest { secret: secret(), ..Default::default() };
+    let mut only_id = MachineRequest {
+        secret: secret(),
+        ..Default::default()
+    };
     only_id.machine.provider_id = created.provider_id.clone();
     only_id.machine_class.provider_spec = env.spec.clone();
     p.delete_machine(&only_id).await.unwrap();
     assert_eq!(env.moto.instance(&id).await.state, "terminated");
     let second = p.delete_machine(&only_id).await.unwrap();
     assert!(second.last_known_state.contains(&id), "{second:?}");
-    assert_eq!(p.get_machine_status(&env.request("m1")).await.unwrap_err().code, Code::NotFound);
-    assert_eq!(p.get_machine_status(&by_id).await.unwrap_err().code, Code::NotFound);
-    assert!(!p.list_machines(&env.class()).await.unwrap().machines.contains_key(&created.provider_id));
+    assert_eq!(
+        p.get_machine_status(&env.request("m1"))
+            .await
+            .unwrap_err()
+            .code,
+        Code::NotFound
+    );
+    assert_eq!(
+        p.get_machine_status(&by_id).await.unwrap_err().code,
+        Code::NotFound
+    );
+    assert!(
+        !p.list_machines(&env.class())
+            .await
+            .unwrap()
+            .machines
+            .contains_key(&created.provider_id)
+    );
 }
 
 #[tokio::test]
@@ -182,14 +260,20 @@ async fn two_vms_for_one_machine_is_out_of_range() {
                 ("TagSpecification.1.ResourceType", "instance"),
                 ("TagSpecification.1.Tag.1.Key", "Name"),
                 ("TagSpecification.1.Tag.1.Value", "twin"),
-                ("TagSpecification.1.Tag.2.Key", "kubernetes.io/cluster/shoot--a"),
+                (
+                    "TagSpecification.1.Tag.2.Key",
+                    "kubernetes.io/cluster/shoot--a",
+                ),
                 ("TagSpecification.1.Tag.2.Value", "1"),
                 ("TagSpecification.1.Tag.3.Key", "kubernetes.io/role/node"),
                 ("TagSpecification.1.Tag.3.Value", "1"),
             ],
         )
         .await;
-    let err = p.get_machine_status(&env.request("twin")).await.unwrap_err();
+    let err = p
+        .get_machine_status(&env.request("twin"))
+        .await
+        .unwrap_err();
     assert_eq!(err.code, Code::OutOfRange, "{err}");
     assert_eq!(err.message.matches("i-").count(), 2, "{err}");
     // Delete without providerID removes both.
@@ -203,7 +287,12 @@ async fn list_follows_pagination_and_ignores_other_clusters() {
     let p = &env.provider;
     let mut ids = Vec::new();
     for n in 0..7 {
-        ids.push(p.create_machine(&env.request(&format!("page-{n}"))).await.unwrap().provider_id);
+        ids.push(
+            p.create_machine(&env.request(&format!("page-{n}")))
+                .await
+                .unwrap()
+                .provider_id,
+        );
     }
     // Another cluster's VM must not show up.
     let mut other = env.request("foreign");
@@ -212,7 +301,11 @@ async fn list_follows_pagination_and_ignores_other_clusters() {
     let foreign = p.create_machine(&other).await.unwrap();
     env.proxy.take_actions();
     let list = p.list_machines(&env.class()).await.unwrap();
-    assert_eq!(env.proxy.take_actions(), ["DescribeInstances", "DescribeInstances"], "two pages of 5");
+    assert_eq!(
+        env.proxy.take_actions(),
+        ["DescribeInstances", "DescribeInstances"],
+        "two pages of 5"
+    );
     assert_eq!(list.machines.len(), 7, "{list:?}");
     for (n, id) in ids.iter().enumerate() {
         assert_eq!(list.machines.get(id), Some(&format!("page-{n}")));
@@ -226,27 +319,62 @@ async fn bad_input_is_invalid_argument_without_a_cloud_call() {
     let p = &env.provider;
     let check = |what: &str, err: DriverError, needle: &str| {
         assert_eq!(err.code, Code::InvalidArgument, "{what}: {err}");
-        assert!(err.message.contains(needle), "{what}: {err:?} should mention {needle:?}");
+        assert!(
+            err.message.contains(needle),
+            "{what}: {err:?} should mention {needle:?}"
+        );
     };
 
     let mut no_tags = env.request("bad");
-    no_tags.machine_class.provider_spec["tags"] = serde_json::json!({"kubernetes.io/role/node": "1"});
-    check("no cluster tag", p.create_machine(&no_tags).await.unwrap_err(), "kubernetes.io/cluster/");
-    let err = p.validate_machine_class(&ClassRequest { machine_class: no_tags.machine_class.clone(), secret: secret() }).await.unwrap_err();
+    no_tags.machine_class.provider_spec["tags"] =
+        serde_json::json!({"kubernetes.io/role/node": "1"});
+    check(
+        "no cluster tag",
+        p.create_machine(&no_tags).await.unwrap_err(),
+        "kubernetes.io/cluster/",
+    );
+    let err = p
+        .validate_machine_class(&ClassRequest {
+            machine_class: no_tags.machine_class.clone(),
+            secret: secret(),
+        })
+        .await
+        .unwrap_err();
     check("validate no cluster tag", err, "providerSpec.tags");
 
     let mut malformed = env.request("bad");
     malformed.machine_class.provider_spec["blockDevices"][0]["ebs"]["volumeSize"] = "huge".into();
-    check("malformed", p.create_machine(&malformed).await.unwrap_err(), "providerSpec.blockDevices[0].ebs.volumeSize");
+    check(
+        "malformed",
+        p.create_machine(&malformed).await.unwrap_err(),
+        "providerSpec.blockDevices[0].ebs.volumeSize",
+    );
 
     let mut no_ami = env.request("bad");
-    no_ami.machine_class.provider_spec.as_object_mut().unwrap().remove("ami");
-    check("no ami", p.create_machine(&no_ami).await.unwrap_err(), "providerSpec.ami");
+    no_ami
+        .machine_class
+        .provider_spec
+        .as_object_mut()
+        .unwrap()
+        .remove("ami");
+    check(
+        "no ami",
+        p.create_machine(&no_ami).await.unwrap_err(),
+        "providerSpec.ami",
+    );
 
     let mut region = env.request("bad");
     region.machine_class.provider_spec["region"] = "eu-mars-1".into();
-    check("unknown region", p.create_machine(&region).await.unwrap_err(), "unknown AWS region \"eu-mars-1\"");
-    check("unknown region status", p.get_machine_status(&region).await.unwrap_err(), "eu-mars-1");
+    check(
+        "unknown region",
+        p.create_machine(&region).await.unwrap_err(),
+        "unknown AWS region \"eu-mars-1\"",
+    );
+    check(
+        "unknown region status",
+        p.get_machine_status(&region).await.unwrap_err(),
+        "eu-mars-1",
+    );
 
     for key in ["providerAccessKeyId", "providerSecretAccessKey", "userData"] {
         let mut missing = env.request("bad");
@@ -255,15 +383,39 @@ async fn bad_input_is_invalid_argument_without_a_cloud_call() {
     }
 
     let mut shape = env.request("bad");
-    shape.secret.insert("providerAccessKeyId".into(), b"not an access key\n".to_vec());
-    check("credentials shape", p.create_machine(&shape).await.unwrap_err(), "providerAccessKeyId");
-    check("credentials shape (list)", p.list_machines(&ClassRequest { machine_class: shape.machine_class.clone(), secret: shape.secret.clone() }).await.unwrap_err(), "providerAccessKeyId");
+    shape.secret.insert(
+        "providerAccessKeyId".into(),
+        b"not an access key\n".to_vec(),
+    );
+    check(
+        "credentials shape",
+        p.create_machine(&shape).await.unwrap_err(),
+        "providerAccessKeyId",
+    );
+    check(
+        "credentials shape (list)",
+        p.list_machines(&ClassRequest {
+            machine_class: shape.machine_class.clone(),
+            secret: shape.secret.clone(),
+        })
+        .await
+        .unwrap_err(),
+        "providerAccessKeyId",
+    );
 
     let mut bad_id = env.request("bad");
     bad_id.machine.provider_id = "gce:///x/y".into();
-    check("providerID", p.delete_machine(&bad_id).await.unwrap_err(), "providerID");
+    check(
+        "providerID",
+        p.delete_machine(&bad_id).await.unwrap_err(),
+        "providerID",
+    );
 
-    assert_eq!(env.proxy.requests(), 0, "no EC2 request may be made for bad input");
+    assert_eq!(
+        env.proxy.requests(),
+        0,
+        "no EC2 request may be made for bad input"
+    );
     assert!(env.moto.live_instances_named("bad").await.is_empty());
 }
 
@@ -273,8 +425,14 @@ async fn alternative_secret_keys_and_session_token_work() {
     let mut req = env.request("alt");
     req.secret = std::collections::BTreeMap::from([
         ("accessKeyID".to_string(), ACCESS_KEY.as_bytes().to_vec()),
-        ("secretAccessKey".to_string(), SECRET_KEY.as_bytes().to_vec()),
-        ("providerSessionToken".to_string(), b"session-token".to_vec()),
+        (
+            "secretAccessKey".to_string(),
+            SECRET_KEY.as_bytes().to_vec(),
+        ),
+        (
+            "providerSessionToken".to_string(),
+            b"session-token".to_vec(),
+        ),
         ("userData".to_string(), b"#cloud-config".to_vec()),
     ]);
     let created = env.provider.create_machine(&req).await.unwrap();
@@ -285,7 +443,11 @@ async fn alternative_secret_keys_and_session_token_work() {
 async fn egress_outside_the_allowlist_is_denied() {
     let env = env().await;
     // The default endpoint (the real EC2 of the region) is not allowed in this sandbox.
-    let settings = ProviderSettings { egress: EgressPolicy::parse(&[env.proxy.addr.to_string()]).unwrap(), config: None, deadlines: None };
+    let settings = ProviderSettings {
+        egress: EgressPolicy::parse(&[env.proxy.addr.to_string()]).unwrap(),
+        config: None,
+        deadlines: None,
+    };
     let p = env.provider.with_settings(settings);
     let err = p.get_machine_status(&env.request("m1")).await.unwrap_err();
     assert_eq!(err.code, Code::PermissionDenied, "{err}");
@@ -295,7 +457,10 @@ async fn egress_outside_the_allowlist_is_denied() {
 #[test]
 fn component_fits_the_size_budget() {
     let size = std::fs::metadata(guest("aws_provider")).unwrap().len();
-    assert!(size <= 1 << 20, "aws_provider.wasm is {size} bytes; the budget is 1 MiB");
+    assert!(
+        size <= 1 << 20,
+        "aws_provider.wasm is {size} bytes; the budget is 1 MiB"
+    );
 }
 
 #[tokio::test]
@@ -309,7 +474,10 @@ async fn a_class_naming_missing_cloud_resources_is_invalid_argument() {
     let mut req = env.request("no-ami");
     req.machine_class.provider_spec["ami"] = "ami-00000000000000000".into();
     let err = env.provider.create_machine(&req).await.unwrap_err();
-    assert!(matches!(err.code, Code::NotFound | Code::InvalidArgument), "{err}");
+    assert!(
+        matches!(err.code, Code::NotFound | Code::InvalidArgument),
+        "{err}"
+    );
     assert!(err.message.contains("ami-00000000000000000"), "{err}");
     assert!(env.moto.live_instances_named("no-profile").await.is_empty());
 }

@@ -19,7 +19,12 @@ struct Run {
     stderr: String,
 }
 
-fn conformance_cli(wasm: &Path, class: &serde_json::Value, secret: &serde_json::Value, extra: &[&str]) -> Run {
+fn conformance_cli(
+    wasm: &Path,
+    class: &serde_json::Value,
+    secret: &serde_json::Value,
+    extra: &[&str],
+) -> Run {
     let dir = tempfile::tempdir().unwrap();
     let class_file = dir.path().join("class.json");
     let secret_file = dir.path().join("secret.json");
@@ -48,7 +53,10 @@ fn rows(stdout: &str) -> Vec<(String, bool)> {
     STEPS
         .iter()
         .map(|step| {
-            let line = stdout.lines().find(|l| l.contains(step)).unwrap_or_else(|| panic!("no row for {step:?} in\n{stdout}"));
+            let line = stdout
+                .lines()
+                .find(|l| l.contains(step))
+                .unwrap_or_else(|| panic!("no row for {step:?} in\n{stdout}"));
             (step.to_string(), line.contains(" PASS "))
         })
         .collect()
@@ -80,10 +88,27 @@ async fn aws_provider_passes_against_moto() {
         },
     });
     let config = serde_json::json!({"endpoint": moto.endpoint}).to_string();
-    let run = conformance_cli(&guest("aws_provider"), &class, &secret, &["--config", &config, "--machine-name", "conf-aws"]);
-    assert_eq!(run.code, 0, "stdout:\n{}\nstderr:\n{}", run.stdout, run.stderr);
-    assert!(rows(&run.stdout).iter().all(|(_, pass)| *pass), "{}", run.stdout);
-    assert!(run.stdout.contains("12/12 steps passed: PASS"), "{}", run.stdout);
+    let run = conformance_cli(
+        &guest("aws_provider"),
+        &class,
+        &secret,
+        &["--config", &config, "--machine-name", "conf-aws"],
+    );
+    assert_eq!(
+        run.code, 0,
+        "stdout:\n{}\nstderr:\n{}",
+        run.stdout, run.stderr
+    );
+    assert!(
+        rows(&run.stdout).iter().all(|(_, pass)| *pass),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout.contains("12/12 steps passed: PASS"),
+        "{}",
+        run.stdout
+    );
     // moto saw exactly one VM for the machine, now terminated.
     let all = moto.instances_named("conf-aws").await;
     assert_eq!(all.len(), 1, "{all:?}");
@@ -104,10 +129,26 @@ async fn sample_provider_passes_against_its_backend() {
     });
     let secret = serde_json::json!({"stringData": {"token": "s3cret"}});
     let config = serde_json::json!({"endpoint": backend.endpoint}).to_string();
-    let run = conformance_cli(&guest("sample_provider"), &class, &secret, &["--config", &config]);
-    assert_eq!(run.code, 0, "stdout:\n{}\nstderr:\n{}", run.stdout, run.stderr);
-    assert!(rows(&run.stdout).iter().all(|(_, pass)| *pass), "{}", run.stdout);
-    assert!(backend.machines().is_empty(), "the conformance run cleans up");
+    let run = conformance_cli(
+        &guest("sample_provider"),
+        &class,
+        &secret,
+        &["--config", &config],
+    );
+    assert_eq!(
+        run.code, 0,
+        "stdout:\n{}\nstderr:\n{}",
+        run.stdout, run.stderr
+    );
+    assert!(
+        rows(&run.stdout).iter().all(|(_, pass)| *pass),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        backend.machines().is_empty(),
+        "the conformance run cleans up"
+    );
 }
 
 #[tokio::test]
@@ -119,12 +160,27 @@ async fn wrong_credentials_fail_with_exit_1_and_say_why() {
     }});
     let secret = serde_json::json!({"stringData": {"token": "wrong"}});
     let config = serde_json::json!({"endpoint": backend.endpoint}).to_string();
-    let run = conformance_cli(&guest("sample_provider"), &class, &secret, &["--config", &config]);
+    let run = conformance_cli(
+        &guest("sample_provider"),
+        &class,
+        &secret,
+        &["--config", &config],
+    );
     assert_eq!(run.code, 1, "{}", run.stdout);
     let rows = rows(&run.stdout);
-    assert!(rows.iter().find(|(s, _)| s == "create").is_some_and(|(_, pass)| !pass), "{}", run.stdout);
+    assert!(
+        rows.iter()
+            .find(|(s, _)| s == "create")
+            .is_some_and(|(_, pass)| !pass),
+        "{}",
+        run.stdout
+    );
     assert!(run.stdout.contains("Unauthenticated"), "{}", run.stdout);
-    assert!(run.stdout.contains("not run: create failed"), "{}", run.stdout);
+    assert!(
+        run.stdout.contains("not run: create failed"),
+        "{}",
+        run.stdout
+    );
 }
 
 #[tokio::test]
@@ -132,11 +188,21 @@ async fn a_provider_that_ignores_the_contract_fails() {
     // The no-op guest answers "OK" to everything: no NotFound before create or after delete.
     let sandbox = sandbox(Duration::from_secs(10));
     let provider = load(&sandbox, "test_noop", ProviderSettings::default()).await;
-    let class = mcm_wasm::driver::MachineClass { name: "c".into(), provider_spec: serde_json::json!({}), ..Default::default() };
-    let report = conformance::run(&provider, &class, &Default::default(), "noop-1", "default").await;
+    let class = mcm_wasm::driver::MachineClass {
+        name: "c".into(),
+        provider_spec: serde_json::json!({}),
+        ..Default::default()
+    };
+    let report =
+        conformance::run(&provider, &class, &Default::default(), "noop-1", "default").await;
     assert!(!report.passed(), "{}", report.table());
     assert_eq!(report.steps.len(), STEPS.len());
-    assert!(!report.step("status before create is NotFound").unwrap().passed);
+    assert!(
+        !report
+            .step("status before create is NotFound")
+            .unwrap()
+            .passed
+    );
     assert!(!report.step("status is NotFound").unwrap().passed);
     assert!(report.step("create").unwrap().passed);
     assert!(report.table().contains("FAIL"));
@@ -145,8 +211,15 @@ async fn a_provider_that_ignores_the_contract_fails() {
 #[tokio::test]
 async fn default_egress_lets_only_the_endpoint_through() {
     // A providerSpec region plus a config endpoint: the runtime's default allowlist.
-    let policy = conformance::default_egress(&serde_json::json!({"region": "eu-west-1"}), Some(r#"{"endpoint":"http://127.0.0.1:4566"}"#)).unwrap();
-    assert_eq!(policy, EgressPolicy::parse(&["ec2.eu-west-1.amazonaws.com:443", "127.0.0.1:4566"]).unwrap());
+    let policy = conformance::default_egress(
+        &serde_json::json!({"region": "eu-west-1"}),
+        Some(r#"{"endpoint":"http://127.0.0.1:4566"}"#),
+    )
+    .unwrap();
+    assert_eq!(
+        policy,
+        EgressPolicy::parse(&["ec2.eu-west-1.amazonaws.com:443", "127.0.0.1:4566"]).unwrap()
+    );
 }
 
 #[test]

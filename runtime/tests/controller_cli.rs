@@ -41,15 +41,30 @@ fn help_names_mcm_flags() {
 
 #[test]
 fn bad_flags_are_refused_clearly() {
-    let out = bin().args(["controller", "--providers-dir", "/nonexistent", "--machine-creation-timeout", "soon"]).output().unwrap();
+    let out = bin()
+        .args([
+            "controller",
+            "--providers-dir",
+            "/nonexistent",
+            "--machine-creation-timeout",
+            "soon",
+        ])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("\"soon\" is not a duration"), "{err}");
 
-    let out = bin().args(["controller", "--providers-dir", "/nonexistent"]).output().unwrap();
+    let out = bin()
+        .args(["controller", "--providers-dir", "/nonexistent"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("--providers-dir /nonexistent is not a directory"), "{err}");
+    assert!(
+        err.contains("--providers-dir /nonexistent is not a directory"),
+        "{err}"
+    );
 
     let dir = tempfile::tempdir().unwrap();
     let out = bin()
@@ -84,7 +99,10 @@ async fn runs_a_machine_to_running_and_stops_on_sigterm() {
         },
     }))
     .unwrap();
-    Api::namespaced(client.clone(), "default").create(&PostParams::default(), &secret).await.unwrap();
+    Api::namespaced(client.clone(), "default")
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap();
     let class: MachineClass = serde_json::from_value(serde_json::json!({
         "apiVersion": "machine.sapcloud.io/v1alpha1",
         "kind": "MachineClass",
@@ -94,27 +112,46 @@ async fn runs_a_machine_to_running_and_stops_on_sigterm() {
         "secretRef": { "name": "aws-secret", "namespace": "default" },
     }))
     .unwrap();
-    Api::namespaced(client.clone(), "default").create(&PostParams::default(), &class).await.unwrap();
+    Api::namespaced(client.clone(), "default")
+        .create(&PostParams::default(), &class)
+        .await
+        .unwrap();
 
     let log = tempfile::NamedTempFile::new().unwrap();
-    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let mut child = KillOnDrop(bin()
-        .arg("controller")
-        .arg("--providers-dir")
-        .arg(providers.path())
-        .arg("--control-kubeconfig")
-        .arg(cp.kubeconfig_path())
-        .args(["--namespace", "default", "--address", "127.0.0.1", "--port", &metrics_port.to_string()])
-        .arg("--provider-config")
-        .arg(format!("aws={}", serde_json::json!({ "endpoint": moto.endpoint })))
-        .arg("--provider-allow-host")
-        .arg(format!("aws={}", moto.addr))
-        .arg("--simulate-node-join")
-        .env("MCM_WASM_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(log.reopen().unwrap())
-        .spawn()
-        .unwrap());
+    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = KillOnDrop(
+        bin()
+            .arg("controller")
+            .arg("--providers-dir")
+            .arg(providers.path())
+            .arg("--control-kubeconfig")
+            .arg(cp.kubeconfig_path())
+            .args([
+                "--namespace",
+                "default",
+                "--address",
+                "127.0.0.1",
+                "--port",
+                &metrics_port.to_string(),
+            ])
+            .arg("--provider-config")
+            .arg(format!(
+                "aws={}",
+                serde_json::json!({ "endpoint": moto.endpoint })
+            ))
+            .arg("--provider-allow-host")
+            .arg(format!("aws={}", moto.addr))
+            .arg("--simulate-node-join")
+            .env("MCM_WASM_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log.reopen().unwrap())
+            .spawn()
+            .unwrap(),
+    );
     let child = &mut child.0;
 
     let machine: Machine = serde_json::from_value(serde_json::json!({
@@ -125,7 +162,10 @@ async fn runs_a_machine_to_running_and_stops_on_sigterm() {
     }))
     .unwrap();
     let machines: Api<Machine> = Api::namespaced(client.clone(), "default");
-    machines.create(&PostParams::default(), &machine).await.unwrap();
+    machines
+        .create(&PostParams::default(), &machine)
+        .await
+        .unwrap();
     let started = Instant::now();
     loop {
         let m = machines.get("cli-machine-1").await.unwrap();
@@ -134,7 +174,10 @@ async fn runs_a_machine_to_running_and_stops_on_sigterm() {
             break;
         }
         if let Ok(Some(status)) = child.try_wait() {
-            panic!("controller exited with {status}: {}", std::fs::read_to_string(log.path()).unwrap());
+            panic!(
+                "controller exited with {status}: {}",
+                std::fs::read_to_string(log.path()).unwrap()
+            );
         }
         assert!(
             started.elapsed() < Duration::from_secs(120),
@@ -151,12 +194,21 @@ async fn runs_a_machine_to_running_and_stops_on_sigterm() {
     let get = |path: &'static str| {
         let http = http.clone();
         async move {
-            let resp = http.get(format!("http://127.0.0.1:{metrics_port}{path}")).send().await.unwrap();
+            let resp = http
+                .get(format!("http://127.0.0.1:{metrics_port}{path}"))
+                .send()
+                .await
+                .unwrap();
             (resp.status().as_u16(), resp.text().await.unwrap())
         }
     };
     assert_eq!(get("/healthz").await, (200, "ok".to_string()));
-    assert_eq!(get("/readyz").await, (200, "ok".to_string()), "{}", std::fs::read_to_string(log.path()).unwrap());
+    assert_eq!(
+        get("/readyz").await,
+        (200, "ok".to_string()),
+        "{}",
+        std::fs::read_to_string(log.path()).unwrap()
+    );
     let (status, metrics) = get("/metrics").await;
     assert_eq!(status, 200);
     for line in [
@@ -166,7 +218,10 @@ async fn runs_a_machine_to_running_and_stops_on_sigterm() {
         "mcm_machine_items_total 1",
         "mcm_machine_current_status_phase{name=\"cli-machine-1\",namespace=\"default\"} 1",
     ] {
-        assert!(metrics.lines().any(|l| l == line), "{line} missing from:\n{metrics}");
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "{line} missing from:\n{metrics}"
+        );
     }
     assert_eq!(get("/nope").await.0, 404);
 
@@ -177,14 +232,24 @@ async fn runs_a_machine_to_running_and_stops_on_sigterm() {
         if let Some(s) = child.try_wait().unwrap() {
             break s;
         }
-        assert!(started.elapsed() < Duration::from_secs(30), "controller did not stop on SIGTERM");
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "controller did not stop on SIGTERM"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    assert!(status.success(), "exit {status}: {}", std::fs::read_to_string(log.path()).unwrap());
+    assert!(
+        status.success(),
+        "exit {status}: {}",
+        std::fs::read_to_string(log.path()).unwrap()
+    );
 }
 
 fn send_sigterm(pid: u32) {
-    let ok = Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap();
+    let ok = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
     assert!(ok.success());
 }
 
@@ -221,7 +286,10 @@ async fn killed_mid_create_then_restarted_leaves_exactly_one_instance() {
         },
     }))
     .unwrap();
-    Api::namespaced(client.clone(), "default").create(&PostParams::default(), &secret).await.unwrap();
+    Api::namespaced(client.clone(), "default")
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap();
     let class: MachineClass = serde_json::from_value(serde_json::json!({
         "apiVersion": "machine.sapcloud.io/v1alpha1",
         "kind": "MachineClass",
@@ -231,7 +299,10 @@ async fn killed_mid_create_then_restarted_leaves_exactly_one_instance() {
         "secretRef": { "name": "aws-secret", "namespace": "default" },
     }))
     .unwrap();
-    Api::namespaced(client.clone(), "default").create(&PostParams::default(), &class).await.unwrap();
+    Api::namespaced(client.clone(), "default")
+        .create(&PostParams::default(), &class)
+        .await
+        .unwrap();
     let log = tempfile::NamedTempFile::new().unwrap();
     let spawn = || {
         KillOnDrop(
@@ -242,7 +313,10 @@ async fn killed_mid_create_then_restarted_leaves_exactly_one_instance() {
                 .arg("--control-kubeconfig")
                 .arg(cp.kubeconfig_path())
                 .arg("--provider-config")
-                .arg(format!("aws={}", serde_json::json!({ "endpoint": proxy.endpoint })))
+                .arg(format!(
+                    "aws={}",
+                    serde_json::json!({ "endpoint": proxy.endpoint })
+                ))
                 .arg("--provider-allow-host")
                 .arg(format!("aws={}", proxy.addr))
                 .arg("--simulate-node-join")
@@ -266,17 +340,36 @@ async fn killed_mid_create_then_restarted_leaves_exactly_one_instance() {
     }))
     .unwrap();
     let machines: Api<Machine> = Api::namespaced(client.clone(), "default");
-    machines.create(&PostParams::default(), &machine).await.unwrap();
+    machines
+        .create(&PostParams::default(), &machine)
+        .await
+        .unwrap();
     let started = Instant::now();
     while proxy.pending_faults() > 0 {
-        assert!(started.elapsed() < Duration::from_secs(60), "RunInstances never sent");
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "RunInstances never sent"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     first.0.kill().unwrap();
     first.0.wait().unwrap();
-    assert_eq!(moto.live_instances_named("killed-machine-1").await.len(), 1, "moto ran the instance");
-    assert!(machines.get("killed-machine-1").await.unwrap().spec.provider_id.is_empty(), "killed before recording it");
+    assert_eq!(
+        moto.live_instances_named("killed-machine-1").await.len(),
+        1,
+        "moto ran the instance"
+    );
+    assert!(
+        machines
+            .get("killed-machine-1")
+            .await
+            .unwrap()
+            .spec
+            .provider_id
+            .is_empty(),
+        "killed before recording it"
+    );
 
     let mut second = spawn();
     let started = Instant::now();
@@ -286,17 +379,37 @@ async fn killed_mid_create_then_restarted_leaves_exactly_one_instance() {
             break;
         }
         if let Ok(Some(status)) = second.0.try_wait() {
-            panic!("controller exited with {status}: {}", std::fs::read_to_string(log.path()).unwrap());
+            panic!(
+                "controller exited with {status}: {}",
+                std::fs::read_to_string(log.path()).unwrap()
+            );
         }
-        assert!(started.elapsed() < Duration::from_secs(120), "not Running: {:?}", m.status);
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "not Running: {:?}",
+            m.status
+        );
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     let live = moto.live_instances_named("killed-machine-1").await;
-    assert_eq!(live.len(), 1, "exactly one instance after the restart: {live:?}");
-    let m = machines.get("killed-machine-1").await.unwrap();
-    assert!(m.spec.provider_id.ends_with(&live[0].id), "{} vs {}", m.spec.provider_id, live[0].id);
     assert_eq!(
-        proxy.take_actions().iter().filter(|a| *a == "RunInstances").count(),
+        live.len(),
+        1,
+        "exactly one instance after the restart: {live:?}"
+    );
+    let m = machines.get("killed-machine-1").await.unwrap();
+    assert!(
+        m.spec.provider_id.ends_with(&live[0].id),
+        "{} vs {}",
+        m.spec.provider_id,
+        live[0].id
+    );
+    assert_eq!(
+        proxy
+            .take_actions()
+            .iter()
+            .filter(|a| *a == "RunInstances")
+            .count(),
         1,
         "the restarted controller found the VM instead of running another"
     );
@@ -324,7 +437,10 @@ async fn leader_election_hands_over_when_the_leader_dies() {
         },
     }))
     .unwrap();
-    Api::namespaced(client.clone(), "default").create(&PostParams::default(), &secret).await.unwrap();
+    Api::namespaced(client.clone(), "default")
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap();
     let class: MachineClass = serde_json::from_value(serde_json::json!({
         "apiVersion": "machine.sapcloud.io/v1alpha1",
         "kind": "MachineClass",
@@ -334,7 +450,10 @@ async fn leader_election_hands_over_when_the_leader_dies() {
         "secretRef": { "name": "aws-secret", "namespace": "default" },
     }))
     .unwrap();
-    Api::namespaced(client.clone(), "default").create(&PostParams::default(), &class).await.unwrap();
+    Api::namespaced(client.clone(), "default")
+        .create(&PostParams::default(), &class)
+        .await
+        .unwrap();
     let spawn = || {
         KillOnDrop(
             bin()
@@ -344,11 +463,19 @@ async fn leader_election_hands_over_when_the_leader_dies() {
                 .arg("--control-kubeconfig")
                 .arg(cp.kubeconfig_path())
                 .arg("--provider-config")
-                .arg(format!("aws={}", serde_json::json!({ "endpoint": moto.endpoint })))
+                .arg(format!(
+                    "aws={}",
+                    serde_json::json!({ "endpoint": moto.endpoint })
+                ))
                 .arg("--provider-allow-host")
                 .arg(format!("aws={}", moto.addr))
                 .args(["--simulate-node-join", "--port", "0", "--leader-elect"])
-                .args(["--leader-elect-lease-duration", "3s", "--leader-elect-renew-deadline", "2s"])
+                .args([
+                    "--leader-elect-lease-duration",
+                    "3s",
+                    "--leader-elect-renew-deadline",
+                    "2s",
+                ])
                 .args(["--leader-elect-retry-period", "500ms"])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
@@ -356,7 +483,8 @@ async fn leader_election_hands_over_when_the_leader_dies() {
                 .unwrap(),
         )
     };
-    let leases: Api<k8s_openapi::api::coordination::v1::Lease> = Api::namespaced(client.clone(), "default");
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(client.clone(), "default");
     let holder = || async {
         leases
             .get_opt("machine-controller")
@@ -375,7 +503,10 @@ async fn leader_election_hands_over_when_the_leader_dies() {
                 if h.ends_with(&format!("_{pid}")) {
                     return;
                 }
-                assert!(started.elapsed() < Duration::from_secs(30), "pid {pid} never led; holder {h:?}");
+                assert!(
+                    started.elapsed() < Duration::from_secs(30),
+                    "pid {pid} never led; holder {h:?}"
+                );
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         }
@@ -394,7 +525,10 @@ async fn leader_election_hands_over_when_the_leader_dies() {
             machines.create(&PostParams::default(), &m).await.unwrap();
             let started = Instant::now();
             while machines.get(name).await.unwrap().phase() != Some(&MachinePhase::Running) {
-                assert!(started.elapsed() < Duration::from_secs(90), "{name} not Running");
+                assert!(
+                    started.elapsed() < Duration::from_secs(90),
+                    "{name} not Running"
+                );
                 tokio::time::sleep(Duration::from_millis(300)).await;
             }
         }
@@ -404,7 +538,10 @@ async fn leader_election_hands_over_when_the_leader_dies() {
     wait_holder(a.0.id()).await;
     let b = spawn();
     tokio::time::sleep(Duration::from_secs(3)).await;
-    assert!(holder().await.ends_with(&format!("_{}", a.0.id())), "the first leader keeps the Lease while it renews");
+    assert!(
+        holder().await.ends_with(&format!("_{}", a.0.id())),
+        "the first leader keeps the Lease while it renews"
+    );
     run_machine("leader-machine-1").await;
 
     a.0.kill().unwrap();

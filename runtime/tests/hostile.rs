@@ -22,13 +22,26 @@ async fn expect_code(guest_name: &str, code: Code) -> String {
         .expect_err("hostile guest must fail");
     let elapsed = started.elapsed();
     assert_eq!(err.code, code, "{guest_name}: {err}");
-    assert!(elapsed < DEADLINE + Duration::from_millis(400), "{guest_name} took {elapsed:?}");
+    assert!(
+        elapsed < DEADLINE + Duration::from_millis(400),
+        "{guest_name} took {elapsed:?}"
+    );
 
     let noop = load(&sandbox, "test_noop", ProviderSettings::default()).await;
-    let ok = noop.create_machine(&machine_request("m2", serde_json::json!({}))).await.unwrap();
+    let ok = noop
+        .create_machine(&machine_request("m2", serde_json::json!({})))
+        .await
+        .unwrap();
     assert_eq!(ok.provider_id, "noop:///m2");
     // The hostile provider itself serves again too (fresh instance per call).
-    assert_eq!(hostile.delete_machine(&machine_request("m1", serde_json::json!({}))).await.unwrap().last_known_state, "");
+    assert_eq!(
+        hostile
+            .delete_machine(&machine_request("m1", serde_json::json!({})))
+            .await
+            .unwrap()
+            .last_known_state,
+        ""
+    );
     err.message
 }
 
@@ -53,8 +66,14 @@ async fn unbounded_recursion_is_internal_stack_overflow() {
 #[tokio::test]
 async fn panic_is_internal_with_the_guest_panic_message() {
     let message = expect_code("test_panicker", Code::Internal).await;
-    assert!(message.contains("provider exploded while creating m1"), "panic message missing: {message}");
-    assert!(message.contains("unreachable"), "trap description missing: {message}");
+    assert!(
+        message.contains("provider exploded while creating m1"),
+        "panic message missing: {message}"
+    );
+    assert!(
+        message.contains("unreachable"),
+        "trap description missing: {message}"
+    );
 }
 
 #[tokio::test]
@@ -68,7 +87,10 @@ async fn egress_to_unlisted_host_is_denied() {
     let sandbox = sandbox(DEADLINE);
     let probe = load(&sandbox, "test_http_probe", ProviderSettings::default()).await;
     let spec = serde_json::json!({"method": "GET", "url": "http://127.0.0.1:9/"});
-    let err = probe.create_machine(&machine_request("m1", spec)).await.unwrap_err();
+    let err = probe
+        .create_machine(&machine_request("m1", spec))
+        .await
+        .unwrap_err();
     assert_eq!(err.code, Code::PermissionDenied, "{err}");
     assert!(err.message.contains("egress denied"), "{err}");
 }
@@ -77,7 +99,10 @@ async fn egress_to_unlisted_host_is_denied() {
 async fn files_environment_and_arguments_are_out_of_reach() {
     let sandbox = sandbox(DEADLINE);
     let snoop = load(&sandbox, "test_snoop", ProviderSettings::default()).await;
-    let report = snoop.create_machine(&machine_request("m1", serde_json::json!({}))).await.unwrap();
+    let report = snoop
+        .create_machine(&machine_request("m1", serde_json::json!({})))
+        .await
+        .unwrap();
     let report: serde_json::Value = serde_json::from_str(&report.last_known_state).unwrap();
     assert_eq!(report["env"], serde_json::json!([]), "{report}");
     assert_eq!(report["args"], serde_json::json!([]), "{report}");
@@ -91,11 +116,20 @@ async fn files_environment_and_arguments_are_out_of_reach() {
 async fn incompatible_contract_is_rejected_naming_file_and_both_versions() {
     let sandbox = sandbox(DEADLINE);
     let path = guest("test_incompatible");
-    let err = Provider::load(&sandbox, &path, ProviderSettings::default()).await.err().expect("must be rejected");
-    assert!(matches!(err, LoadError::IncompatibleContract { .. }), "{err}");
+    let err = Provider::load(&sandbox, &path, ProviderSettings::default())
+        .await
+        .err()
+        .expect("must be rejected");
+    assert!(
+        matches!(err, LoadError::IncompatibleContract { .. }),
+        "{err}"
+    );
     let text = err.to_string();
     assert!(text.contains("test_incompatible.wasm"), "{text}");
-    assert!(text.contains("mcm:driver@1.0.0") && text.contains("mcm:driver@0.1.0"), "{text}");
+    assert!(
+        text.contains("mcm:driver@1.0.0") && text.contains("mcm:driver@0.1.0"),
+        "{text}"
+    );
 }
 
 #[tokio::test]
@@ -103,16 +137,26 @@ async fn non_components_are_rejected_with_the_reason() {
     let sandbox = sandbox(DEADLINE);
     let dir = tempfile::tempdir().unwrap();
     let cases: [(&str, &[u8], &str); 3] = [
-        ("garbage.wasm", b"\x7fELF this is not wasm", "not a WebAssembly binary"),
+        (
+            "garbage.wasm",
+            b"\x7fELF this is not wasm",
+            "not a WebAssembly binary",
+        ),
         ("core.wasm", b"\0asm\x01\0\0\0", "core WebAssembly module"),
         ("empty.wasm", b"", "file is empty"),
     ];
     for (name, bytes, expected) in cases {
         let path = dir.path().join(name);
         std::fs::write(&path, bytes).unwrap();
-        let err = Provider::load(&sandbox, &path, ProviderSettings::default()).await.err().unwrap();
+        let err = Provider::load(&sandbox, &path, ProviderSettings::default())
+            .await
+            .err()
+            .unwrap();
         let text = err.to_string();
-        assert!(text.contains(name) && text.contains(expected), "{name}: {text}");
+        assert!(
+            text.contains(name) && text.contains(expected),
+            "{name}: {text}"
+        );
     }
 }
 
@@ -131,19 +175,34 @@ async fn optional_operations_default_to_unimplemented() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_pool_is_unavailable_not_a_crash() {
     // One instance slot: a second concurrent call cannot get one.
-    let sandbox = sandbox_with(Duration::from_millis(400), |c| c.max_concurrent_instances = 1);
-    let looper = std::sync::Arc::new(load(&sandbox, "test_looper", ProviderSettings::default()).await);
+    let sandbox = sandbox_with(Duration::from_millis(400), |c| {
+        c.max_concurrent_instances = 1
+    });
+    let looper =
+        std::sync::Arc::new(load(&sandbox, "test_looper", ProviderSettings::default()).await);
     let busy = {
         let looper = looper.clone();
-        tokio::spawn(async move { looper.create_machine(&machine_request("a", serde_json::json!({}))).await })
+        tokio::spawn(async move {
+            looper
+                .create_machine(&machine_request("a", serde_json::json!({})))
+                .await
+        })
     };
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let err = looper.create_machine(&machine_request("b", serde_json::json!({}))).await.unwrap_err();
+    let err = looper
+        .create_machine(&machine_request("b", serde_json::json!({})))
+        .await
+        .unwrap_err();
     assert_eq!(err.code, Code::Unavailable, "{err}");
-    assert_eq!(busy.await.unwrap().unwrap_err().code, Code::DeadlineExceeded);
+    assert_eq!(
+        busy.await.unwrap().unwrap_err().code,
+        Code::DeadlineExceeded
+    );
     // The slot is free again.
     let noop = load(&sandbox, "test_noop", ProviderSettings::default()).await;
-    noop.create_machine(&machine_request("c", serde_json::json!({}))).await.unwrap();
+    noop.create_machine(&machine_request("c", serde_json::json!({})))
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
@@ -153,6 +212,9 @@ async fn no_state_survives_from_one_call_to_the_next() {
     let noop = load(&sandbox, "test_noop", ProviderSettings::default()).await;
     for _ in 0..5 {
         let labels = noop.metrics_labels(&Default::default()).await.unwrap();
-        assert_eq!(labels, vec![("calls-in-this-instance".to_string(), "1".to_string())]);
+        assert_eq!(
+            labels,
+            vec![("calls-in-this-instance".to_string(), "1".to_string())]
+        );
     }
 }

@@ -19,12 +19,18 @@ fn install(src: &Path, dir: &Path, name: &str) {
 }
 
 async fn next_event(rx: &mut Receiver<RegistryEvent>) -> RegistryEvent {
-    tokio::time::timeout(Duration::from_secs(10), rx.recv()).await.expect("registry event in time").unwrap()
+    tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .expect("registry event in time")
+        .unwrap()
 }
 
 async fn current_version(registry: &Registry) -> String {
     let provider = registry.get("noop").expect("noop loaded");
-    let answer = provider.create_machine(&machine_request("m", serde_json::json!({}))).await.unwrap();
+    let answer = provider
+        .create_machine(&machine_request("m", serde_json::json!({})))
+        .await
+        .unwrap();
     answer.last_known_state
 }
 
@@ -34,8 +40,13 @@ async fn swap_under_load_then_reject_broken_artifacts() {
     install(&guest("test_noop"), dir.path(), "noop.wasm");
     let registry = Registry::new(sandbox(Duration::from_secs(5)));
     let mut events = registry.subscribe();
-    let _watch = registry.watch_dir(dir.path().to_path_buf(), Duration::from_secs(1)).await.unwrap();
-    assert!(matches!(next_event(&mut events).await, RegistryEvent::Loaded { ref version, .. } if version == "0.1.0"));
+    let _watch = registry
+        .watch_dir(dir.path().to_path_buf(), Duration::from_secs(1))
+        .await
+        .unwrap();
+    assert!(
+        matches!(next_event(&mut events).await, RegistryEvent::Loaded { ref version, .. } if version == "0.1.0")
+    );
     assert_eq!(current_version(&registry).await, "0.1.0");
 
     // Load: 4 tasks calling continuously while the artifact is replaced.
@@ -43,12 +54,21 @@ async fn swap_under_load_then_reject_broken_artifacts() {
     let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let mut workers = Vec::new();
     for w in 0..4 {
-        let (registry, stop, ok, failed) = (registry.clone(), stop.clone(), ok.clone(), failed.clone());
+        let (registry, stop, ok, failed) =
+            (registry.clone(), stop.clone(), ok.clone(), failed.clone());
         workers.push(tokio::spawn(async move {
             let mut i = 0;
             while !stop.load(Ordering::Relaxed) {
-                let provider = registry.get("noop").expect("provider never disappears during a swap");
-                match provider.create_machine(&machine_request(&format!("w{w}-{i}"), serde_json::json!({}))).await {
+                let provider = registry
+                    .get("noop")
+                    .expect("provider never disappears during a swap");
+                match provider
+                    .create_machine(&machine_request(
+                        &format!("w{w}-{i}"),
+                        serde_json::json!({}),
+                    ))
+                    .await
+                {
                     Ok(_) => ok.fetch_add(1, Ordering::Relaxed),
                     Err(e) => {
                         eprintln!("call failed during swap: {e}");
@@ -63,7 +83,9 @@ async fn swap_under_load_then_reject_broken_artifacts() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     install(&guest("test_noop_v2"), dir.path(), "noop.wasm");
     match next_event(&mut events).await {
-        RegistryEvent::Loaded { version, replaced, .. } => {
+        RegistryEvent::Loaded {
+            version, replaced, ..
+        } => {
             assert_eq!(version, "0.2.0");
             assert_eq!(replaced.as_deref(), Some("0.1.0"));
         }
@@ -74,12 +96,24 @@ async fn swap_under_load_then_reject_broken_artifacts() {
     for w in workers {
         w.await.unwrap();
     }
-    assert_eq!(failed.load(Ordering::Relaxed), 0, "calls failed during the swap");
-    assert!(ok.load(Ordering::Relaxed) > 100, "too few calls ran: {}", ok.load(Ordering::Relaxed));
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "calls failed during the swap"
+    );
+    assert!(
+        ok.load(Ordering::Relaxed) > 100,
+        "too few calls ran: {}",
+        ok.load(Ordering::Relaxed)
+    );
     assert_eq!(current_version(&registry).await, "0.2.0");
 
     // A corrupt artifact: rejected, the last good version keeps serving.
-    std::fs::write(dir.path().join("noop.wasm"), b"\0asm garbage that is not a component").unwrap();
+    std::fs::write(
+        dir.path().join("noop.wasm"),
+        b"\0asm garbage that is not a component",
+    )
+    .unwrap();
     match next_event(&mut events).await {
         RegistryEvent::Rejected { error, path } => {
             assert!(path.ends_with("noop.wasm"));
@@ -93,7 +127,10 @@ async fn swap_under_load_then_reject_broken_artifacts() {
     install(&guest("test_incompatible"), dir.path(), "noop.wasm");
     match next_event(&mut events).await {
         RegistryEvent::Rejected { error, .. } => {
-            assert!(error.contains("mcm:driver@1.0.0") && error.contains("mcm:driver@0.1.0"), "{error}");
+            assert!(
+                error.contains("mcm:driver@1.0.0") && error.contains("mcm:driver@0.1.0"),
+                "{error}"
+            );
         }
         other => panic!("expected a rejection, got {other:?}"),
     }
@@ -101,7 +138,9 @@ async fn swap_under_load_then_reject_broken_artifacts() {
 
     // A new good version loads again after the bad ones.
     install(&guest("test_noop"), dir.path(), "noop.wasm");
-    assert!(matches!(next_event(&mut events).await, RegistryEvent::Loaded { ref version, .. } if version == "0.1.0"));
+    assert!(
+        matches!(next_event(&mut events).await, RegistryEvent::Loaded { ref version, .. } if version == "0.1.0")
+    );
     assert_eq!(current_version(&registry).await, "0.1.0");
 }
 
@@ -112,7 +151,10 @@ async fn removed_file_unloads_its_provider() {
     install(&guest("test_panicker"), dir.path(), "panicker.wasm");
     let registry = Registry::new(sandbox(Duration::from_secs(5)));
     assert!(registry.sync_dir(dir.path()).await.is_empty());
-    assert_eq!(registry.names(), vec!["noop".to_string(), "panicker".to_string()]);
+    assert_eq!(
+        registry.names(),
+        vec!["noop".to_string(), "panicker".to_string()]
+    );
     std::fs::remove_file(dir.path().join("panicker.wasm")).unwrap();
     assert!(registry.sync_dir(dir.path()).await.is_empty());
     assert_eq!(registry.names(), vec!["noop".to_string()]);

@@ -20,7 +20,10 @@ fn spec() -> serde_json::Value {
 }
 
 fn secret() -> SecretData {
-    BTreeMap::from([("token".to_string(), TOKEN.as_bytes().to_vec()), ("userData".to_string(), b"#!/bin/sh\necho hi".to_vec())])
+    BTreeMap::from([
+        ("token".to_string(), TOKEN.as_bytes().to_vec()),
+        ("userData".to_string(), b"#!/bin/sh\necho hi".to_vec()),
+    ])
 }
 
 async fn provider(backend: &SampleBackend) -> Provider {
@@ -30,7 +33,12 @@ async fn provider(backend: &SampleBackend) -> Provider {
         config: Some(serde_json::json!({"endpoint": backend.endpoint}).to_string()),
         deadlines: None,
     };
-    load(&sandbox(Duration::from_secs(10)), "sample_provider", settings).await
+    load(
+        &sandbox(Duration::from_secs(10)),
+        "sample_provider",
+        settings,
+    )
+    .await
 }
 
 fn request(name: &str) -> MachineRequest {
@@ -43,15 +51,27 @@ fn request(name: &str) -> MachineRequest {
 async fn lifecycle() {
     let backend = SampleBackend::start(TOKEN);
     let p = provider(&backend).await;
-    let class = ClassRequest { machine_class: request("x").machine_class, secret: secret() };
+    let class = ClassRequest {
+        machine_class: request("x").machine_class,
+        secret: secret(),
+    };
 
     p.validate_machine_class(&class).await.unwrap();
     let status = p.get_machine_status(&request("m1")).await.unwrap_err();
     assert_eq!(status.code, Code::NotFound);
 
     let created = p.create_machine(&request("m1")).await.unwrap();
-    assert!(created.provider_id.starts_with("sample:///vm-"), "{created:?}");
-    assert_eq!(created.node_name, format!("node-{}", created.provider_id.trim_start_matches("sample:///")));
+    assert!(
+        created.provider_id.starts_with("sample:///vm-"),
+        "{created:?}"
+    );
+    assert_eq!(
+        created.node_name,
+        format!(
+            "node-{}",
+            created.provider_id.trim_start_matches("sample:///")
+        )
+    );
     // Idempotent: the same machine again gives the same VM.
     let again = p.create_machine(&request("m1")).await.unwrap();
     assert_eq!(again.provider_id, created.provider_id);
@@ -65,9 +85,18 @@ async fn lifecycle() {
     let status = p.get_machine_status(&by_id).await.unwrap();
     assert_eq!(status.node_name, created.node_name);
     let list = p.list_machines(&class).await.unwrap();
-    assert_eq!(list.machines.get(&created.provider_id).map(String::as_str), Some("m1"));
+    assert_eq!(
+        list.machines.get(&created.provider_id).map(String::as_str),
+        Some("m1")
+    );
 
-    let labels = p.metrics_labels(&MetricsLabelsRequest { machine: by_id.machine.clone(), machine_class: by_id.machine_class.clone() }).await.unwrap();
+    let labels = p
+        .metrics_labels(&MetricsLabelsRequest {
+            machine: by_id.machine.clone(),
+            machine_class: by_id.machine_class.clone(),
+        })
+        .await
+        .unwrap();
     assert_eq!(labels, vec![("size".to_string(), "small".to_string())]);
     let volumes = p
         .get_volume_ids(&GetVolumeIdsRequest {
@@ -81,12 +110,21 @@ async fn lifecycle() {
     assert_eq!(volumes.volume_ids, vec!["vol-1"]);
 
     // Delete works from the providerID alone, twice.
-    let mut only_id = MachineRequest { secret: secret(), ..Default::default() };
+    let mut only_id = MachineRequest {
+        secret: secret(),
+        ..Default::default()
+    };
     only_id.machine.provider_id = created.provider_id.clone();
     only_id.machine_class = by_id.machine_class.clone();
     p.delete_machine(&only_id).await.unwrap();
-    assert_eq!(p.delete_machine(&only_id).await.unwrap().last_known_state, "already gone");
-    assert_eq!(p.get_machine_status(&by_id).await.unwrap_err().code, Code::NotFound);
+    assert_eq!(
+        p.delete_machine(&only_id).await.unwrap().last_known_state,
+        "already gone"
+    );
+    assert_eq!(
+        p.get_machine_status(&by_id).await.unwrap_err().code,
+        Code::NotFound
+    );
     assert!(backend.machines().is_empty());
     assert!(p.list_machines(&class).await.unwrap().machines.is_empty());
 }
@@ -105,14 +143,20 @@ async fn bad_class_and_secret_are_invalid_argument_naming_the_problem() {
     wrong_type.machine_class.provider_spec = serde_json::json!({"machineType": 5, "image": "x"});
     let err = p.create_machine(&wrong_type).await.unwrap_err();
     assert_eq!(err.code, Code::InvalidArgument);
-    assert!(err.message.contains("invalid providerSpec") && err.message.contains("invalid type"), "{err}");
+    assert!(
+        err.message.contains("invalid providerSpec") && err.message.contains("invalid type"),
+        "{err}"
+    );
 
     let mut no_token = request("m1");
     no_token.secret.remove("token");
     let err = p.create_machine(&no_token).await.unwrap_err();
     assert_eq!(err.code, Code::InvalidArgument);
     assert!(err.message.contains("\"token\""), "{err}");
-    assert!(backend.machines().is_empty(), "no VM may be made from a bad request");
+    assert!(
+        backend.machines().is_empty(),
+        "no VM may be made from a bad request"
+    );
 }
 
 #[tokio::test]

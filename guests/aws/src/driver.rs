@@ -2,9 +2,9 @@
 //! tested natively with a scripted EC2).
 
 use mcm_wasm_sdk::{
-    Code, CreateMachineResponse, DeleteMachineResponse, DriverError, GetMachineStatusResponse, GetVolumeIdsRequest,
-    GetVolumeIdsResponse, InitializeMachineResponse, ListMachinesRequest, ListMachinesResponse, Machine, MachineRequest,
-    NodeAddress,
+    Code, CreateMachineResponse, DeleteMachineResponse, DriverError, GetMachineStatusResponse,
+    GetVolumeIdsRequest, GetVolumeIdsResponse, InitializeMachineResponse, ListMachinesRequest,
+    ListMachinesResponse, Machine, MachineRequest, NodeAddress,
 };
 use serde::Deserialize;
 
@@ -49,15 +49,27 @@ pub fn provider_id(region: &str, instance_id: &str) -> String {
 
 /// `aws:///<region>/<instance-id>` -> (region, instance-id).
 pub fn decode_provider_id(id: &str) -> Result<(String, String), DriverError> {
-    let bad = || DriverError::invalid_argument(format!("machine spec.providerID {id:?} is not of the form aws:///<region>/<instance-id>"));
+    let bad = || {
+        DriverError::invalid_argument(format!(
+            "machine spec.providerID {id:?} is not of the form aws:///<region>/<instance-id>"
+        ))
+    };
     let rest = id.strip_prefix("aws://").ok_or_else(bad)?;
     let mut parts = rest.rsplit('/');
-    let instance = parts.next().filter(|s| s.starts_with("i-") && s.len() > 2).ok_or_else(bad)?;
+    let instance = parts
+        .next()
+        .filter(|s| s.starts_with("i-") && s.len() > 2)
+        .ok_or_else(bad)?;
     let region = parts.next().filter(|s| !s.is_empty()).ok_or_else(bad)?;
     Ok((region.to_string(), instance.to_string()))
 }
 
-fn client<'t, T: Transport>(t: &'t T, cfg: &Config, region: &str, secret: &[(String, Vec<u8>)]) -> Result<Ec2<'t, T>, DriverError> {
+fn client<'t, T: Transport>(
+    t: &'t T,
+    cfg: &Config,
+    region: &str,
+    secret: &[(String, Vec<u8>)],
+) -> Result<Ec2<'t, T>, DriverError> {
     let creds = spec::credentials(secret).map_err(invalid)?;
     Ok(Ec2::new(t, &cfg.endpoint(region), region, creds))
 }
@@ -66,7 +78,10 @@ fn addresses(i: &Instance) -> Vec<NodeAddress> {
     let mut out = Vec::new();
     let mut add = |kind: &str, v: &Option<String>| {
         if let Some(v) = v.as_deref().filter(|v| !v.is_empty()) {
-            out.push(NodeAddress { kind: kind.into(), address: v.into() });
+            out.push(NodeAddress {
+                kind: kind.into(),
+                address: v.into(),
+            });
         }
     };
     add("InternalIP", &i.private_ip_address);
@@ -84,15 +99,29 @@ fn of_class(i: &Instance, spec: &ProviderSpec) -> bool {
 }
 
 /// The live instances tagged for this machine.
-fn find_by_tags<T: Transport>(ec2: &Ec2<T>, spec: &ProviderSpec, name: &str) -> Result<Vec<Instance>, DriverError> {
-    let mut found = ec2.describe_all(|token| query::describe_machine(name, spec.cluster_tag(), spec.role_tag(), token))?;
+fn find_by_tags<T: Transport>(
+    ec2: &Ec2<T>,
+    spec: &ProviderSpec,
+    name: &str,
+) -> Result<Vec<Instance>, DriverError> {
+    let mut found = ec2.describe_all(|token| {
+        query::describe_machine(name, spec.cluster_tag(), spec.role_tag(), token)
+    })?;
     found.retain(|i| of_class(i, spec) && i.tag("Name") == Some(name));
     Ok(found)
 }
 
 /// The machine's instances: by tags, else by the providerID.
-fn find_machine<T: Transport>(ec2: &Ec2<T>, spec: &ProviderSpec, machine: &Machine) -> Result<Vec<Instance>, DriverError> {
-    let found = if machine.name.is_empty() { Vec::new() } else { find_by_tags(ec2, spec, &machine.name)? };
+fn find_machine<T: Transport>(
+    ec2: &Ec2<T>,
+    spec: &ProviderSpec,
+    machine: &Machine,
+) -> Result<Vec<Instance>, DriverError> {
+    let found = if machine.name.is_empty() {
+        Vec::new()
+    } else {
+        find_by_tags(ec2, spec, &machine.name)?
+    };
     if !found.is_empty() || machine.provider_id.is_empty() {
         return Ok(found);
     }
@@ -102,13 +131,21 @@ fn find_machine<T: Transport>(ec2: &Ec2<T>, spec: &ProviderSpec, machine: &Machi
 
 fn one<'a>(instances: &'a [Instance], machine: &Machine) -> Result<&'a Instance, DriverError> {
     match instances {
-        [] => Err(DriverError::not_found(format!("no EC2 instance backs machine {:?}", machine.name))),
+        [] => Err(DriverError::not_found(format!(
+            "no EC2 instance backs machine {:?}",
+            machine.name
+        ))),
         [i] => Ok(i),
         many => {
             let ids: Vec<&str> = many.iter().map(|i| i.instance_id.as_str()).collect();
             Err(DriverError::new(
                 Code::OutOfRange,
-                format!("{} EC2 instances back machine {:?}: {}; expected one", many.len(), machine.name, ids.join(", ")),
+                format!(
+                    "{} EC2 instances back machine {:?}: {}; expected one",
+                    many.len(),
+                    machine.name,
+                    ids.join(", ")
+                ),
             ))
         }
     }
@@ -118,8 +155,13 @@ fn needs_src_dst_disabled(spec: &ProviderSpec, i: &Instance) -> bool {
     spec.src_and_dst_checks_enabled == Some(false) && i.source_dest_check != Some(false)
 }
 
-pub fn create<T: Transport>(t: &T, cfg: &Config, req: &MachineRequest) -> Result<CreateMachineResponse, DriverError> {
-    let (spec, creds) = spec::validate_class(&req.machine_class.provider_spec, &req.secret).map_err(invalid)?;
+pub fn create<T: Transport>(
+    t: &T,
+    cfg: &Config,
+    req: &MachineRequest,
+) -> Result<CreateMachineResponse, DriverError> {
+    let (spec, creds) =
+        spec::validate_class(&req.machine_class.provider_spec, &req.secret).map_err(invalid)?;
     let user_data = spec::user_data(&req.secret).map_err(invalid)?;
     let machine = &req.machine;
     if machine.name.is_empty() {
@@ -153,39 +195,66 @@ pub fn create<T: Transport>(t: &T, cfg: &Config, req: &MachineRequest) -> Result
     Ok(CreateMachineResponse {
         provider_id: provider_id(&spec.region, &instance.instance_id),
         node_name,
-        last_known_state: format!("EC2 instance {} is {}", instance.instance_id, instance.instance_state.name),
+        last_known_state: format!(
+            "EC2 instance {} is {}",
+            instance.instance_id, instance.instance_state.name
+        ),
         addresses: addresses(&instance),
     })
 }
 
-fn run_instance<T: Transport>(ec2: &Ec2<T>, spec: &ProviderSpec, machine: &Machine, user_data: &[u8]) -> Result<Instance, DriverError> {
+fn run_instance<T: Transport>(
+    ec2: &Ec2<T>,
+    spec: &ProviderSpec,
+    machine: &Machine,
+    user_data: &[u8],
+) -> Result<Instance, DriverError> {
     let images: xml::DescribeImages = ec2.call_xml(&query::describe_image(&spec.ami))?;
-    let image = images
-        .images_set
-        .item
-        .into_iter()
-        .next()
-        .ok_or_else(|| DriverError::not_found(format!("AMI {} not found in region {}", spec.ami, spec.region)))?;
+    let image = images.images_set.item.into_iter().next().ok_or_else(|| {
+        DriverError::not_found(format!(
+            "AMI {} not found in region {}",
+            spec.ami, spec.region
+        ))
+    })?;
     let root = image
         .root_device_name
         .filter(|r| !r.is_empty())
-        .ok_or_else(|| DriverError::invalid_argument(format!("AMI {} has no root device name", spec.ami)))?;
+        .ok_or_else(|| {
+            DriverError::invalid_argument(format!("AMI {} has no root device name", spec.ami))
+        })?;
     let token = query::client_token(&machine.namespace, &machine.name, &machine.uid);
-    let run: xml::RunInstances = ec2.call_xml(&query::run_instances(spec, &machine.name, user_data, &root, &token))?;
+    let run: xml::RunInstances = ec2.call_xml(&query::run_instances(
+        spec,
+        &machine.name,
+        user_data,
+        &root,
+        &token,
+    ))?;
     run.instances_set
         .item
         .into_iter()
         .find(|i| !i.instance_id.is_empty())
-        .ok_or_else(|| DriverError::internal(format!("EC2 RunInstances for machine {:?} returned no instance", machine.name)))
+        .ok_or_else(|| {
+            DriverError::internal(format!(
+                "EC2 RunInstances for machine {:?} returned no instance",
+                machine.name
+            ))
+        })
 }
 
-pub fn delete<T: Transport>(t: &T, cfg: &Config, req: &MachineRequest) -> Result<DeleteMachineResponse, DriverError> {
+pub fn delete<T: Transport>(
+    t: &T,
+    cfg: &Config,
+    req: &MachineRequest,
+) -> Result<DeleteMachineResponse, DriverError> {
     let machine = &req.machine;
     if !machine.provider_id.is_empty() {
         // From the providerID alone: even a class that no longer validates cannot block it.
         let (region, id) = decode_provider_id(&machine.provider_id)?;
         if !regions::is_known(&region) {
-            return Err(DriverError::invalid_argument(format!("machine spec.providerID names unknown AWS region {region:?}")));
+            return Err(DriverError::invalid_argument(format!(
+                "machine spec.providerID names unknown AWS region {region:?}"
+            )));
         }
         let ec2 = client(t, cfg, &region, &req.secret)?;
         return terminate(&ec2, &id);
@@ -194,19 +263,29 @@ pub fn delete<T: Transport>(t: &T, cfg: &Config, req: &MachineRequest) -> Result
     let ec2 = client(t, cfg, &spec.region, &req.secret)?;
     let instances = find_by_tags(&ec2, &spec, &machine.name)?;
     if instances.is_empty() {
-        return Ok(DeleteMachineResponse { last_known_state: format!("no EC2 instance for machine {:?}", machine.name) });
+        return Ok(DeleteMachineResponse {
+            last_known_state: format!("no EC2 instance for machine {:?}", machine.name),
+        });
     }
     let mut states = Vec::new();
     for i in &instances {
         states.push(terminate(&ec2, &i.instance_id)?.last_known_state);
     }
-    Ok(DeleteMachineResponse { last_known_state: states.join("; ") })
+    Ok(DeleteMachineResponse {
+        last_known_state: states.join("; "),
+    })
 }
 
 fn terminate<T: Transport>(ec2: &Ec2<T>, id: &str) -> Result<DeleteMachineResponse, DriverError> {
-    let gone = || Ok(DeleteMachineResponse { last_known_state: format!("EC2 instance {id} already gone") });
+    let gone = || {
+        Ok(DeleteMachineResponse {
+            last_known_state: format!("EC2 instance {id} already gone"),
+        })
+    };
     match ec2.call(&query::terminate_instance(id)) {
-        Ok(_) => Ok(DeleteMachineResponse { last_known_state: format!("EC2 instance {id} terminated") }),
+        Ok(_) => Ok(DeleteMachineResponse {
+            last_known_state: format!("EC2 instance {id} terminated"),
+        }),
         Err(e) if e.error.code == Code::NotFound => gone(),
         // EC2 refused (not a transport failure): an instance that is already terminated or
         // shutting down is deleted, whatever the refusal was about.
@@ -218,7 +297,11 @@ fn terminate<T: Transport>(ec2: &Ec2<T>, id: &str) -> Result<DeleteMachineRespon
     }
 }
 
-pub fn status<T: Transport>(t: &T, cfg: &Config, req: &MachineRequest) -> Result<GetMachineStatusResponse, DriverError> {
+pub fn status<T: Transport>(
+    t: &T,
+    cfg: &Config,
+    req: &MachineRequest,
+) -> Result<GetMachineStatusResponse, DriverError> {
     let spec = spec::parse(&req.machine_class.provider_spec).map_err(invalid)?;
     let ec2 = client(t, cfg, &spec.region, &req.secret)?;
     let instances = find_machine(&ec2, &spec, &req.machine)?;
@@ -226,7 +309,10 @@ pub fn status<T: Transport>(t: &T, cfg: &Config, req: &MachineRequest) -> Result
     if needs_src_dst_disabled(&spec, i) {
         return Err(DriverError::new(
             Code::Uninitialized,
-            format!("EC2 instance {} has source/destination checks on, but the class disables them", i.instance_id),
+            format!(
+                "EC2 instance {} has source/destination checks on, but the class disables them",
+                i.instance_id
+            ),
         ));
     }
     Ok(GetMachineStatusResponse {
@@ -238,12 +324,18 @@ pub fn status<T: Transport>(t: &T, cfg: &Config, req: &MachineRequest) -> Result
 
 /// provider-aws (v0.2x): disable source/destination checks when the class asks for it; a
 /// machine without a VM is Uninitialized.
-pub fn initialize<T: Transport>(t: &T, cfg: &Config, req: &MachineRequest) -> Result<InitializeMachineResponse, DriverError> {
+pub fn initialize<T: Transport>(
+    t: &T,
+    cfg: &Config,
+    req: &MachineRequest,
+) -> Result<InitializeMachineResponse, DriverError> {
     let spec = spec::parse(&req.machine_class.provider_spec).map_err(invalid)?;
     let ec2 = client(t, cfg, &spec.region, &req.secret)?;
     let instances = find_machine(&ec2, &spec, &req.machine)?;
     let i = match one(&instances, &req.machine) {
-        Err(e) if e.code == Code::NotFound => return Err(DriverError::new(Code::Uninitialized, e.message)),
+        Err(e) if e.code == Code::NotFound => {
+            return Err(DriverError::new(Code::Uninitialized, e.message));
+        }
         other => other?,
     };
     if needs_src_dst_disabled(&spec, i) {
@@ -257,15 +349,25 @@ pub fn initialize<T: Transport>(t: &T, cfg: &Config, req: &MachineRequest) -> Re
     })
 }
 
-pub fn list<T: Transport>(t: &T, cfg: &Config, req: &ListMachinesRequest) -> Result<ListMachinesResponse, DriverError> {
+pub fn list<T: Transport>(
+    t: &T,
+    cfg: &Config,
+    req: &ListMachinesRequest,
+) -> Result<ListMachinesResponse, DriverError> {
     let spec = spec::parse(&req.machine_class.provider_spec).map_err(invalid)?;
     let ec2 = client(t, cfg, &spec.region, &req.secret)?;
-    let instances =
-        ec2.describe_all(|token| query::describe_class(spec.cluster_tag(), spec.role_tag(), cfg.page_size, token))?;
+    let instances = ec2.describe_all(|token| {
+        query::describe_class(spec.cluster_tag(), spec.role_tag(), cfg.page_size, token)
+    })?;
     let mut machines: Vec<(String, String)> = instances
         .iter()
         .filter(|i| of_class(i, &spec))
-        .map(|i| (provider_id(&spec.region, &i.instance_id), i.tag("Name").unwrap_or("").to_string()))
+        .map(|i| {
+            (
+                provider_id(&spec.region, &i.instance_id),
+                i.tag("Name").unwrap_or("").to_string(),
+            )
+        })
         .collect();
     machines.sort();
     machines.dedup();
@@ -276,14 +378,20 @@ pub fn list<T: Transport>(t: &T, cfg: &Config, req: &ListMachinesRequest) -> Res
 pub fn volume_ids(req: &GetVolumeIdsRequest) -> Result<GetVolumeIdsResponse, DriverError> {
     let mut volume_ids = Vec::new();
     for (n, text) in req.pv_specs.iter().enumerate() {
-        let spec: serde_json::Value = serde_json::from_str(text)
-            .map_err(|e| DriverError::invalid_argument(format!("pvSpecs[{n}] is not a PersistentVolumeSpec: {e}")))?;
+        let spec: serde_json::Value = serde_json::from_str(text).map_err(|e| {
+            DriverError::invalid_argument(format!(
+                "pvSpecs[{n}] is not a PersistentVolumeSpec: {e}"
+            ))
+        })?;
         if let Some(id) = spec["awsElasticBlockStore"]["volumeID"].as_str() {
             if let Some(v) = ebs_volume_id(id) {
                 volume_ids.push(v);
             }
         } else if spec["csi"]["driver"] == EBS_CSI_DRIVER {
-            if let Some(h) = spec["csi"]["volumeHandle"].as_str().filter(|h| !h.is_empty()) {
+            if let Some(h) = spec["csi"]["volumeHandle"]
+                .as_str()
+                .filter(|h| !h.is_empty())
+            {
                 volume_ids.push(h.to_string());
             }
         }
@@ -304,8 +412,8 @@ fn ebs_volume_id(id: &str) -> Option<String> {
 mod tests {
     use std::cell::RefCell;
 
-    use mcm_wasm_sdk::http::{Error as HttpError, Request, Response};
     use mcm_wasm_sdk::MachineClass;
+    use mcm_wasm_sdk::http::{Error as HttpError, Request, Response};
 
     use super::*;
     use crate::spec::tests::{good_spec, secret};
@@ -319,18 +427,34 @@ mod tests {
 
     impl Scripted {
         fn on(self, action: &'static str, status: u16, body: &str) -> Self {
-            self.answers.borrow_mut().push((action, status, body.to_string()));
+            self.answers
+                .borrow_mut()
+                .push((action, status, body.to_string()));
             self
         }
         fn actions(&self) -> Vec<String> {
-            self.seen.borrow().iter().map(|b| b.split('&').next().unwrap().trim_start_matches("Action=").to_string()).collect()
+            self.seen
+                .borrow()
+                .iter()
+                .map(|b| {
+                    b.split('&')
+                        .next()
+                        .unwrap()
+                        .trim_start_matches("Action=")
+                        .to_string()
+                })
+                .collect()
         }
     }
 
     impl Transport for Scripted {
         fn send(&self, req: &Request) -> Result<Response, HttpError> {
             let body = String::from_utf8(req.body.clone()).unwrap();
-            assert!(req.headers.iter().any(|(k, v)| k == "authorization" && v.starts_with("AWS4-HMAC-SHA256 ")));
+            assert!(
+                req.headers
+                    .iter()
+                    .any(|(k, v)| k == "authorization" && v.starts_with("AWS4-HMAC-SHA256 "))
+            );
             self.seen.borrow_mut().push(body.clone());
             let mut answers = self.answers.borrow_mut();
             let pos = answers
@@ -338,7 +462,11 @@ mod tests {
                 .position(|(a, _, _)| body.starts_with(&format!("Action={a}&")))
                 .unwrap_or_else(|| panic!("unexpected request {body}"));
             let (_, status, text) = answers.remove(pos);
-            Ok(Response { status, headers: vec![], body: text.into_bytes() })
+            Ok(Response {
+                status,
+                headers: vec![],
+                body: text.into_bytes(),
+            })
         }
     }
 
@@ -354,8 +482,19 @@ mod tests {
 
     fn request() -> MachineRequest {
         MachineRequest {
-            machine: Machine { name: "m1".into(), namespace: "ns".into(), uid: "u1".into(), provider_id: String::new(), labels: vec![] },
-            machine_class: MachineClass { name: "c".into(), provider: "aws".into(), provider_spec: good_spec().to_string(), node_template: None },
+            machine: Machine {
+                name: "m1".into(),
+                namespace: "ns".into(),
+                uid: "u1".into(),
+                provider_id: String::new(),
+                labels: vec![],
+            },
+            machine_class: MachineClass {
+                name: "c".into(),
+                provider: "aws".into(),
+                provider_spec: good_spec().to_string(),
+                node_template: None,
+            },
             secret: secret(),
         }
     }
@@ -369,15 +508,31 @@ mod tests {
         let r = create(&ec2, &Config::default(), &request()).unwrap();
         assert_eq!(r.provider_id, "aws:///eu-west-1/i-0abc");
         assert_eq!(r.node_name, "ip-10-0-0-1.eu-west-1.compute.internal");
-        assert_eq!(ec2.actions(), ["DescribeInstances", "DescribeImages", "RunInstances"]);
+        assert_eq!(
+            ec2.actions(),
+            ["DescribeInstances", "DescribeImages", "RunInstances"]
+        );
         let run = &ec2.seen.borrow()[2];
-        assert!(run.contains("BlockDeviceMapping.1.DeviceName=%2Fdev%2Fxvda"), "{run}");
-        assert!(run.contains(&format!("ClientToken={}", query::client_token("ns", "m1", "u1"))), "{run}");
+        assert!(
+            run.contains("BlockDeviceMapping.1.DeviceName=%2Fdev%2Fxvda"),
+            "{run}"
+        );
+        assert!(
+            run.contains(&format!(
+                "ClientToken={}",
+                query::client_token("ns", "m1", "u1")
+            )),
+            "{run}"
+        );
     }
 
     #[test]
     fn create_returns_the_existing_instance() {
-        let ec2 = Scripted::default().on("DescribeInstances", 200, &instance_xml("DescribeInstancesResponse", "i-0abc"));
+        let ec2 = Scripted::default().on(
+            "DescribeInstances",
+            200,
+            &instance_xml("DescribeInstancesResponse", "i-0abc"),
+        );
         let r = create(&ec2, &Config::default(), &request()).unwrap();
         assert_eq!(r.provider_id, "aws:///eu-west-1/i-0abc");
         assert_eq!(ec2.actions(), ["DescribeInstances"]);
@@ -385,8 +540,11 @@ mod tests {
 
     #[test]
     fn two_instances_for_one_machine_is_out_of_range() {
-        let second = instance_xml("X", "i-2").replace("<X><reservationSet>", "").replace("</reservationSet></X>", "");
-        let two = instance_xml("DescribeInstancesResponse", "i-1").replace("</reservationSet>", &format!("{second}</reservationSet>"));
+        let second = instance_xml("X", "i-2")
+            .replace("<X><reservationSet>", "")
+            .replace("</reservationSet></X>", "");
+        let two = instance_xml("DescribeInstancesResponse", "i-1")
+            .replace("</reservationSet>", &format!("{second}</reservationSet>"));
         let ec2 = Scripted::default().on("DescribeInstances", 200, &two);
         let e = status(&ec2, &Config::default(), &request()).unwrap_err();
         assert_eq!(e.code, Code::OutOfRange);
@@ -399,9 +557,19 @@ mod tests {
         let ec2 = Scripted::default().on("DescribeInstances", 503, throttled);
         let e = create(&ec2, &Config::default(), &request()).unwrap_err();
         assert_eq!(e.code, Code::Unavailable);
-        assert!(e.message.contains("RequestLimitExceeded") && e.message.contains("Request limit exceeded."), "{}", e.message);
+        assert!(
+            e.message.contains("RequestLimitExceeded")
+                && e.message.contains("Request limit exceeded."),
+            "{}",
+            e.message
+        );
         let ec2 = Scripted::default().on("DescribeInstances", 502, "<html>Bad Gateway</html>");
-        assert_eq!(create(&ec2, &Config::default(), &request()).unwrap_err().code, Code::Unavailable);
+        assert_eq!(
+            create(&ec2, &Config::default(), &request())
+                .unwrap_err()
+                .code,
+            Code::Unavailable
+        );
     }
 
     #[test]
@@ -419,16 +587,31 @@ mod tests {
     #[test]
     fn terminate_refused_for_an_instance_already_terminated_is_success() {
         let refused = "<Response><Errors><Error><Code>IncorrectInstanceState</Code><Message>x</Message></Error></Errors></Response>";
-        let terminated = instance_xml("DescribeInstancesResponse", "i-0abc").replace("<name>running</name>", "<name>terminated</name>");
-        let ec2 = Scripted::default().on("TerminateInstances", 400, refused).on("DescribeInstances", 200, &terminated);
+        let terminated = instance_xml("DescribeInstancesResponse", "i-0abc")
+            .replace("<name>running</name>", "<name>terminated</name>");
+        let ec2 = Scripted::default()
+            .on("TerminateInstances", 400, refused)
+            .on("DescribeInstances", 200, &terminated);
         let mut req = request();
         req.machine.provider_id = "aws:///eu-west-1/i-0abc".into();
-        assert!(delete(&ec2, &Config::default(), &req).unwrap().last_known_state.contains("already gone"));
+        assert!(
+            delete(&ec2, &Config::default(), &req)
+                .unwrap()
+                .last_known_state
+                .contains("already gone")
+        );
         // Still running: the refusal stands.
         let ec2 = Scripted::default()
             .on("TerminateInstances", 400, refused)
-            .on("DescribeInstances", 200, &instance_xml("DescribeInstancesResponse", "i-0abc"));
-        assert_eq!(delete(&ec2, &Config::default(), &req).unwrap_err().code, Code::Internal);
+            .on(
+                "DescribeInstances",
+                200,
+                &instance_xml("DescribeInstancesResponse", "i-0abc"),
+            );
+        assert_eq!(
+            delete(&ec2, &Config::default(), &req).unwrap_err().code,
+            Code::Internal
+        );
     }
 
     #[test]
@@ -436,33 +619,72 @@ mod tests {
         let ec2 = Scripted::default();
         let mut req = request();
         req.secret.retain(|(k, _)| k != "providerAccessKeyId");
-        assert_eq!(create(&ec2, &Config::default(), &req).unwrap_err().code, Code::InvalidArgument);
-        assert_eq!(status(&ec2, &Config::default(), &req).unwrap_err().code, Code::InvalidArgument);
+        assert_eq!(
+            create(&ec2, &Config::default(), &req).unwrap_err().code,
+            Code::InvalidArgument
+        );
+        assert_eq!(
+            status(&ec2, &Config::default(), &req).unwrap_err().code,
+            Code::InvalidArgument
+        );
         req.machine.provider_id = "aws:///eu-west-1/bogus".into();
-        assert_eq!(delete(&ec2, &Config::default(), &req).unwrap_err().code, Code::InvalidArgument);
+        assert_eq!(
+            delete(&ec2, &Config::default(), &req).unwrap_err().code,
+            Code::InvalidArgument
+        );
         assert!(ec2.seen.borrow().is_empty());
     }
 
     #[test]
     fn list_follows_next_token() {
-        let page1 = instance_xml("DescribeInstancesResponse", "i-1").replace("</reservationSet>", "</reservationSet><nextToken>t2</nextToken>");
+        let page1 = instance_xml("DescribeInstancesResponse", "i-1").replace(
+            "</reservationSet>",
+            "</reservationSet><nextToken>t2</nextToken>",
+        );
         let page2 = instance_xml("DescribeInstancesResponse", "i-2");
-        let ec2 = Scripted::default().on("DescribeInstances", 200, &page1).on("DescribeInstances", 200, &page2);
-        let cfg = Config { endpoint: Some("http://127.0.0.1:1".into()), page_size: Some(5) };
-        let req = ListMachinesRequest { machine_class: request().machine_class, secret: secret() };
+        let ec2 = Scripted::default().on("DescribeInstances", 200, &page1).on(
+            "DescribeInstances",
+            200,
+            &page2,
+        );
+        let cfg = Config {
+            endpoint: Some("http://127.0.0.1:1".into()),
+            page_size: Some(5),
+        };
+        let req = ListMachinesRequest {
+            machine_class: request().machine_class,
+            secret: secret(),
+        };
         let r = list(&ec2, &cfg, &req).unwrap();
         assert_eq!(r.machines.len(), 2);
-        assert!(ec2.seen.borrow()[1].contains("NextToken=t2") && ec2.seen.borrow()[1].contains("MaxResults=5"));
+        assert!(
+            ec2.seen.borrow()[1].contains("NextToken=t2")
+                && ec2.seen.borrow()[1].contains("MaxResults=5")
+        );
     }
 
     #[test]
     fn instances_of_other_clusters_are_not_the_machines() {
-        let foreign = instance_xml("DescribeInstancesResponse", "i-9").replace("shoot--a", "shoot--b");
+        let foreign =
+            instance_xml("DescribeInstancesResponse", "i-9").replace("shoot--a", "shoot--b");
         let ec2 = Scripted::default().on("DescribeInstances", 200, &foreign);
-        assert_eq!(status(&ec2, &Config::default(), &request()).unwrap_err().code, Code::NotFound);
+        assert_eq!(
+            status(&ec2, &Config::default(), &request())
+                .unwrap_err()
+                .code,
+            Code::NotFound
+        );
         let ec2 = Scripted::default().on("DescribeInstances", 200, &foreign);
-        let req = ListMachinesRequest { machine_class: request().machine_class, secret: secret() };
-        assert!(list(&ec2, &Config::default(), &req).unwrap().machines.is_empty());
+        let req = ListMachinesRequest {
+            machine_class: request().machine_class,
+            secret: secret(),
+        };
+        assert!(
+            list(&ec2, &Config::default(), &req)
+                .unwrap()
+                .machines
+                .is_empty()
+        );
     }
 
     #[test]
@@ -476,12 +698,18 @@ mod tests {
                 r#"{"nfs": {"server": "x"}}"#.into(),
             ],
         };
-        assert_eq!(volume_ids(&req).unwrap().volume_ids, ["vol-1", "vol-2", "vol-3"]);
+        assert_eq!(
+            volume_ids(&req).unwrap().volume_ids,
+            ["vol-1", "vol-2", "vol-3"]
+        );
     }
 
     #[test]
     fn provider_ids() {
-        assert_eq!(decode_provider_id("aws:///eu-west-1/i-0abc").unwrap(), ("eu-west-1".into(), "i-0abc".into()));
+        assert_eq!(
+            decode_provider_id("aws:///eu-west-1/i-0abc").unwrap(),
+            ("eu-west-1".into(), "i-0abc".into())
+        );
         assert!(decode_provider_id("gce:///x/i-1").is_err());
         assert!(decode_provider_id("aws:///eu-west-1/").is_err());
     }

@@ -58,16 +58,41 @@ impl<'t, T: Transport> Ec2<'t, T> {
     /// Send one action; the body of a 2xx answer, or the mapped error.
     pub fn call(&self, action: &Action) -> Result<String, ApiError> {
         let body = action.body();
-        let mut headers = vec![("content-type".to_string(), "application/x-www-form-urlencoded; charset=utf-8".to_string())];
-        let signed = sign::sign_request("POST", &self.endpoint, &headers, body.as_bytes(), &self.creds, &self.region, "ec2", self.transport.now())
-            .map_err(|why| ApiError { aws_code: String::new(), status: 0, error: DriverError::internal(why) })?;
+        let mut headers = vec![(
+            "content-type".to_string(),
+            "application/x-www-form-urlencoded; charset=utf-8".to_string(),
+        )];
+        let signed = sign::sign_request(
+            "POST",
+            &self.endpoint,
+            &headers,
+            body.as_bytes(),
+            &self.creds,
+            &self.region,
+            "ec2",
+            self.transport.now(),
+        )
+        .map_err(|why| ApiError {
+            aws_code: String::new(),
+            status: 0,
+            error: DriverError::internal(why),
+        })?;
         headers.extend(signed);
-        let req = Request { method: "POST".into(), url: self.endpoint.clone(), headers, body: body.into_bytes() };
+        let req = Request {
+            method: "POST".into(),
+            url: self.endpoint.clone(),
+            headers,
+            body: body.into_bytes(),
+        };
         self.requests.set(self.requests.get() + 1);
         let resp = self.transport.send(&req).map_err(|e| {
             let mut error = DriverError::from(e);
             error.message = format!("EC2 {}: {}", action.name, error.message);
-            ApiError { aws_code: String::new(), status: 0, error }
+            ApiError {
+                aws_code: String::new(),
+                status: 0,
+                error,
+            }
         })?;
         let text = String::from_utf8_lossy(&resp.body).into_owned();
         if (200..300).contains(&resp.status) {
@@ -77,7 +102,10 @@ impl<'t, T: Transport> Ec2<'t, T> {
             Some(e) => ApiError {
                 error: DriverError::new(
                     errors::code_for(&e.code, resp.status),
-                    format!("EC2 {} failed ({}): {}: {}", action.name, resp.status, e.code, e.message),
+                    format!(
+                        "EC2 {} failed ({}): {}: {}",
+                        action.name, resp.status, e.code, e.message
+                    ),
                 ),
                 aws_code: e.code,
                 status: resp.status,
@@ -89,7 +117,10 @@ impl<'t, T: Transport> Ec2<'t, T> {
                     status: resp.status,
                     error: DriverError::new(
                         errors::code_for_status(resp.status),
-                        format!("EC2 {} answered HTTP {}: {snippet}", action.name, resp.status),
+                        format!(
+                            "EC2 {} answered HTTP {}: {snippet}",
+                            action.name, resp.status
+                        ),
                     ),
                 }
             }
@@ -97,13 +128,24 @@ impl<'t, T: Transport> Ec2<'t, T> {
     }
 
     /// Send and decode.
-    pub fn call_xml<R: serde::de::DeserializeOwned>(&self, action: &Action) -> Result<R, DriverError> {
+    pub fn call_xml<R: serde::de::DeserializeOwned>(
+        &self,
+        action: &Action,
+    ) -> Result<R, DriverError> {
         let body = self.call(action)?;
-        xml::parse(&body).map_err(|e| DriverError::internal(format!("EC2 {} answer could not be decoded: {e}", action.name)))
+        xml::parse(&body).map_err(|e| {
+            DriverError::internal(format!(
+                "EC2 {} answer could not be decoded: {e}",
+                action.name
+            ))
+        })
     }
 
     /// All instances a DescribeInstances action matches, following NextToken.
-    pub fn describe_all(&self, first: impl Fn(Option<&str>) -> Action) -> Result<Vec<Instance>, DriverError> {
+    pub fn describe_all(
+        &self,
+        first: impl Fn(Option<&str>) -> Action,
+    ) -> Result<Vec<Instance>, DriverError> {
         let mut out = Vec::new();
         let mut token: Option<String> = None;
         let mut seen = std::collections::BTreeSet::new();
@@ -123,9 +165,15 @@ impl<'t, T: Transport> Ec2<'t, T> {
     pub fn instance_by_id(&self, id: &str) -> Result<Option<Instance>, DriverError> {
         match self.call(&query::describe_instance(id)) {
             Ok(body) => {
-                let page: xml::DescribeInstances = xml::parse(&body)
-                    .map_err(|e| DriverError::internal(format!("EC2 DescribeInstances answer could not be decoded: {e}")))?;
-                Ok(page.instances().find(|i| i.instance_id == id && query::LIVE_STATES.contains(&i.instance_state.name.as_str())))
+                let page: xml::DescribeInstances = xml::parse(&body).map_err(|e| {
+                    DriverError::internal(format!(
+                        "EC2 DescribeInstances answer could not be decoded: {e}"
+                    ))
+                })?;
+                Ok(page.instances().find(|i| {
+                    i.instance_id == id
+                        && query::LIVE_STATES.contains(&i.instance_state.name.as_str())
+                }))
             }
             Err(e) if e.error.code == Code::NotFound => Ok(None),
             Err(e) => Err(e.into()),

@@ -52,8 +52,14 @@ const UNAUTHENTICATED: &[&str] = &[
 ];
 
 /// Signed fine, but not allowed.
-const PERMISSION_DENIED: &[&str] =
-    &["UnauthorizedOperation", "AccessDenied", "AccessDeniedException", "OptInRequired", "Blocked", "PendingVerification"];
+const PERMISSION_DENIED: &[&str] = &[
+    "UnauthorizedOperation",
+    "AccessDenied",
+    "AccessDeniedException",
+    "OptInRequired",
+    "Blocked",
+    "PendingVerification",
+];
 
 /// The request (i.e. the class) is wrong.
 const INVALID_ARGUMENT: &[&str] = &[
@@ -117,19 +123,37 @@ mod tests {
 
     #[test]
     fn mapping_table() {
-        assert_eq!(code_for("InsufficientInstanceCapacity", 500), Code::ResourceExhausted);
+        assert_eq!(
+            code_for("InsufficientInstanceCapacity", 500),
+            Code::ResourceExhausted
+        );
         assert_eq!(code_for("VcpuLimitExceeded", 400), Code::ResourceExhausted);
         assert_eq!(code_for("RequestLimitExceeded", 503), Code::Unavailable);
         assert_eq!(code_for("Throttling", 400), Code::Unavailable);
         assert_eq!(code_for("InternalError", 500), Code::Unavailable);
         assert_eq!(code_for("SomethingNew", 503), Code::Unavailable);
         assert_eq!(code_for("AuthFailure", 401), Code::Unauthenticated);
-        assert_eq!(code_for("UnauthorizedOperation", 403), Code::PermissionDenied);
-        assert_eq!(code_for("InvalidParameterValue", 400), Code::InvalidArgument);
-        assert_eq!(code_for("InvalidAMIID.NotFound", 400), Code::InvalidArgument);
-        assert_eq!(code_for("InvalidSubnetID.NotFound", 400), Code::InvalidArgument);
+        assert_eq!(
+            code_for("UnauthorizedOperation", 403),
+            Code::PermissionDenied
+        );
+        assert_eq!(
+            code_for("InvalidParameterValue", 400),
+            Code::InvalidArgument
+        );
+        assert_eq!(
+            code_for("InvalidAMIID.NotFound", 400),
+            Code::InvalidArgument
+        );
+        assert_eq!(
+            code_for("InvalidSubnetID.NotFound", 400),
+            Code::InvalidArgument
+        );
         assert_eq!(code_for("NoSuchEntity", 404), Code::InvalidArgument);
-        assert_eq!(code_for("InvalidInstanceID.Malformed", 400), Code::InvalidArgument);
+        assert_eq!(
+            code_for("InvalidInstanceID.Malformed", 400),
+            Code::InvalidArgument
+        );
         assert_eq!(code_for("InvalidInstanceID.NotFound", 400), Code::NotFound);
         assert_eq!(code_for("SomethingNew", 400), Code::Internal);
         assert_eq!(code_for_status(502), Code::Unavailable);

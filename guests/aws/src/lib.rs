@@ -35,16 +35,34 @@ impl ec2::Transport for Host {
     }
 }
 
-fn run<R>(operation: &str, machine: &str, f: impl FnOnce(&Host, &driver::Config) -> Result<R, DriverError>) -> Result<R, DriverError> {
+fn run<R>(
+    operation: &str,
+    machine: &str,
+    f: impl FnOnce(&Host, &driver::Config) -> Result<R, DriverError>,
+) -> Result<R, DriverError> {
     let config: driver::Config = provider_config()?;
-    let host = Host { requests: Cell::new(0) };
+    let host = Host {
+        requests: Cell::new(0),
+    };
     let result = f(&host, &config);
     let requests = host.requests.get().to_string();
     match &result {
-        Ok(_) => log::debug("operation done", &[("operation", operation), ("machine", machine), ("ec2_requests", &requests)]),
+        Ok(_) => log::debug(
+            "operation done",
+            &[
+                ("operation", operation),
+                ("machine", machine),
+                ("ec2_requests", &requests),
+            ],
+        ),
         Err(e) => log::info(
             "operation failed",
-            &[("operation", operation), ("machine", machine), ("ec2_requests", &requests), ("error", &e.message)],
+            &[
+                ("operation", operation),
+                ("machine", machine),
+                ("ec2_requests", &requests),
+                ("error", &e.message),
+            ],
         ),
     }
     result
@@ -54,19 +72,27 @@ struct Aws;
 
 impl Driver for Aws {
     fn create_machine(req: MachineRequest) -> Result<CreateMachineResponse, DriverError> {
-        run("create-machine", &req.machine.name, |h, c| driver::create(h, c, &req))
+        run("create-machine", &req.machine.name, |h, c| {
+            driver::create(h, c, &req)
+        })
     }
 
     fn initialize_machine(req: MachineRequest) -> Result<InitializeMachineResponse, DriverError> {
-        run("initialize-machine", &req.machine.name, |h, c| driver::initialize(h, c, &req))
+        run("initialize-machine", &req.machine.name, |h, c| {
+            driver::initialize(h, c, &req)
+        })
     }
 
     fn delete_machine(req: MachineRequest) -> Result<DeleteMachineResponse, DriverError> {
-        run("delete-machine", &req.machine.name, |h, c| driver::delete(h, c, &req))
+        run("delete-machine", &req.machine.name, |h, c| {
+            driver::delete(h, c, &req)
+        })
     }
 
     fn get_machine_status(req: MachineRequest) -> Result<GetMachineStatusResponse, DriverError> {
-        run("get-machine-status", &req.machine.name, |h, c| driver::status(h, c, &req))
+        run("get-machine-status", &req.machine.name, |h, c| {
+            driver::status(h, c, &req)
+        })
     }
 
     fn list_machines(req: ListMachinesRequest) -> Result<ListMachinesResponse, DriverError> {
@@ -79,13 +105,17 @@ impl Driver for Aws {
 
     fn validate_machine_class(req: ValidateRequest) -> Result<(), DriverError> {
         let _: driver::Config = provider_config()?;
-        spec::validate_class(&req.machine_class.provider_spec, &req.secret).map_err(driver::invalid)?;
+        spec::validate_class(&req.machine_class.provider_spec, &req.secret)
+            .map_err(driver::invalid)?;
         Ok(())
     }
 
     fn metrics_labels(req: MetricsLabelsRequest) -> Result<Vec<(String, String)>, DriverError> {
         let spec = spec::decode(&req.machine_class.provider_spec).map_err(driver::invalid)?;
-        Ok(vec![("size".into(), spec.machine_type), ("region".into(), spec.region)])
+        Ok(vec![
+            ("size".into(), spec.machine_type),
+            ("region".into(), spec.region),
+        ])
     }
 }
 

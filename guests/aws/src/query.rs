@@ -18,7 +18,10 @@ pub struct Action {
 
 impl Action {
     pub fn new(name: &'static str) -> Self {
-        Action { name, params: Vec::new() }
+        Action {
+            name,
+            params: Vec::new(),
+        }
     }
     fn set(&mut self, key: impl Into<String>, value: impl Into<String>) -> &mut Self {
         self.params.push((key.into(), value.into()));
@@ -39,7 +42,10 @@ impl Action {
     }
     /// The value of a parameter (for tests and request counting).
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.params.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+        self.params
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
     }
 
     /// The form body: `Action=…&Version=…&k=v…`, RFC 3986 percent-encoded.
@@ -67,18 +73,31 @@ pub fn encode_into(s: &str, out: &mut String) {
 }
 
 /// The machine's VM: `Name` tag, the class's cluster and role tags, and a live state.
-pub fn describe_machine(name: &str, cluster_tag: &str, role_tag: &str, next_token: Option<&str>) -> Action {
+pub fn describe_machine(
+    name: &str,
+    cluster_tag: &str,
+    role_tag: &str,
+    next_token: Option<&str>,
+) -> Action {
     let mut a = Action::new("DescribeInstances");
-    a.filter(1, "tag:Name", &[name]).filter(2, "tag-key", &[cluster_tag]).filter(3, "tag-key", &[role_tag]);
+    a.filter(1, "tag:Name", &[name])
+        .filter(2, "tag-key", &[cluster_tag])
+        .filter(3, "tag-key", &[role_tag]);
     a.filter(4, "instance-state-name", &LIVE_STATES);
     a.opt("NextToken", next_token);
     a
 }
 
 /// Every live VM carrying the class's cluster and role tags (list-machines), one page.
-pub fn describe_class(cluster_tag: &str, role_tag: &str, page_size: Option<u32>, next_token: Option<&str>) -> Action {
+pub fn describe_class(
+    cluster_tag: &str,
+    role_tag: &str,
+    page_size: Option<u32>,
+    next_token: Option<&str>,
+) -> Action {
     let mut a = Action::new("DescribeInstances");
-    a.filter(1, "tag-key", &[cluster_tag]).filter(2, "tag-key", &[role_tag]);
+    a.filter(1, "tag-key", &[cluster_tag])
+        .filter(2, "tag-key", &[role_tag]);
     a.filter(3, "instance-state-name", &LIVE_STATES);
     a.opt("MaxResults", page_size);
     a.opt("NextToken", next_token);
@@ -105,7 +124,8 @@ pub fn terminate_instance(id: &str) -> Action {
 
 pub fn disable_source_dest_check(id: &str) -> Action {
     let mut a = Action::new("ModifyInstanceAttribute");
-    a.set("InstanceId", id).set("SourceDestCheck.Value", "false");
+    a.set("InstanceId", id)
+        .set("SourceDestCheck.Value", "false");
     a
 }
 
@@ -119,11 +139,23 @@ pub fn client_token(namespace: &str, name: &str, uid: &str) -> String {
 }
 
 /// RunInstances for one machine (provider-aws `CreateMachine` parameters).
-pub fn run_instances(spec: &ProviderSpec, machine_name: &str, user_data: &[u8], root_device_name: &str, client_token: &str) -> Action {
+pub fn run_instances(
+    spec: &ProviderSpec,
+    machine_name: &str,
+    user_data: &[u8],
+    root_device_name: &str,
+    client_token: &str,
+) -> Action {
     let mut a = Action::new("RunInstances");
-    a.set("ImageId", &spec.ami).set("InstanceType", &spec.machine_type).set("MinCount", "1").set("MaxCount", "1");
+    a.set("ImageId", &spec.ami)
+        .set("InstanceType", &spec.machine_type)
+        .set("MinCount", "1")
+        .set("MaxCount", "1");
     a.set("ClientToken", client_token);
-    a.set("UserData", base64::engine::general_purpose::STANDARD.encode(user_data));
+    a.set(
+        "UserData",
+        base64::engine::general_purpose::STANDARD.encode(user_data),
+    );
     if !spec.iam.name.is_empty() {
         a.set("IamInstanceProfile.Name", &spec.iam.name);
     } else if !spec.iam.arn.is_empty() {
@@ -134,16 +166,20 @@ pub fn run_instances(spec: &ProviderSpec, machine_name: &str, user_data: &[u8], 
     }
     for (i, d) in spec.block_devices.iter().enumerate() {
         let p = format!("BlockDeviceMapping.{}", i + 1);
-        let name = if d.device_name == crate::spec::ROOT_DEVICE_NAME || spec.block_devices.len() == 1 {
-            root_device_name
-        } else {
-            d.device_name.as_str()
-        };
+        let name =
+            if d.device_name == crate::spec::ROOT_DEVICE_NAME || spec.block_devices.len() == 1 {
+                root_device_name
+            } else {
+                d.device_name.as_str()
+            };
         a.set(format!("{p}.DeviceName"), name);
         a.set(format!("{p}.Ebs.VolumeSize"), d.ebs.volume_size.to_string());
         a.set(format!("{p}.Ebs.VolumeType"), &d.ebs.volume_type);
         a.set(format!("{p}.Ebs.Encrypted"), d.ebs.encrypted.to_string());
-        a.set(format!("{p}.Ebs.DeleteOnTermination"), d.ebs.delete_on_termination.unwrap_or(true).to_string());
+        a.set(
+            format!("{p}.Ebs.DeleteOnTermination"),
+            d.ebs.delete_on_termination.unwrap_or(true).to_string(),
+        );
         a.opt(format!("{p}.Ebs.Iops"), Some(d.ebs.iops).filter(|i| *i > 0));
         a.opt(format!("{p}.Ebs.Throughput"), d.ebs.throughput);
         a.opt(format!("{p}.Ebs.KmsKeyId"), d.ebs.kms_key_id.as_deref());
@@ -151,34 +187,63 @@ pub fn run_instances(spec: &ProviderSpec, machine_name: &str, user_data: &[u8], 
     }
     for (i, n) in spec.network_interfaces.iter().enumerate() {
         let p = format!("NetworkInterface.{}", i + 1);
-        a.set(format!("{p}.DeviceIndex"), n.device_index.unwrap_or(i as i32).to_string());
+        a.set(
+            format!("{p}.DeviceIndex"),
+            n.device_index.unwrap_or(i as i32).to_string(),
+        );
         a.set(format!("{p}.SubnetId"), &n.subnet_id);
         for (j, g) in n.security_group_ids.iter().enumerate() {
             a.set(format!("{p}.SecurityGroupId.{}", j + 1), g);
         }
-        a.opt(format!("{p}.AssociatePublicIpAddress"), n.associate_public_ip_address);
-        a.set(format!("{p}.DeleteOnTermination"), n.delete_on_termination.unwrap_or(true).to_string());
+        a.opt(
+            format!("{p}.AssociatePublicIpAddress"),
+            n.associate_public_ip_address,
+        );
+        a.set(
+            format!("{p}.DeleteOnTermination"),
+            n.delete_on_termination.unwrap_or(true).to_string(),
+        );
         a.opt(format!("{p}.Description"), n.description.as_deref());
-        a.opt(format!("{p}.InterfaceType"), n.interface_type.as_deref().filter(|t| !t.is_empty()));
+        a.opt(
+            format!("{p}.InterfaceType"),
+            n.interface_type.as_deref().filter(|t| !t.is_empty()),
+        );
         a.opt(format!("{p}.NetworkCardIndex"), n.network_card_index);
         a.opt(format!("{p}.Ipv6AddressCount"), n.ipv6_address_count);
     }
-    for (i, resource) in ["instance", "volume", "network-interface"].iter().enumerate() {
+    for (i, resource) in ["instance", "volume", "network-interface"]
+        .iter()
+        .enumerate()
+    {
         let p = format!("TagSpecification.{}", i + 1);
         a.set(format!("{p}.ResourceType"), *resource);
         let mut n = 0;
         for (k, v) in spec.tags.iter().filter(|(k, _)| k.as_str() != "Name") {
             n += 1;
-            a.set(format!("{p}.Tag.{n}.Key"), k).set(format!("{p}.Tag.{n}.Value"), v);
+            a.set(format!("{p}.Tag.{n}.Key"), k)
+                .set(format!("{p}.Tag.{n}.Value"), v);
         }
         n += 1;
-        a.set(format!("{p}.Tag.{n}.Key"), "Name").set(format!("{p}.Tag.{n}.Value"), machine_name);
+        a.set(format!("{p}.Tag.{n}.Key"), "Name")
+            .set(format!("{p}.Tag.{n}.Value"), machine_name);
     }
     if let Some(m) = &spec.instance_metadata_options {
-        a.opt("MetadataOptions.HttpEndpoint", Some(&m.http_endpoint).filter(|s| !s.is_empty()));
-        a.opt("MetadataOptions.HttpTokens", Some(&m.http_tokens).filter(|s| !s.is_empty()));
-        a.opt("MetadataOptions.HttpPutResponseHopLimit", m.http_put_response_hop_limit);
-        a.opt("MetadataOptions.HttpProtocolIpv6", Some(&m.http_protocol_ipv6).filter(|s| !s.is_empty()));
+        a.opt(
+            "MetadataOptions.HttpEndpoint",
+            Some(&m.http_endpoint).filter(|s| !s.is_empty()),
+        );
+        a.opt(
+            "MetadataOptions.HttpTokens",
+            Some(&m.http_tokens).filter(|s| !s.is_empty()),
+        );
+        a.opt(
+            "MetadataOptions.HttpPutResponseHopLimit",
+            m.http_put_response_hop_limit,
+        );
+        a.opt(
+            "MetadataOptions.HttpProtocolIpv6",
+            Some(&m.http_protocol_ipv6).filter(|s| !s.is_empty()),
+        );
     }
     if let Some(c) = &spec.cpu_options {
         a.opt("CpuOptions.CoreCount", c.core_count);
@@ -187,8 +252,14 @@ pub fn run_instances(spec: &ProviderSpec, machine_name: &str, user_data: &[u8], 
     }
     if let Some(c) = &spec.capacity_reservation {
         let p = "CapacityReservationSpecification";
-        a.opt(format!("{p}.CapacityReservationPreference"), Some(&c.capacity_reservation_preference).filter(|s| !s.is_empty()));
-        a.opt(format!("{p}.CapacityReservationTarget.CapacityReservationId"), c.capacity_reservation_id.as_deref());
+        a.opt(
+            format!("{p}.CapacityReservationPreference"),
+            Some(&c.capacity_reservation_preference).filter(|s| !s.is_empty()),
+        );
+        a.opt(
+            format!("{p}.CapacityReservationTarget.CapacityReservationId"),
+            c.capacity_reservation_id.as_deref(),
+        );
         a.opt(
             format!("{p}.CapacityReservationTarget.CapacityReservationResourceGroupArn"),
             c.capacity_reservation_resource_group_arn.as_deref(),
@@ -198,8 +269,14 @@ pub fn run_instances(spec: &ProviderSpec, machine_name: &str, user_data: &[u8], 
         a.set("InstanceMarketOptions.MarketType", &m.market_type);
     } else if let Some(price) = &spec.spot_price {
         a.set("InstanceMarketOptions.MarketType", "spot");
-        a.set("InstanceMarketOptions.SpotOptions.SpotInstanceType", "one-time");
-        a.opt("InstanceMarketOptions.SpotOptions.MaxPrice", Some(price).filter(|p| !p.is_empty()));
+        a.set(
+            "InstanceMarketOptions.SpotOptions.SpotInstanceType",
+            "one-time",
+        );
+        a.opt(
+            "InstanceMarketOptions.SpotOptions.MaxPrice",
+            Some(price).filter(|p| !p.is_empty()),
+        );
     }
     if let Some(p) = &spec.placement {
         a.opt("Placement.GroupId", p.group_id.as_deref());
@@ -231,11 +308,20 @@ mod tests {
 
     #[test]
     fn filters_and_body() {
-        let a = describe_machine("m1", "kubernetes.io/cluster/c", "kubernetes.io/role/node", None);
+        let a = describe_machine(
+            "m1",
+            "kubernetes.io/cluster/c",
+            "kubernetes.io/role/node",
+            None,
+        );
         assert_eq!(a.get("Filter.1.Name"), Some("tag:Name"));
         assert_eq!(a.get("Filter.1.Value.1"), Some("m1"));
         assert_eq!(a.get("Filter.4.Value.4"), Some("stopped"));
-        assert!(a.body().starts_with("Action=DescribeInstances&Version=2016-11-15&Filter.1.Name=tag%3AName&"));
+        assert!(
+            a.body().starts_with(
+                "Action=DescribeInstances&Version=2016-11-15&Filter.1.Name=tag%3AName&"
+            )
+        );
         let l = describe_class("c", "r", Some(5), Some("tok/=="));
         assert_eq!(l.get("MaxResults"), Some("5"));
         assert!(l.body().ends_with("NextToken=tok%2F%3D%3D"));
@@ -258,7 +344,8 @@ mod tests {
         ]);
         v["srcAndDstChecksEnabled"] = false.into();
         v["spotPrice"] = "".into();
-        v["instanceMetadataOptions"] = serde_json::json!({"httpTokens": "required", "httpPutResponseHopLimit": 2});
+        v["instanceMetadataOptions"] =
+            serde_json::json!({"httpTokens": "required", "httpPutResponseHopLimit": 2});
         v["tags"]["Name"] = "ignored".into();
         let spec = spec::parse(&v.to_string()).unwrap();
         let a = run_instances(&spec, "m1", b"#!/bin/sh", "/dev/xvda", "tok");
@@ -270,19 +357,35 @@ mod tests {
         assert_eq!(a.get("KeyName"), Some("ssh"));
         assert_eq!(a.get("BlockDeviceMapping.1.DeviceName"), Some("/dev/xvda"));
         assert_eq!(a.get("BlockDeviceMapping.1.Ebs.Encrypted"), Some("true"));
-        assert_eq!(a.get("BlockDeviceMapping.1.Ebs.DeleteOnTermination"), Some("true"));
+        assert_eq!(
+            a.get("BlockDeviceMapping.1.Ebs.DeleteOnTermination"),
+            Some("true")
+        );
         assert_eq!(a.get("BlockDeviceMapping.2.DeviceName"), Some("/dev/sdb"));
         assert_eq!(a.get("BlockDeviceMapping.2.Ebs.Iops"), Some("3000"));
-        assert_eq!(a.get("BlockDeviceMapping.2.Ebs.DeleteOnTermination"), Some("false"));
+        assert_eq!(
+            a.get("BlockDeviceMapping.2.Ebs.DeleteOnTermination"),
+            Some("false")
+        );
         assert_eq!(a.get("BlockDeviceMapping.2.Ebs.KmsKeyId"), Some("k"));
         assert_eq!(a.get("NetworkInterface.1.DeviceIndex"), Some("0"));
         assert_eq!(a.get("NetworkInterface.1.SecurityGroupId.1"), Some("sg-1"));
         assert_eq!(a.get("TagSpecification.1.ResourceType"), Some("instance"));
-        assert_eq!(a.get("TagSpecification.1.Tag.1.Key"), Some("kubernetes.io/cluster/shoot--a"));
+        assert_eq!(
+            a.get("TagSpecification.1.Tag.1.Key"),
+            Some("kubernetes.io/cluster/shoot--a")
+        );
         assert_eq!(a.get("TagSpecification.1.Tag.3.Key"), Some("Name"));
         assert_eq!(a.get("TagSpecification.1.Tag.3.Value"), Some("m1"));
-        assert_eq!(a.get("TagSpecification.1.Tag.4.Key"), None, "the class's Name tag is replaced");
-        assert_eq!(a.get("TagSpecification.3.ResourceType"), Some("network-interface"));
+        assert_eq!(
+            a.get("TagSpecification.1.Tag.4.Key"),
+            None,
+            "the class's Name tag is replaced"
+        );
+        assert_eq!(
+            a.get("TagSpecification.3.ResourceType"),
+            Some("network-interface")
+        );
         assert_eq!(a.get("InstanceMarketOptions.MarketType"), Some("spot"));
         assert_eq!(a.get("InstanceMarketOptions.SpotOptions.MaxPrice"), None);
         assert_eq!(a.get("MetadataOptions.HttpTokens"), Some("required"));

@@ -45,8 +45,13 @@ pub fn sign_request(
         SignableBody::Bytes(body),
     )
     .map_err(|e| format!("SigV4 request: {e}"))?;
-    let (instructions, _signature) = sign(signable, &params).map_err(|e| format!("SigV4 signing: {e}"))?.into_parts();
-    Ok(instructions.headers().map(|(k, v)| (k.to_string(), v.to_string())).collect())
+    let (instructions, _signature) = sign(signable, &params)
+        .map_err(|e| format!("SigV4 signing: {e}"))?
+        .into_parts();
+    Ok(instructions
+        .headers()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect())
 }
 
 #[cfg(test)]
@@ -69,14 +74,26 @@ mod tests {
     }
 
     fn header<'a>(h: &'a [(String, String)], name: &str) -> &'a str {
-        h.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str()).unwrap_or("")
+        h.iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+            .unwrap_or("")
     }
 
     /// aws-sig-v4-test-suite `get-vanilla`.
     #[test]
     fn published_vector_get_vanilla() {
-        let h = sign_request("GET", "https://example.amazonaws.com/", &[], b"", &suite_creds(), "us-east-1", "service", suite_time())
-            .unwrap();
+        let h = sign_request(
+            "GET",
+            "https://example.amazonaws.com/",
+            &[],
+            b"",
+            &suite_creds(),
+            "us-east-1",
+            "service",
+            suite_time(),
+        )
+        .unwrap();
         assert_eq!(header(&h, "x-amz-date"), "20150830T123600Z");
         assert_eq!(
             header(&h, "authorization"),
@@ -89,7 +106,10 @@ mod tests {
     /// aws-sig-v4-test-suite `post-x-www-form-urlencoded`.
     #[test]
     fn published_vector_post_form() {
-        let headers = vec![("content-type".to_string(), "application/x-www-form-urlencoded".to_string())];
+        let headers = vec![(
+            "content-type".to_string(),
+            "application/x-www-form-urlencoded".to_string(),
+        )];
         let h = sign_request(
             "POST",
             "https://example.amazonaws.com/",
@@ -113,7 +133,17 @@ mod tests {
     fn session_token_is_sent() {
         let mut creds = suite_creds();
         creds.session_token = Some("session".into());
-        let h = sign_request("POST", "http://127.0.0.1:5000/", &[], b"Action=X", &creds, "eu-west-1", "ec2", suite_time()).unwrap();
+        let h = sign_request(
+            "POST",
+            "http://127.0.0.1:5000/",
+            &[],
+            b"Action=X",
+            &creds,
+            "eu-west-1",
+            "ec2",
+            suite_time(),
+        )
+        .unwrap();
         assert_eq!(header(&h, "x-amz-security-token"), "session");
         assert!(header(&h, "authorization").contains("/eu-west-1/ec2/aws4_request"));
     }

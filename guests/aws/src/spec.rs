@@ -180,7 +180,8 @@ pub struct Errors(pub Vec<String>);
 
 impl Errors {
     fn add(&mut self, field: impl AsRef<str>, what: impl AsRef<str>) {
-        self.0.push(format!("{}: {}", field.as_ref(), what.as_ref()));
+        self.0
+            .push(format!("{}: {}", field.as_ref(), what.as_ref()));
     }
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
@@ -198,7 +199,11 @@ pub fn decode(json: &str) -> Result<ProviderSpec, Errors> {
     let de = &mut serde_json::Deserializer::from_str(json);
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
-        let field = if path == "." || path.is_empty() { "providerSpec".to_string() } else { format!("providerSpec.{path}") };
+        let field = if path == "." || path.is_empty() {
+            "providerSpec".to_string()
+        } else {
+            format!("providerSpec.{path}")
+        };
         let mut errors = Errors::default();
         errors.add(field, format!("malformed: {}", e.inner()));
         errors
@@ -209,14 +214,21 @@ pub fn decode(json: &str) -> Result<ProviderSpec, Errors> {
 pub fn parse(json: &str) -> Result<ProviderSpec, Errors> {
     let spec = decode(json)?;
     let errors = validate(&spec);
-    if errors.is_empty() { Ok(spec) } else { Err(errors) }
+    if errors.is_empty() {
+        Ok(spec)
+    } else {
+        Err(errors)
+    }
 }
 
 pub fn validate(spec: &ProviderSpec) -> Errors {
     let mut e = Errors::default();
     let f = |name: &str| format!("providerSpec.{name}");
     if spec.ami.is_empty() {
-        e.add(f("ami"), "required (the AMI ID, e.g. ami-0123456789abcdef0)");
+        e.add(
+            f("ami"),
+            "required (the AMI ID, e.g. ami-0123456789abcdef0)",
+        );
     }
     if spec.region.is_empty() {
         e.add(f("region"), "required");
@@ -224,7 +236,10 @@ pub fn validate(spec: &ProviderSpec) -> Errors {
         e.add(f("region"), format!("unknown AWS region {:?}", spec.region));
     }
     if spec.machine_type.is_empty() {
-        e.add(f("machineType"), "required (the EC2 instance type, e.g. m5.large)");
+        e.add(
+            f("machineType"),
+            "required (the EC2 instance type, e.g. m5.large)",
+        );
     }
     if spec.iam.name.is_empty() == spec.iam.arn.is_empty() {
         e.add(f("iam"), "exactly one of iam.name or iam.arn must be set");
@@ -243,24 +258,45 @@ pub fn validate(spec: &ProviderSpec) -> Errors {
     if let Some(p) = &spec.placement {
         if let Some(t) = &p.tenancy {
             if !["default", "dedicated", "host"].contains(&t.as_str()) {
-                e.add(f("placement.tenancy"), format!("unsupported value {t:?}: expected default, dedicated or host"));
+                e.add(
+                    f("placement.tenancy"),
+                    format!("unsupported value {t:?}: expected default, dedicated or host"),
+                );
             }
         }
         if let Some(a) = &p.affinity {
             if !["default", "host"].contains(&a.as_str()) {
-                e.add(f("placement.affinity"), format!("unsupported value {a:?}: expected default or host"));
+                e.add(
+                    f("placement.affinity"),
+                    format!("unsupported value {a:?}: expected default or host"),
+                );
             }
         }
         if p.host_id.is_some() && p.tenancy.as_deref() != Some("host") {
-            e.add(f("placement.hostId"), "may only be set when tenancy is \"host\"");
+            e.add(
+                f("placement.hostId"),
+                "may only be set when tenancy is \"host\"",
+            );
         }
         if p.partition_number.is_some_and(|n| n < 1) {
             e.add(f("placement.partitionNumber"), "must be >= 1");
         }
     }
     if let Some(m) = &spec.instance_market_options {
-        if !["spot", "capacity-block", "interruptible-capacity-reservation"].contains(&m.market_type.as_str()) {
-            e.add(f("instanceMarketOptions.marketType"), format!("unsupported value {:?}: expected spot or capacity-block", m.market_type));
+        if ![
+            "spot",
+            "capacity-block",
+            "interruptible-capacity-reservation",
+        ]
+        .contains(&m.market_type.as_str())
+        {
+            e.add(
+                f("instanceMarketOptions.marketType"),
+                format!(
+                    "unsupported value {:?}: expected spot or capacity-block",
+                    m.market_type
+                ),
+            );
         }
     }
     if let Some(price) = &spec.spot_price {
@@ -270,24 +306,44 @@ pub fn validate(spec: &ProviderSpec) -> Errors {
     }
     validate_tags(&spec.tags, &mut e);
     if let Some(m) = &spec.instance_metadata_options {
-        if m.http_put_response_hop_limit.is_some_and(|n| !(0..=64).contains(&n)) {
-            e.add(f("instanceMetadataOptions.httpPutResponseHopLimit"), "must be between 0 and 64");
+        if m.http_put_response_hop_limit
+            .is_some_and(|n| !(0..=64).contains(&n))
+        {
+            e.add(
+                f("instanceMetadataOptions.httpPutResponseHopLimit"),
+                "must be between 0 and 64",
+            );
         }
         for (name, value, accepted) in [
             ("httpEndpoint", &m.http_endpoint, ["disabled", "enabled"]),
             ("httpTokens", &m.http_tokens, ["required", "optional"]),
-            ("httpProtocolIpv6", &m.http_protocol_ipv6, ["disabled", "enabled"]),
+            (
+                "httpProtocolIpv6",
+                &m.http_protocol_ipv6,
+                ["disabled", "enabled"],
+            ),
         ] {
             if !value.is_empty() && !accepted.contains(&value.as_str()) {
-                e.add(f(&format!("instanceMetadataOptions.{name}")), format!("{value:?} is not one of {accepted:?}"));
+                e.add(
+                    f(&format!("instanceMetadataOptions.{name}")),
+                    format!("{value:?} is not one of {accepted:?}"),
+                );
             }
         }
     }
     if let Some(c) = &spec.cpu_options {
         match (c.core_count, c.threads_per_core) {
-            (Some(_), None) => e.add(f("cpuOptions.threadsPerCore"), "required when coreCount is set"),
-            (None, Some(_)) => e.add(f("cpuOptions.coreCount"), "required when threadsPerCore is set"),
-            (Some(_), Some(t)) if t != 1 && t != 2 => e.add(f("cpuOptions.threadsPerCore"), "must be 1 or 2"),
+            (Some(_), None) => e.add(
+                f("cpuOptions.threadsPerCore"),
+                "required when coreCount is set",
+            ),
+            (None, Some(_)) => e.add(
+                f("cpuOptions.coreCount"),
+                "required when threadsPerCore is set",
+            ),
+            (Some(_), Some(t)) if t != 1 && t != 2 => {
+                e.add(f("cpuOptions.threadsPerCore"), "must be 1 or 2")
+            }
             _ => {}
         }
         if let Some(s) = &c.amd_sev_snp {
@@ -301,7 +357,10 @@ pub fn validate(spec: &ProviderSpec) -> Errors {
 
 fn validate_block_devices(devices: &[BlockDevice], e: &mut Errors) {
     if devices.is_empty() {
-        e.add("providerSpec.blockDevices", "required: at least one block device (the root disk)");
+        e.add(
+            "providerSpec.blockDevices",
+            "required: at least one block device (the root disk)",
+        );
         return;
     }
     let mut roots = 0;
@@ -315,13 +374,24 @@ fn validate_block_devices(devices: &[BlockDevice], e: &mut Errors) {
         }
         *names.entry(d.device_name.as_str()).or_default() += 1;
         if !VALID_VOLUME_TYPES.contains(&d.ebs.volume_type.as_str()) {
-            e.add(at("ebs.volumeType"), format!("{:?} is not a valid EBS volume type {VALID_VOLUME_TYPES:?}", d.ebs.volume_type));
+            e.add(
+                at("ebs.volumeType"),
+                format!(
+                    "{:?} is not a valid EBS volume type {VALID_VOLUME_TYPES:?}",
+                    d.ebs.volume_type
+                ),
+            );
         }
         if d.ebs.volume_size <= 0 {
             e.add(at("ebs.volumeSize"), "required: a positive size in GiB");
         }
-        if d.ebs.iops < 0 || (matches!(d.ebs.volume_type.as_str(), "io1" | "io2") && d.ebs.iops == 0) {
-            e.add(at("ebs.iops"), "required: a positive IOPS value for io1/io2 volumes, never negative");
+        if d.ebs.iops < 0
+            || (matches!(d.ebs.volume_type.as_str(), "io1" | "io2") && d.ebs.iops == 0)
+        {
+            e.add(
+                at("ebs.iops"),
+                "required: a positive IOPS value for io1/io2 volumes, never negative",
+            );
         }
         if d.ebs.throughput.is_some_and(|t| t <= 0) {
             e.add(at("ebs.throughput"), "must be positive");
@@ -332,7 +402,10 @@ fn validate_block_devices(devices: &[BlockDevice], e: &mut Errors) {
     }
     for (name, n) in names {
         if n > 1 {
-            e.add("providerSpec.blockDevices", format!("device name {name:?} is used {n} times; device names must be unique"));
+            e.add(
+                "providerSpec.blockDevices",
+                format!("device name {name:?} is used {n} times; device names must be unique"),
+            );
         }
     }
 }
@@ -346,7 +419,9 @@ fn is_data_device_name(name: &str) -> bool {
             if let Some(r) = rest.strip_prefix("sd") {
                 r.len() == 1 && lower(r.as_bytes()[0])
             } else if rest.starts_with("xvd") {
-                (b.len() == 4 || b.len() == 5) && (b'a'..=b'c').contains(&b[3]) && (b.len() == 4 || lower(b[4]))
+                (b.len() == 4 || b.len() == 5)
+                    && (b'a'..=b'c').contains(&b[3])
+                    && (b.len() == 4 || lower(b[4]))
             } else {
                 false
             }
@@ -357,7 +432,10 @@ fn is_data_device_name(name: &str) -> bool {
 
 fn validate_network_interfaces(nics: &[NetworkInterface], e: &mut Errors) {
     if nics.is_empty() {
-        e.add("providerSpec.networkInterfaces", "required: at least one network interface");
+        e.add(
+            "providerSpec.networkInterfaces",
+            "required: at least one network interface",
+        );
     }
     for (i, n) in nics.iter().enumerate() {
         let at = |name: &str| format!("providerSpec.networkInterfaces[{i}].{name}");
@@ -365,7 +443,10 @@ fn validate_network_interfaces(nics: &[NetworkInterface], e: &mut Errors) {
             e.add(at("subnetID"), "required");
         }
         if n.security_group_ids.is_empty() {
-            e.add(at("securityGroupIDs"), "required: at least one security group ID");
+            e.add(
+                at("securityGroupIDs"),
+                "required: at least one security group ID",
+            );
         }
         for (j, g) in n.security_group_ids.iter().enumerate() {
             if g.is_empty() {
@@ -374,7 +455,10 @@ fn validate_network_interfaces(nics: &[NetworkInterface], e: &mut Errors) {
         }
         if let Some(t) = &n.interface_type {
             if !["", "interface", "efa", "efa-only"].contains(&t.as_str()) {
-                e.add(at("interfaceType"), format!("unsupported value {t:?}: expected interface, efa or efa-only"));
+                e.add(
+                    at("interfaceType"),
+                    format!("unsupported value {t:?}: expected interface, efa or efa-only"),
+                );
             }
         }
         if n.device_index.is_some_and(|x| x < 0) {
@@ -387,22 +471,40 @@ fn validate_network_interfaces(nics: &[NetworkInterface], e: &mut Errors) {
 }
 
 fn validate_tags(tags: &BTreeMap<String, String>, e: &mut Errors) {
-    if !tags.keys().any(|k| k.starts_with(CLUSTER_TAG_PREFIX) && k.len() > CLUSTER_TAG_PREFIX.len()) {
-        e.add("providerSpec.tags", format!("a tag of the form {CLUSTER_TAG_PREFIX}<cluster> is required"));
+    if !tags
+        .keys()
+        .any(|k| k.starts_with(CLUSTER_TAG_PREFIX) && k.len() > CLUSTER_TAG_PREFIX.len())
+    {
+        e.add(
+            "providerSpec.tags",
+            format!("a tag of the form {CLUSTER_TAG_PREFIX}<cluster> is required"),
+        );
     }
-    if !tags.keys().any(|k| k.starts_with(ROLE_TAG_PREFIX) && k.len() > ROLE_TAG_PREFIX.len()) {
-        e.add("providerSpec.tags", format!("a tag of the form {ROLE_TAG_PREFIX}<role> is required"));
+    if !tags
+        .keys()
+        .any(|k| k.starts_with(ROLE_TAG_PREFIX) && k.len() > ROLE_TAG_PREFIX.len())
+    {
+        e.add(
+            "providerSpec.tags",
+            format!("a tag of the form {ROLE_TAG_PREFIX}<role> is required"),
+        );
     }
 }
 
 impl ProviderSpec {
     /// The `kubernetes.io/cluster/…` tag key.
     pub fn cluster_tag(&self) -> &str {
-        self.tags.keys().find(|k| k.starts_with(CLUSTER_TAG_PREFIX)).map_or("", String::as_str)
+        self.tags
+            .keys()
+            .find(|k| k.starts_with(CLUSTER_TAG_PREFIX))
+            .map_or("", String::as_str)
     }
     /// The `kubernetes.io/role/…` tag key.
     pub fn role_tag(&self) -> &str {
-        self.tags.keys().find(|k| k.starts_with(ROLE_TAG_PREFIX)).map_or("", String::as_str)
+        self.tags
+            .keys()
+            .find(|k| k.starts_with(ROLE_TAG_PREFIX))
+            .map_or("", String::as_str)
     }
 }
 
@@ -420,7 +522,11 @@ pub const SESSION_TOKEN_KEY: &str = "providerSessionToken";
 pub const USER_DATA_KEY: &str = "userData";
 
 fn get<'a>(secret: &'a [(String, Vec<u8>)], key: &str) -> Option<&'a [u8]> {
-    secret.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_slice()).filter(|v| !v.is_empty())
+    secret
+        .iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.as_slice())
+        .filter(|v| !v.is_empty())
 }
 
 fn text(secret: &[(String, Vec<u8>)], keys: &[&str], errors: &mut Errors) -> Option<String> {
@@ -438,17 +544,29 @@ fn text(secret: &[(String, Vec<u8>)], keys: &[&str], errors: &mut Errors) -> Opt
 /// contain whitespace (a trailing newline from `echo | base64` is the usual mistake).
 fn check_shape(key: &str, value: &str, errors: &mut Errors) -> bool {
     if value.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        errors.add(format!("secret.{key}"), "contains whitespace or control characters (a trailing newline?)");
+        errors.add(
+            format!("secret.{key}"),
+            "contains whitespace or control characters (a trailing newline?)",
+        );
         return false;
     }
     if ACCESS_KEY_KEYS.contains(&key)
-        && !((16..=128).contains(&value.len()) && value.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit()))
+        && !((16..=128).contains(&value.len())
+            && value
+                .bytes()
+                .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit()))
     {
-        errors.add(format!("secret.{key}"), "is not an AWS access key ID (16-128 upper-case letters and digits, like AKIA…)");
+        errors.add(
+            format!("secret.{key}"),
+            "is not an AWS access key ID (16-128 upper-case letters and digits, like AKIA…)",
+        );
         return false;
     }
     if SECRET_KEY_KEYS.contains(&key) && value.len() < 16 {
-        errors.add(format!("secret.{key}"), "is too short to be an AWS secret access key");
+        errors.add(
+            format!("secret.{key}"),
+            "is too short to be an AWS secret access key",
+        );
         return false;
     }
     true
@@ -461,31 +579,60 @@ pub fn credentials(secret: &[(String, Vec<u8>)]) -> Result<Credentials, Errors> 
     let access = text(secret, &ACCESS_KEY_KEYS, &mut e);
     let secret_key = text(secret, &SECRET_KEY_KEYS, &mut e);
     let token = text(secret, &[SESSION_TOKEN_KEY], &mut e);
-    if access.is_none() && !e.0.iter().any(|m| ACCESS_KEY_KEYS.iter().any(|k| m.contains(k))) {
-        e.add("secret", format!("missing key {:?} (or {:?})", ACCESS_KEY_KEYS[0], ACCESS_KEY_KEYS[1]));
+    if access.is_none()
+        && !e
+            .0
+            .iter()
+            .any(|m| ACCESS_KEY_KEYS.iter().any(|k| m.contains(k)))
+    {
+        e.add(
+            "secret",
+            format!(
+                "missing key {:?} (or {:?})",
+                ACCESS_KEY_KEYS[0], ACCESS_KEY_KEYS[1]
+            ),
+        );
     }
-    if secret_key.is_none() && !e.0.iter().any(|m| SECRET_KEY_KEYS.iter().any(|k| m.contains(k))) {
-        e.add("secret", format!("missing key {:?} (or {:?})", SECRET_KEY_KEYS[0], SECRET_KEY_KEYS[1]));
+    if secret_key.is_none()
+        && !e
+            .0
+            .iter()
+            .any(|m| SECRET_KEY_KEYS.iter().any(|k| m.contains(k)))
+    {
+        e.add(
+            "secret",
+            format!(
+                "missing key {:?} (or {:?})",
+                SECRET_KEY_KEYS[0], SECRET_KEY_KEYS[1]
+            ),
+        );
     }
     match (access, secret_key) {
-        (Some(access_key_id), Some(secret_access_key)) if e.is_empty() => {
-            Ok(Credentials { access_key_id, secret_access_key, session_token: token })
-        }
+        (Some(access_key_id), Some(secret_access_key)) if e.is_empty() => Ok(Credentials {
+            access_key_id,
+            secret_access_key,
+            session_token: token,
+        }),
         _ => Err(e),
     }
 }
 
 /// The secret's `userData` (required, as in provider-aws).
 pub fn user_data(secret: &[(String, Vec<u8>)]) -> Result<Vec<u8>, Errors> {
-    get(secret, USER_DATA_KEY).map(<[u8]>::to_vec).ok_or_else(|| {
-        let mut e = Errors::default();
-        e.add("secret", format!("missing key {USER_DATA_KEY:?}"));
-        e
-    })
+    get(secret, USER_DATA_KEY)
+        .map(<[u8]>::to_vec)
+        .ok_or_else(|| {
+            let mut e = Errors::default();
+            e.add("secret", format!("missing key {USER_DATA_KEY:?}"));
+            e
+        })
 }
 
 /// Everything validate-machine-class checks: the spec, the credentials and the user data.
-pub fn validate_class(spec_json: &str, secret: &[(String, Vec<u8>)]) -> Result<(ProviderSpec, Credentials), Errors> {
+pub fn validate_class(
+    spec_json: &str,
+    secret: &[(String, Vec<u8>)],
+) -> Result<(ProviderSpec, Credentials), Errors> {
     let mut all = Errors::default();
     let spec = match parse(spec_json) {
         Ok(s) => Some(s),
@@ -529,8 +676,14 @@ pub(crate) mod tests {
 
     pub fn secret() -> Vec<(String, Vec<u8>)> {
         vec![
-            ("providerAccessKeyId".into(), b"AKIAIOSFODNN7EXAMPLE".to_vec()),
-            ("providerSecretAccessKey".into(), b"wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY".to_vec()),
+            (
+                "providerAccessKeyId".into(),
+                b"AKIAIOSFODNN7EXAMPLE".to_vec(),
+            ),
+            (
+                "providerSecretAccessKey".into(),
+                b"wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY".to_vec(),
+            ),
             ("userData".into(), b"#!/bin/sh\necho hi".to_vec()),
         ]
     }
@@ -538,7 +691,10 @@ pub(crate) mod tests {
     fn errors_of(mut patch: impl FnMut(&mut serde_json::Value)) -> String {
         let mut v = good_spec();
         patch(&mut v);
-        parse(&v.to_string()).err().map(|e| e.to_string()).unwrap_or_default()
+        parse(&v.to_string())
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
     }
 
     #[test]
@@ -555,7 +711,10 @@ pub(crate) mod tests {
             let msg = errors_of(|v| {
                 v.as_object_mut().unwrap().remove(field);
             });
-            assert!(msg.contains(&format!("providerSpec.{field}: required")), "{field}: {msg}");
+            assert!(
+                msg.contains(&format!("providerSpec.{field}: required")),
+                "{field}: {msg}"
+            );
         }
         let msg = errors_of(|v| v["iam"] = serde_json::json!({}));
         assert!(msg.contains("providerSpec.iam:"), "{msg}");
@@ -564,7 +723,10 @@ pub(crate) mod tests {
         let msg = errors_of(|v| v["networkInterfaces"] = serde_json::json!([]));
         assert!(msg.contains("providerSpec.networkInterfaces:"), "{msg}");
         let msg = errors_of(|v| v["networkInterfaces"][0]["subnetID"] = "".into());
-        assert!(msg.contains("providerSpec.networkInterfaces[0].subnetID: required"), "{msg}");
+        assert!(
+            msg.contains("providerSpec.networkInterfaces[0].subnetID: required"),
+            "{msg}"
+        );
         let msg = errors_of(|v| v["blockDevices"] = serde_json::json!([]));
         assert!(msg.contains("providerSpec.blockDevices:"), "{msg}");
     }
@@ -572,9 +734,15 @@ pub(crate) mod tests {
     #[test]
     fn malformed_fields_are_named_by_path() {
         let msg = errors_of(|v| v["blockDevices"][0]["ebs"]["volumeSize"] = "big".into());
-        assert!(msg.starts_with("providerSpec.blockDevices[0].ebs.volumeSize: malformed"), "{msg}");
+        assert!(
+            msg.starts_with("providerSpec.blockDevices[0].ebs.volumeSize: malformed"),
+            "{msg}"
+        );
         let msg = errors_of(|v| v["machineType"] = 5.into());
-        assert!(msg.starts_with("providerSpec.machineType: malformed"), "{msg}");
+        assert!(
+            msg.starts_with("providerSpec.machineType: malformed"),
+            "{msg}"
+        );
         let msg = parse("not json").unwrap_err().to_string();
         assert!(msg.starts_with("providerSpec: malformed"), "{msg}");
     }
@@ -585,7 +753,9 @@ pub(crate) mod tests {
         assert!(msg.contains("blockDevices[0].ebs.volumeType"), "{msg}");
         let msg = errors_of(|v| v["blockDevices"][0]["ebs"]["volumeSize"] = 0.into());
         assert!(msg.contains("blockDevices[0].ebs.volumeSize"), "{msg}");
-        let msg = errors_of(|v| v["blockDevices"][0]["ebs"] = serde_json::json!({"volumeSize": 10, "volumeType": "io1"}));
+        let msg = errors_of(|v| {
+            v["blockDevices"][0]["ebs"] = serde_json::json!({"volumeSize": 10, "volumeType": "io1"})
+        });
         assert!(msg.contains("blockDevices[0].ebs.iops"), "{msg}");
         // Two devices: one must be /root, the other a data device name.
         let msg = errors_of(|v| {
@@ -601,14 +771,24 @@ pub(crate) mod tests {
                 {"deviceName": "/dev/nvme1", "ebs": {"volumeSize": 100, "volumeType": "gp2"}},
             ])
         });
-        assert!(msg.contains("blockDevices[1].deviceName") && msg.contains("root disk"), "{msg}");
-        assert!(is_data_device_name("/dev/xvdba") && is_data_device_name("/dev/xvda") && !is_data_device_name("/dev/xvdd"));
+        assert!(
+            msg.contains("blockDevices[1].deviceName") && msg.contains("root disk"),
+            "{msg}"
+        );
+        assert!(
+            is_data_device_name("/dev/xvdba")
+                && is_data_device_name("/dev/xvda")
+                && !is_data_device_name("/dev/xvdd")
+        );
     }
 
     #[test]
     fn tags_need_cluster_and_role() {
         let msg = errors_of(|v| v["tags"] = serde_json::json!({"kubernetes.io/role/node": "1"}));
-        assert!(msg.contains("providerSpec.tags: a tag of the form kubernetes.io/cluster/"), "{msg}");
+        assert!(
+            msg.contains("providerSpec.tags: a tag of the form kubernetes.io/cluster/"),
+            "{msg}"
+        );
         let msg = errors_of(|v| v["tags"] = serde_json::json!({"kubernetes.io/cluster/x": "1"}));
         assert!(msg.contains("kubernetes.io/role/"), "{msg}");
     }
@@ -616,15 +796,28 @@ pub(crate) mod tests {
     #[test]
     fn unknown_region_is_rejected() {
         let msg = errors_of(|v| v["region"] = "mars-north-1".into());
-        assert!(msg.contains("providerSpec.region: unknown AWS region \"mars-north-1\""), "{msg}");
+        assert!(
+            msg.contains("providerSpec.region: unknown AWS region \"mars-north-1\""),
+            "{msg}"
+        );
     }
 
     #[test]
     fn other_rules() {
-        assert!(errors_of(|v| v["placement"] = serde_json::json!({"tenancy": "shared"})).contains("placement.tenancy"));
-        assert!(errors_of(|v| v["placement"] = serde_json::json!({"hostId": "h-1"})).contains("placement.hostId"));
+        assert!(
+            errors_of(|v| v["placement"] = serde_json::json!({"tenancy": "shared"}))
+                .contains("placement.tenancy")
+        );
+        assert!(
+            errors_of(|v| v["placement"] = serde_json::json!({"hostId": "h-1"}))
+                .contains("placement.hostId")
+        );
         assert!(errors_of(|v| v["instanceMetadataOptions"] = serde_json::json!({"httpTokens": "maybe"})).contains("httpTokens"));
-        assert!(errors_of(|v| v["instanceMetadataOptions"] = serde_json::json!({"httpPutResponseHopLimit": 65})).contains("HopLimit"));
+        assert!(
+            errors_of(|v| v["instanceMetadataOptions"] =
+                serde_json::json!({"httpPutResponseHopLimit": 65}))
+            .contains("HopLimit")
+        );
         assert!(errors_of(|v| v["capacityReservation"] = serde_json::json!({"capacityReservationPreference": "open", "capacityReservationId": "cr-1"})).contains("capacityReservation"));
         assert!(errors_of(|v| v["spotPrice"] = "cheap".into()).contains("providerSpec.spotPrice"));
         assert_eq!(errors_of(|v| v["spotPrice"] = "".into()), "");
@@ -636,27 +829,50 @@ pub(crate) mod tests {
         assert_eq!(c.access_key_id, "AKIAIOSFODNN7EXAMPLE");
         let alt = vec![
             ("accessKeyID".to_string(), b"AKIAIOSFODNN7EXAMPLE".to_vec()),
-            ("secretAccessKey".to_string(), b"wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY".to_vec()),
+            (
+                "secretAccessKey".to_string(),
+                b"wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY".to_vec(),
+            ),
             ("providerSessionToken".to_string(), b"tok".to_vec()),
         ];
-        assert_eq!(credentials(&alt).unwrap().session_token.as_deref(), Some("tok"));
+        assert_eq!(
+            credentials(&alt).unwrap().session_token.as_deref(),
+            Some("tok")
+        );
 
-        let missing: Vec<_> = secret().into_iter().filter(|(k, _)| k != "providerSecretAccessKey").collect();
+        let missing: Vec<_> = secret()
+            .into_iter()
+            .filter(|(k, _)| k != "providerSecretAccessKey")
+            .collect();
         let msg = credentials(&missing).unwrap_err().to_string();
-        assert!(msg.contains("missing key \"providerSecretAccessKey\""), "{msg}");
+        assert!(
+            msg.contains("missing key \"providerSecretAccessKey\""),
+            "{msg}"
+        );
 
         let mut newline = secret();
         newline[0].1 = b"AKIAIOSFODNN7EXAMPLE\n".to_vec();
         let msg = credentials(&newline).unwrap_err().to_string();
-        assert!(msg.contains("secret.providerAccessKeyId: contains whitespace"), "{msg}");
+        assert!(
+            msg.contains("secret.providerAccessKeyId: contains whitespace"),
+            "{msg}"
+        );
 
         let mut lower = secret();
         lower[0].1 = b"my-access-key".to_vec();
         let msg = credentials(&lower).unwrap_err().to_string();
-        assert!(msg.contains("secret.providerAccessKeyId: is not an AWS access key ID"), "{msg}");
+        assert!(
+            msg.contains("secret.providerAccessKeyId: is not an AWS access key ID"),
+            "{msg}"
+        );
 
-        let no_user_data: Vec<_> = secret().into_iter().filter(|(k, _)| k != "userData").collect();
-        let msg = validate_class(&good_spec().to_string(), &no_user_data).unwrap_err().to_string();
+        let no_user_data: Vec<_> = secret()
+            .into_iter()
+            .filter(|(k, _)| k != "userData")
+            .collect();
+        let msg = validate_class(&good_spec().to_string(), &no_user_data)
+            .unwrap_err()
+            .to_string();
         assert!(msg.contains("missing key \"userData\""), "{msg}");
     }
 }

@@ -137,7 +137,11 @@ pub struct AwsError {
 
 impl Instance {
     pub fn tag(&self, key: &str) -> Option<&str> {
-        self.tag_set.item.iter().find(|t| t.key == key).map(|t| t.value.as_str())
+        self.tag_set
+            .item
+            .iter()
+            .find(|t| t.key == key)
+            .map(|t| t.value.as_str())
     }
     pub fn private_dns_name(&self) -> &str {
         self.private_dns_name.as_deref().unwrap_or("")
@@ -146,7 +150,10 @@ impl Instance {
 
 impl DescribeInstances {
     pub fn instances(self) -> impl Iterator<Item = Instance> {
-        self.reservation_set.item.into_iter().flat_map(|r| r.instances_set.item)
+        self.reservation_set
+            .item
+            .into_iter()
+            .flat_map(|r| r.instances_set.item)
     }
 }
 
@@ -167,7 +174,10 @@ pub fn parse_error(body: &str) -> Option<AwsError> {
         #[serde(rename = "Error")]
         error: AwsError,
     }
-    parse::<Other>(body).ok().map(|o| o.error).filter(|e| !e.code.is_empty())
+    parse::<Other>(body)
+        .ok()
+        .map(|o| o.error)
+        .filter(|e| !e.code.is_empty())
 }
 
 #[cfg(test)]
@@ -215,10 +225,20 @@ mod tests {
         let i = &all[0];
         assert_eq!(i.instance_id, "i-1234567890abcdef0");
         assert_eq!(i.instance_state.name, "running");
-        assert_eq!(i.private_dns_name(), "ip-192-168-1-88.eu-west-1.compute.internal");
+        assert_eq!(
+            i.private_dns_name(),
+            "ip-192-168-1-88.eu-west-1.compute.internal"
+        );
         assert_eq!(i.tag("Name"), Some("m1"));
         assert_eq!(i.source_dest_check, Some(true));
-        assert_eq!(i.block_device_mapping.item[0].ebs.as_ref().unwrap().volume_id, "vol-1234567890abcdef0");
+        assert_eq!(
+            i.block_device_mapping.item[0]
+                .ebs
+                .as_ref()
+                .unwrap()
+                .volume_id,
+            "vol-1234567890abcdef0"
+        );
     }
 
     #[test]
@@ -243,7 +263,10 @@ mod tests {
             "<DescribeImagesResponse><imagesSet><item><imageId>ami-1</imageId><rootDeviceName>/dev/sda1</rootDeviceName></item></imagesSet></DescribeImagesResponse>",
         )
         .unwrap();
-        assert_eq!(i.images_set.item[0].root_device_name.as_deref(), Some("/dev/sda1"));
+        assert_eq!(
+            i.images_set.item[0].root_device_name.as_deref(),
+            Some("/dev/sda1")
+        );
         let e = parse_error(
             "<?xml version=\"1.0\"?><Response><Errors><Error><Code>InvalidInstanceID.NotFound</Code><Message>The instance ID 'i-1' does not exist</Message></Error></Errors><RequestID>r</RequestID></Response>",
         )

@@ -57,7 +57,10 @@ impl Cloud {
     fn connect(secret: &SecretData) -> Result<Self, DriverError> {
         let config: Config = provider_config()?;
         let token = require_secret(secret, "token")?;
-        Ok(Cloud { endpoint: config.endpoint.trim_end_matches('/').to_string(), token })
+        Ok(Cloud {
+            endpoint: config.endpoint.trim_end_matches('/').to_string(),
+            token,
+        })
     }
 
     fn call(&self, req: http::Request) -> Result<http::Response, DriverError> {
@@ -65,14 +68,24 @@ impl Cloud {
         let resp = http::send(&req)?;
         match resp.status {
             200..=299 => Ok(resp),
-            status => Err(DriverError::new(code_for_status(status), format!(
-                "{} {} answered {status}: {}", req.method, req.url, resp.text().trim()
-            ))),
+            status => Err(DriverError::new(
+                code_for_status(status),
+                format!(
+                    "{} {} answered {status}: {}",
+                    req.method,
+                    req.url,
+                    resp.text().trim()
+                ),
+            )),
         }
     }
 
     fn find(&self, query: &str) -> Result<Vec<CloudMachine>, DriverError> {
-        self.call(http::request("GET", format!("{}/v1/machines?{query}", self.endpoint)))?.json()
+        self.call(http::request(
+            "GET",
+            format!("{}/v1/machines?{query}", self.endpoint),
+        ))?
+        .json()
     }
 
     /// The machine's VM: by providerID when known, else by name; more than one is OutOfRange.
@@ -87,9 +100,14 @@ impl Cloud {
         }
         let mut found = self.find(&format!("name={}", machine.name))?;
         if found.len() > 1 {
-            return Err(DriverError::new(Code::OutOfRange, format!(
-                "{} VMs are named {:?}; expected at most one", found.len(), machine.name
-            )));
+            return Err(DriverError::new(
+                Code::OutOfRange,
+                format!(
+                    "{} VMs are named {:?}; expected at most one",
+                    found.len(),
+                    machine.name
+                ),
+            ));
         }
         Ok(found.pop())
     }
@@ -113,10 +131,14 @@ fn code_for_status(status: u16) -> Code {
 fn check_spec(class: &MachineClass) -> Result<Spec, DriverError> {
     let spec: Spec = class.decode_spec()?;
     if spec.machine_type.is_empty() {
-        return Err(DriverError::invalid_argument("providerSpec.machineType must not be empty"));
+        return Err(DriverError::invalid_argument(
+            "providerSpec.machineType must not be empty",
+        ));
     }
     if spec.image.is_empty() {
-        return Err(DriverError::invalid_argument("providerSpec.image must not be empty"));
+        return Err(DriverError::invalid_argument(
+            "providerSpec.image must not be empty",
+        ));
     }
     for prefix in ["kubernetes.io/cluster/", "kubernetes.io/role/"] {
         if !spec.tags.keys().any(|k| k.starts_with(prefix)) {
@@ -129,7 +151,9 @@ fn check_spec(class: &MachineClass) -> Result<Spec, DriverError> {
 }
 
 fn cluster_tag(spec: &Spec) -> Option<(&String, &String)> {
-    spec.tags.iter().find(|(k, _)| k.starts_with("kubernetes.io/cluster/"))
+    spec.tags
+        .iter()
+        .find(|(k, _)| k.starts_with("kubernetes.io/cluster/"))
 }
 
 fn provider_id(vm: &CloudMachine) -> String {
@@ -137,7 +161,10 @@ fn provider_id(vm: &CloudMachine) -> String {
 }
 
 fn addresses(vm: &CloudMachine) -> Vec<NodeAddress> {
-    vec![NodeAddress { kind: "Hostname".into(), address: vm.hostname.clone() }]
+    vec![NodeAddress {
+        kind: "Hostname".into(),
+        address: vm.hostname.clone(),
+    }]
 }
 
 struct Sample;
@@ -165,7 +192,10 @@ impl Driver for Sample {
                 cloud.call(http::request("POST", url).json(&body))?.json()?
             }
         };
-        log::info("machine created", &[("id", &vm.id), ("machine", &req.machine.name)]);
+        log::info(
+            "machine created",
+            &[("id", &vm.id), ("machine", &req.machine.name)],
+        );
         Ok(CreateMachineResponse {
             provider_id: provider_id(&vm),
             node_name: vm.hostname.clone(),
@@ -177,14 +207,18 @@ impl Driver for Sample {
     fn delete_machine(req: MachineRequest) -> Result<DeleteMachineResponse, DriverError> {
         let cloud = Cloud::connect(&req.secret)?;
         let Some(vm) = cloud.lookup(&req.machine)? else {
-            return Ok(DeleteMachineResponse { last_known_state: "already gone".into() });
+            return Ok(DeleteMachineResponse {
+                last_known_state: "already gone".into(),
+            });
         };
         let url = format!("{}/v1/machines/{}", cloud.endpoint, vm.id);
         match cloud.call(http::request("DELETE", url)) {
-            Ok(_) => Ok(DeleteMachineResponse { last_known_state: "deleted".into() }),
-            Err(e) if e.code == Code::NotFound => {
-                Ok(DeleteMachineResponse { last_known_state: "already gone".into() })
-            }
+            Ok(_) => Ok(DeleteMachineResponse {
+                last_known_state: "deleted".into(),
+            }),
+            Err(e) if e.code == Code::NotFound => Ok(DeleteMachineResponse {
+                last_known_state: "already gone".into(),
+            }),
             Err(e) => Err(e),
         }
     }
@@ -197,7 +231,10 @@ impl Driver for Sample {
                 node_name: vm.hostname.clone(),
                 addresses: addresses(&vm),
             }),
-            None => Err(DriverError::not_found(format!("no VM for machine {:?}", req.machine.name))),
+            None => Err(DriverError::not_found(format!(
+                "no VM for machine {:?}",
+                req.machine.name
+            ))),
         }
     }
 
@@ -216,8 +253,9 @@ impl Driver for Sample {
     fn get_volume_ids(req: GetVolumeIdsRequest) -> Result<GetVolumeIdsResponse, DriverError> {
         let mut volume_ids = Vec::new();
         for text in &req.pv_specs {
-            let spec: serde_json::Value = serde_json::from_str(text)
-                .map_err(|e| DriverError::invalid_argument(format!("invalid PersistentVolumeSpec: {e}")))?;
+            let spec: serde_json::Value = serde_json::from_str(text).map_err(|e| {
+                DriverError::invalid_argument(format!("invalid PersistentVolumeSpec: {e}"))
+            })?;
             let csi = &spec["csi"];
             if csi["driver"] == CSI_DRIVER {
                 if let Some(handle) = csi["volumeHandle"].as_str() {

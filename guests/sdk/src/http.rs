@@ -11,7 +11,12 @@ pub fn send(req: &Request) -> Result<Response, Error> {
 
 /// Build a request with no headers and no body.
 pub fn request(method: &str, url: impl Into<String>) -> Request {
-    Request { method: method.to_string(), url: url.into(), headers: Vec::new(), body: Vec::new() }
+    Request {
+        method: method.to_string(),
+        url: url.into(),
+        headers: Vec::new(),
+        body: Vec::new(),
+    }
 }
 
 impl Request {
@@ -35,12 +40,18 @@ impl Request {
 impl Response {
     /// First header with this name (case-insensitive).
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
     /// Decode a JSON body; a body that does not decode is `internal`.
     pub fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T, DriverError> {
         serde_json::from_slice(&self.body).map_err(|e| {
-            DriverError::internal(format!("cloud answered {} with a body that is not the expected JSON: {e}", self.status))
+            DriverError::internal(format!(
+                "cloud answered {} with a body that is not the expected JSON: {e}",
+                self.status
+            ))
         })
     }
     /// The body as (lossy) UTF-8 text.

@@ -92,7 +92,10 @@ pub trait Driver {
 impl DriverError {
     /// An error with the given code and message.
     pub fn new(code: Code, message: impl Into<String>) -> Self {
-        DriverError { code, message: message.into() }
+        DriverError {
+            code,
+            message: message.into(),
+        }
     }
     /// `invalid-argument`: the request, class or secret is wrong; retrying will not help.
     pub fn invalid_argument(message: impl Into<String>) -> Self {
@@ -112,7 +115,10 @@ impl DriverError {
     }
     /// `unimplemented`: the provider does not support this operation.
     pub fn unimplemented(operation: &str) -> Self {
-        Self::new(Code::Unimplemented, format!("{operation} is not implemented by this provider"))
+        Self::new(
+            Code::Unimplemented,
+            format!("{operation} is not implemented by this provider"),
+        )
     }
 }
 
@@ -131,7 +137,10 @@ impl MachineClass {
 
 /// Read a key of the merged secret.
 pub fn secret_value<'a>(secret: &'a SecretData, key: &str) -> Option<&'a [u8]> {
-    secret.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_slice())
+    secret
+        .iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.as_slice())
 }
 
 /// Read a key of the merged secret as UTF-8 text, or fail with `invalid-argument` naming it.

@@ -1,10 +1,12 @@
 //! Structured logs into the host's tracing (tagged there with provider, operation, machine).
 
-use crate::bindings::mcm::driver::log::{log, Level};
+use crate::bindings::mcm::driver::log::{Level, log};
 
 fn emit(level: Level, message: &str, fields: &[(&str, &str)]) {
-    let fields: Vec<(String, String)> =
-        fields.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let fields: Vec<(String, String)> = fields
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
     log(level, message, &fields);
 }
 

@@ -305,7 +305,9 @@ async fn gardeners_crds_and_ours_accept_the_same_objects() {
                 "{what}: stored differently:\n  Gardener's: {x}\n  ours:       {y}"
             )),
             (Err(x), Err(_)) => refused.push(format!("{what}: {x}")),
-            _ => differences.push(format!("{what}: Gardener's CRD says {a:?}, ours says {b:?}")),
+            _ => differences.push(format!(
+                "{what}: Gardener's CRD says {a:?}, ours says {b:?}"
+            )),
         }
     }
     assert!(differences.is_empty(), "{}", differences.join("\n"));

@@ -30,7 +30,9 @@ impl std::str::FromStr for Rule {
                 None => (s, None),
             }
         };
-        let port = port.map(|p| p.parse::<u16>().map_err(|_| bad("port is not a number"))).transpose()?;
+        let port = port
+            .map(|p| p.parse::<u16>().map_err(|_| bad("port is not a number")))
+            .transpose()?;
         let (host, wildcard) = match host.strip_prefix("*.") {
             Some(suffix) => (suffix, true),
             None => (host, false),
@@ -38,14 +40,22 @@ impl std::str::FromStr for Rule {
         if host.is_empty() || host.contains(['/', '*', ' ']) {
             return Err(bad("expected host, host:port or *.domain"));
         }
-        Ok(Rule { host: host.to_ascii_lowercase(), wildcard, port })
+        Ok(Rule {
+            host: host.to_ascii_lowercase(),
+            wildcard,
+            port,
+        })
     }
 }
 
 impl fmt::Display for Rule {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let star = if self.wildcard { "*." } else { "" };
-        let host = if self.host.contains(':') { format!("[{}]", self.host) } else { self.host.clone() };
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
         match self.port {
             Some(p) => write!(f, "{star}{host}:{p}"),
             None => write!(f, "{star}{host}"),
@@ -56,7 +66,8 @@ impl fmt::Display for Rule {
 impl Rule {
     fn allows(&self, host: &str, port: u16) -> bool {
         let host_ok = if self.wildcard {
-            host.strip_suffix(&self.host).is_some_and(|prefix| prefix.ends_with('.'))
+            host.strip_suffix(&self.host)
+                .is_some_and(|prefix| prefix.ends_with('.'))
         } else {
             host == self.host
         };
@@ -73,7 +84,10 @@ pub struct EgressPolicy {
 impl EgressPolicy {
     /// Parse rules such as `ec2.eu-west-1.amazonaws.com` or `127.0.0.1:5000`.
     pub fn parse<S: AsRef<str>>(rules: &[S]) -> Result<Self, String> {
-        let rules = rules.iter().map(|r| r.as_ref().parse()).collect::<Result<Vec<Rule>, _>>()?;
+        let rules = rules
+            .iter()
+            .map(|r| r.as_ref().parse())
+            .collect::<Result<Vec<Rule>, _>>()?;
         Ok(EgressPolicy { rules })
     }
 
@@ -85,18 +99,30 @@ impl EgressPolicy {
     /// Is a request to this URL allowed? The error says why not.
     pub fn check(&self, url: &reqwest::Url) -> Result<(), String> {
         if !matches!(url.scheme(), "http" | "https") {
-            return Err(format!("scheme {:?} is not allowed (http and https only)", url.scheme()));
+            return Err(format!(
+                "scheme {:?} is not allowed (http and https only)",
+                url.scheme()
+            ));
         }
-        let host = url.host_str().ok_or("URL has no host")?.trim_matches(['[', ']']).to_ascii_lowercase();
+        let host = url
+            .host_str()
+            .ok_or("URL has no host")?
+            .trim_matches(['[', ']'])
+            .to_ascii_lowercase();
         let port = url.port_or_known_default().unwrap_or(0);
         if self.rules.iter().any(|r| r.allows(&host, port)) {
             return Ok(());
         }
         if self.rules.is_empty() {
-            Err(format!("{host}:{port} is not allowed: the provider's egress allowlist is empty"))
+            Err(format!(
+                "{host}:{port} is not allowed: the provider's egress allowlist is empty"
+            ))
         } else {
             let allowed: Vec<String> = self.rules.iter().map(|r| r.to_string()).collect();
-            Err(format!("{host}:{port} is not in the provider's egress allowlist [{}]", allowed.join(", ")))
+            Err(format!(
+                "{host}:{port} is not in the provider's egress allowlist [{}]",
+                allowed.join(", ")
+            ))
         }
     }
 
@@ -110,7 +136,10 @@ mod tests {
     use super::*;
 
     fn check(rules: &[&str], url: &str) -> bool {
-        EgressPolicy::parse(rules).unwrap().check(&url.parse().unwrap()).is_ok()
+        EgressPolicy::parse(rules)
+            .unwrap()
+            .check(&url.parse().unwrap())
+            .is_ok()
     }
 
     #[test]
@@ -122,14 +151,23 @@ mod tests {
     fn host_and_port_rules() {
         assert!(check(&["127.0.0.1:8080"], "http://127.0.0.1:8080/x"));
         assert!(!check(&["127.0.0.1:8080"], "http://127.0.0.1:8081/x"));
-        assert!(check(&["ec2.eu-west-1.amazonaws.com"], "https://ec2.eu-west-1.amazonaws.com/"));
-        assert!(!check(&["ec2.eu-west-1.amazonaws.com"], "https://ec2.eu-west-1.amazonaws.com.evil.io/"));
+        assert!(check(
+            &["ec2.eu-west-1.amazonaws.com"],
+            "https://ec2.eu-west-1.amazonaws.com/"
+        ));
+        assert!(!check(
+            &["ec2.eu-west-1.amazonaws.com"],
+            "https://ec2.eu-west-1.amazonaws.com.evil.io/"
+        ));
         assert!(check(&["[::1]:9000"], "http://[::1]:9000/"));
     }
 
     #[test]
     fn wildcard_matches_subdomains_only() {
-        assert!(check(&["*.amazonaws.com:443"], "https://ec2.us-east-1.amazonaws.com/"));
+        assert!(check(
+            &["*.amazonaws.com:443"],
+            "https://ec2.us-east-1.amazonaws.com/"
+        ));
         assert!(!check(&["*.amazonaws.com"], "https://amazonaws.com/"));
         assert!(!check(&["*.amazonaws.com"], "https://evilamazonaws.com/"));
     }

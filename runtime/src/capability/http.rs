@@ -31,8 +31,10 @@ impl HttpClient {
         req: Request,
         remaining: Duration,
     ) -> Result<Response, Error> {
-        let url: reqwest::Url =
-            req.url.parse().map_err(|e| Error::InvalidRequest(format!("invalid URL {:?}: {e}", req.url)))?;
+        let url: reqwest::Url = req
+            .url
+            .parse()
+            .map_err(|e| Error::InvalidRequest(format!("invalid URL {:?}: {e}", req.url)))?;
         if let Err(why) = egress.check(&url) {
             tracing::warn!(provider, url = %redact(&url), "egress denied: {why}");
             return Err(Error::Denied(why));
@@ -42,19 +44,34 @@ impl HttpClient {
         }
         let method = reqwest::Method::from_bytes(req.method.as_bytes())
             .map_err(|_| Error::InvalidRequest(format!("invalid method {:?}", req.method)))?;
-        let mut builder = self.client.request(method, url.clone()).timeout(remaining).body(req.body);
+        let mut builder = self
+            .client
+            .request(method, url.clone())
+            .timeout(remaining)
+            .body(req.body);
         for (name, value) in &req.headers {
             builder = builder.header(name.as_str(), value.as_str());
         }
-        let request = builder.build().map_err(|e| Error::InvalidRequest(e.to_string()))?;
+        let request = builder
+            .build()
+            .map_err(|e| Error::InvalidRequest(e.to_string()))?;
         tracing::debug!(provider, method = %request.method(), url = %redact(&url), "outbound request");
 
-        let response = self.client.execute(request).await.map_err(transport_error)?;
+        let response = self
+            .client
+            .execute(request)
+            .await
+            .map_err(transport_error)?;
         let status = response.status().as_u16();
         let headers = response
             .headers()
             .iter()
-            .map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+            .map(|(k, v)| {
+                (
+                    k.as_str().to_string(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
             .collect();
         if response.content_length().is_some_and(|n| n > self.max_body) {
             return Err(Error::TooLarge(self.max_body));
@@ -68,7 +85,11 @@ impl HttpClient {
             }
             body.extend_from_slice(&chunk);
         }
-        Ok(Response { status, headers, body })
+        Ok(Response {
+            status,
+            headers,
+            body,
+        })
     }
 }
 

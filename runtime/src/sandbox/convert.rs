@@ -48,23 +48,39 @@ pub(crate) fn machine_request(r: &MachineRequest) -> wit::MachineRequest {
 }
 
 pub(crate) fn list_request(r: &ClassRequest) -> wit::ListMachinesRequest {
-    wit::ListMachinesRequest { machine_class: machine_class(&r.machine_class), secret: secret(&r.secret) }
+    wit::ListMachinesRequest {
+        machine_class: machine_class(&r.machine_class),
+        secret: secret(&r.secret),
+    }
 }
 
 pub(crate) fn validate_request(r: &ClassRequest) -> wit::ValidateRequest {
-    wit::ValidateRequest { machine_class: machine_class(&r.machine_class), secret: secret(&r.secret) }
+    wit::ValidateRequest {
+        machine_class: machine_class(&r.machine_class),
+        secret: secret(&r.secret),
+    }
 }
 
 pub(crate) fn volume_request(r: &GetVolumeIdsRequest) -> wit::GetVolumeIdsRequest {
-    wit::GetVolumeIdsRequest { pv_specs: r.pv_specs.iter().map(|s| s.to_string()).collect() }
+    wit::GetVolumeIdsRequest {
+        pv_specs: r.pv_specs.iter().map(|s| s.to_string()).collect(),
+    }
 }
 
 pub(crate) fn metrics_labels_request(r: &MetricsLabelsRequest) -> wit::MetricsLabelsRequest {
-    wit::MetricsLabelsRequest { machine: machine(&r.machine), machine_class: machine_class(&r.machine_class) }
+    wit::MetricsLabelsRequest {
+        machine: machine(&r.machine),
+        machine_class: machine_class(&r.machine_class),
+    }
 }
 
 fn addresses(a: Vec<wit::NodeAddress>) -> Vec<NodeAddress> {
-    a.into_iter().map(|a| NodeAddress { kind: a.kind, address: a.address }).collect()
+    a.into_iter()
+        .map(|a| NodeAddress {
+            kind: a.kind,
+            address: a.address,
+        })
+        .collect()
 }
 
 impl From<wit::CreateMachineResponse> for CreateMachineResponse {
@@ -80,31 +96,45 @@ impl From<wit::CreateMachineResponse> for CreateMachineResponse {
 
 impl From<wit::InitializeMachineResponse> for InitializeMachineResponse {
     fn from(r: wit::InitializeMachineResponse) -> Self {
-        InitializeMachineResponse { provider_id: r.provider_id, node_name: r.node_name, addresses: addresses(r.addresses) }
+        InitializeMachineResponse {
+            provider_id: r.provider_id,
+            node_name: r.node_name,
+            addresses: addresses(r.addresses),
+        }
     }
 }
 
 impl From<wit::DeleteMachineResponse> for DeleteMachineResponse {
     fn from(r: wit::DeleteMachineResponse) -> Self {
-        DeleteMachineResponse { last_known_state: r.last_known_state }
+        DeleteMachineResponse {
+            last_known_state: r.last_known_state,
+        }
     }
 }
 
 impl From<wit::GetMachineStatusResponse> for GetMachineStatusResponse {
     fn from(r: wit::GetMachineStatusResponse) -> Self {
-        GetMachineStatusResponse { provider_id: r.provider_id, node_name: r.node_name, addresses: addresses(r.addresses) }
+        GetMachineStatusResponse {
+            provider_id: r.provider_id,
+            node_name: r.node_name,
+            addresses: addresses(r.addresses),
+        }
     }
 }
 
 impl From<wit::ListMachinesResponse> for ListMachinesResponse {
     fn from(r: wit::ListMachinesResponse) -> Self {
-        ListMachinesResponse { machines: r.machines.into_iter().collect() }
+        ListMachinesResponse {
+            machines: r.machines.into_iter().collect(),
+        }
     }
 }
 
 impl From<wit::GetVolumeIdsResponse> for GetVolumeIdsResponse {
     fn from(r: wit::GetVolumeIdsResponse) -> Self {
-        GetVolumeIdsResponse { volume_ids: r.volume_ids }
+        GetVolumeIdsResponse {
+            volume_ids: r.volume_ids,
+        }
     }
 }
 

@@ -162,20 +162,30 @@ impl Sandbox {
         wasm.wasm_component_model(true)
             .epoch_interruption(true)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
-        let engine = Engine::new(&wasm).map_err(anyhow::Error::msg).context("creating the wasmtime engine")?;
+        let engine = Engine::new(&wasm)
+            .map_err(anyhow::Error::msg)
+            .context("creating the wasmtime engine")?;
         spawn_epoch_ticker(&engine, config.epoch_tick);
 
         let mut linker = Linker::<CallState>::new(&engine);
         // Rust guests import a few WASI interfaces even when unused; link them deny-all
         // (no preopens, no env, no sockets): see CallState::new.
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(anyhow::Error::msg).context("linking WASI")?;
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+            .map_err(anyhow::Error::msg)
+            .context("linking WASI")?;
         bindings::Provider::add_to_linker::<CallState, HasSelf<CallState>>(&mut linker, |s| s)
             .map_err(anyhow::Error::msg)
             .context("linking the mcm:driver capabilities")?;
 
         let http = HttpClient::new(config.max_http_body_bytes)?;
         let cache = crate::cache::CompileCache::new(config.cache_dir.clone());
-        Ok(Arc::new(Sandbox { engine, linker, config, http, cache }))
+        Ok(Arc::new(Sandbox {
+            engine,
+            linker,
+            config,
+            http,
+            cache,
+        }))
     }
 
     pub fn engine(&self) -> &Engine {
@@ -187,7 +197,10 @@ impl Sandbox {
     }
 
     /// Compile (or load from the cache) a component.
-    pub(crate) fn compile(&self, bytes: &[u8]) -> anyhow::Result<(Component, crate::cache::CacheHit)> {
+    pub(crate) fn compile(
+        &self,
+        bytes: &[u8],
+    ) -> anyhow::Result<(Component, crate::cache::CacheHit)> {
         self.cache.load(&self.engine, bytes)
     }
 
@@ -210,7 +223,13 @@ impl Sandbox {
         let started = Instant::now();
         let stderr = MemoryOutputPipe::new(self.config.stderr_capture_bytes);
         let memory_refused = Arc::new(AtomicBool::new(false));
-        let state = CallState::new(ctx, started + deadline, &self.config, stderr.clone(), memory_refused.clone());
+        let state = CallState::new(
+            ctx,
+            started + deadline,
+            &self.config,
+            stderr.clone(),
+            memory_refused.clone(),
+        );
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
         // The CPU deadline: ticks until the call's deadline, then trap (Trap::Interrupt).
@@ -219,7 +238,10 @@ impl Sandbox {
         store.epoch_deadline_trap();
 
         let work = async move {
-            let instance = pre.instantiate_async(&mut store).await.map_err(outcome::Failure::Instantiate)?;
+            let instance = pre
+                .instantiate_async(&mut store)
+                .await
+                .map_err(outcome::Failure::Instantiate)?;
             run(store, instance).await.map_err(outcome::Failure::Trap)
         };
         // The wall-clock deadline over the whole call, host calls included.
@@ -244,11 +266,23 @@ impl Sandbox {
         req: &bindings::types::MachineRequest,
     ) -> bool {
         let far = Instant::now() + Duration::from_secs(3600);
-        let state = CallState::new(ctx, far, &self.config, MemoryOutputPipe::new(0), Arc::default());
+        let state = CallState::new(
+            ctx,
+            far,
+            &self.config,
+            MemoryOutputPipe::new(0),
+            Arc::default(),
+        );
         let mut store = Store::new(&self.engine, state);
         store.set_epoch_deadline(u64::MAX / 2);
-        let instance = pre.instantiate_async(&mut store).await.expect("instantiate");
-        let result = instance.mcm_driver_driver().call_get_machine_status(&mut store, req).await;
+        let instance = pre
+            .instantiate_async(&mut store)
+            .await
+            .expect("instantiate");
+        let result = instance
+            .mcm_driver_driver()
+            .call_get_machine_status(&mut store, req)
+            .await;
         matches!(result, Ok(Ok(_)))
     }
 }

@@ -14,7 +14,11 @@ pub(crate) enum Failure {
     Trap(wasmtime::Error),
 }
 
-pub(crate) fn classify(failure: Failure, memory_refused: &AtomicBool, stderr: &MemoryOutputPipe) -> DriverError {
+pub(crate) fn classify(
+    failure: Failure,
+    memory_refused: &AtomicBool,
+    stderr: &MemoryOutputPipe,
+) -> DriverError {
     let (err, instantiating) = match failure {
         Failure::Instantiate(e) => (e, true),
         Failure::Trap(e) => (e, false),
@@ -31,25 +35,44 @@ pub(crate) fn classify(failure: Failure, memory_refused: &AtomicBool, stderr: &M
             with_stderr("guest exceeded its memory or table limit".into(), stderr),
         );
     }
-    let what = if instantiating { "instantiation failed" } else { "guest trapped" };
+    let what = if instantiating {
+        "instantiation failed"
+    } else {
+        "guest trapped"
+    };
     match err.downcast_ref::<Trap>() {
         Some(Trap::Interrupt) => DriverError::new(
             Code::DeadlineExceeded,
-            with_stderr("guest ran past its deadline and was interrupted".into(), stderr),
+            with_stderr(
+                "guest ran past its deadline and was interrupted".into(),
+                stderr,
+            ),
         ),
         Some(Trap::StackOverflow) => DriverError::new(
             Code::Internal,
-            with_stderr(format!("{what}: stack overflow (unbounded recursion?)"), stderr),
+            with_stderr(
+                format!("{what}: stack overflow (unbounded recursion?)"),
+                stderr,
+            ),
         ),
-        Some(trap) => DriverError::new(Code::Internal, with_stderr(format!("{what}: {trap}"), stderr)),
-        None => DriverError::new(Code::Internal, with_stderr(format!("{what}: {err:#}"), stderr)),
+        Some(trap) => DriverError::new(
+            Code::Internal,
+            with_stderr(format!("{what}: {trap}"), stderr),
+        ),
+        None => DriverError::new(
+            Code::Internal,
+            with_stderr(format!("{what}: {err:#}"), stderr),
+        ),
     }
 }
 
 pub(crate) fn deadline_exceeded(deadline: Duration, stderr: &MemoryOutputPipe) -> DriverError {
     DriverError::new(
         Code::DeadlineExceeded,
-        with_stderr(format!("call did not finish within its deadline of {deadline:?}"), stderr),
+        with_stderr(
+            format!("call did not finish within its deadline of {deadline:?}"),
+            stderr,
+        ),
     )
 }
 
@@ -58,5 +81,9 @@ fn with_stderr(message: String, stderr: &MemoryOutputPipe) -> String {
     let bytes = stderr.contents();
     let text = String::from_utf8_lossy(&bytes);
     let text = text.trim();
-    if text.is_empty() { message } else { format!("{message}; guest stderr: {text}") }
+    if text.is_empty() {
+        message
+    } else {
+        format!("{message}; guest stderr: {text}")
+    }
 }

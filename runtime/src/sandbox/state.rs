@@ -61,7 +61,10 @@ impl CallState {
 
 impl WasiView for CallState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
     }
 }
 
@@ -74,7 +77,12 @@ pub(crate) struct CallLimiter {
 }
 
 impl ResourceLimiter for CallLimiter {
-    fn memory_growing(&mut self, _current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _max: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         if desired > self.memory_limit {
             self.memory_refused.store(true, Ordering::Relaxed);
             return Ok(false);
@@ -82,7 +90,12 @@ impl ResourceLimiter for CallLimiter {
         Ok(true)
     }
 
-    fn table_growing(&mut self, _current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _max: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         if desired > self.table_limit {
             self.memory_refused.store(true, Ordering::Relaxed);
             return Ok(false);
@@ -97,14 +110,26 @@ const MAX_LOG_BYTES: usize = 4096;
 impl types::Host for CallState {}
 
 impl http::Host for CallState {
-    async fn send(&mut self, req: http::Request) -> wasmtime::Result<Result<http::Response, http::Error>> {
+    async fn send(
+        &mut self,
+        req: http::Request,
+    ) -> wasmtime::Result<Result<http::Response, http::Error>> {
         let remaining = self.deadline.saturating_duration_since(Instant::now());
-        Ok(self.ctx.http.send(&self.ctx.provider, &self.ctx.egress, req, remaining).await)
+        Ok(self
+            .ctx
+            .http
+            .send(&self.ctx.provider, &self.ctx.egress, req, remaining)
+            .await)
     }
 }
 
 impl log::Host for CallState {
-    fn log(&mut self, level: log::Level, message: String, fields: Vec<(String, String)>) -> wasmtime::Result<()> {
+    fn log(
+        &mut self,
+        level: log::Level,
+        message: String,
+        fields: Vec<(String, String)>,
+    ) -> wasmtime::Result<()> {
         // A guest cannot flood the host's logs: bounded count and size per call.
         if self.log_budget == 0 {
             return Ok(());
@@ -116,11 +141,21 @@ impl log::Host for CallState {
         let provider = &*self.ctx.provider;
         let operation = self.ctx.operation.wit_name();
         match level {
-            log::Level::Trace => tracing::trace!(target: "guest", provider, operation, fields, "{message}"),
-            log::Level::Debug => tracing::debug!(target: "guest", provider, operation, fields, "{message}"),
-            log::Level::Info => tracing::info!(target: "guest", provider, operation, fields, "{message}"),
-            log::Level::Warn => tracing::warn!(target: "guest", provider, operation, fields, "{message}"),
-            log::Level::Error => tracing::error!(target: "guest", provider, operation, fields, "{message}"),
+            log::Level::Trace => {
+                tracing::trace!(target: "guest", provider, operation, fields, "{message}")
+            }
+            log::Level::Debug => {
+                tracing::debug!(target: "guest", provider, operation, fields, "{message}")
+            }
+            log::Level::Info => {
+                tracing::info!(target: "guest", provider, operation, fields, "{message}")
+            }
+            log::Level::Warn => {
+                tracing::warn!(target: "guest", provider, operation, fields, "{message}")
+            }
+            log::Level::Error => {
+                tracing::error!(target: "guest", provider, operation, fields, "{message}")
+            }
         }
         Ok(())
     }
@@ -128,7 +163,10 @@ impl log::Host for CallState {
 
 impl context::Host for CallState {
     fn remaining_millis(&mut self) -> wasmtime::Result<u64> {
-        Ok(self.deadline.saturating_duration_since(Instant::now()).as_millis() as u64)
+        Ok(self
+            .deadline
+            .saturating_duration_since(Instant::now())
+            .as_millis() as u64)
     }
 
     fn provider_config(&mut self) -> wasmtime::Result<String> {

@@ -23,12 +23,18 @@ pub const SECRET_KEY: &str = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY";
 pub fn moto_server_bin() -> PathBuf {
     let cache = std::env::var_os("MCM_WASM_CACHE")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/mcm-wasm"));
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/mcm-wasm")
+        });
     cache.join("moto-venv/bin/moto_server")
 }
 
 fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    StdListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A moto server on a free loopback port, killed when dropped.
@@ -42,7 +48,11 @@ pub struct Moto {
 impl Moto {
     pub fn start() -> Moto {
         let bin = moto_server_bin();
-        assert!(bin.exists(), "moto is not installed at {} (run `just moto` or `just setup`)", bin.display());
+        assert!(
+            bin.exists(),
+            "moto is not installed at {} (run `just moto` or `just setup`)",
+            bin.display()
+        );
         for _attempt in 0..3 {
             let port = free_port();
             let child = Command::new(&bin)
@@ -74,11 +84,19 @@ impl Moto {
 
     /// One EC2 action against moto directly (not through the provider), in `region`.
     pub async fn ec2(&self, region: &str, action: &str, params: &[(&str, &str)]) -> roxml::Doc {
-        self.query("ec2", "2016-11-15", region, action, params).await
+        self.query("ec2", "2016-11-15", region, action, params)
+            .await
     }
 
     /// One AWS Query API action of `service` against moto.
-    pub async fn query(&self, service: &str, version: &str, region: &str, action: &str, params: &[(&str, &str)]) -> roxml::Doc {
+    pub async fn query(
+        &self,
+        service: &str,
+        version: &str,
+        region: &str,
+        action: &str,
+        params: &[(&str, &str)],
+    ) -> roxml::Doc {
         let mut form: Vec<(&str, &str)> = vec![("Action", action), ("Version", version)];
         form.extend_from_slice(params);
         let body = form
@@ -107,9 +125,13 @@ impl Moto {
 
     /// Instances (any state) whose `Name` tag is `name`.
     pub async fn instances_named(&self, name: &str) -> Vec<roxml::Instance> {
-        self.ec2(REGION, "DescribeInstances", &[("Filter.1.Name", "tag:Name"), ("Filter.1.Value.1", name)])
-            .await
-            .instances()
+        self.ec2(
+            REGION,
+            "DescribeInstances",
+            &[("Filter.1.Name", "tag:Name"), ("Filter.1.Value.1", name)],
+        )
+        .await
+        .instances()
     }
 
     /// Instances named `name` that are not terminated or shutting down.
@@ -122,26 +144,42 @@ impl Moto {
     }
 
     pub async fn instance(&self, id: &str) -> roxml::Instance {
-        let mut all = self.ec2(REGION, "DescribeInstances", &[("InstanceId.1", id)]).await.instances();
+        let mut all = self
+            .ec2(REGION, "DescribeInstances", &[("InstanceId.1", id)])
+            .await
+            .instances();
         assert_eq!(all.len(), 1, "moto knows instance {id}");
         all.remove(0)
     }
 
     /// An instance attribute (`userData`, `sourceDestCheck`, ...) as text.
     pub async fn attribute(&self, id: &str, attribute: &str) -> String {
-        let doc = self.ec2(REGION, "DescribeInstanceAttribute", &[("InstanceId", id), ("Attribute", attribute)]).await;
+        let doc = self
+            .ec2(
+                REGION,
+                "DescribeInstanceAttribute",
+                &[("InstanceId", id), ("Attribute", attribute)],
+            )
+            .await;
         doc.first_text(&[attribute, "value"]).unwrap_or_default()
     }
 
     /// (size GiB, volume type) of a volume.
     pub async fn volume(&self, id: &str) -> (String, String) {
-        let doc = self.ec2(REGION, "DescribeVolumes", &[("VolumeId.1", id)]).await;
-        (doc.first_text(&["size"]).unwrap_or_default(), doc.first_text(&["volumeType"]).unwrap_or_default())
+        let doc = self
+            .ec2(REGION, "DescribeVolumes", &[("VolumeId.1", id)])
+            .await;
+        (
+            doc.first_text(&["size"]).unwrap_or_default(),
+            doc.first_text(&["volumeType"]).unwrap_or_default(),
+        )
     }
 
     /// An AMI moto serves in the region.
     pub async fn some_ami(&self) -> String {
-        let doc = self.ec2(REGION, "DescribeImages", &[("Owner.1", "amazon")]).await;
+        let doc = self
+            .ec2(REGION, "DescribeImages", &[("Owner.1", "amazon")])
+            .await;
         let ami = doc.first_text(&["imageId"]).expect("moto has AMIs");
         ami
     }
@@ -157,12 +195,37 @@ impl Moto {
     /// Subnet and security group of moto's default VPC.
     /// Also makes sure the class's IAM instance profile exists.
     pub async fn default_network(&self) -> (String, String) {
-        let profiles = self.query("iam", "2010-05-08", "us-east-1", "ListInstanceProfiles", &[]).await;
-        if !profiles.0.contains(&format!("<InstanceProfileName>{INSTANCE_PROFILE}</InstanceProfileName>")) {
-            self.query("iam", "2010-05-08", "us-east-1", "CreateInstanceProfile", &[("InstanceProfileName", INSTANCE_PROFILE)]).await;
+        let profiles = self
+            .query(
+                "iam",
+                "2010-05-08",
+                "us-east-1",
+                "ListInstanceProfiles",
+                &[],
+            )
+            .await;
+        if !profiles.0.contains(&format!(
+            "<InstanceProfileName>{INSTANCE_PROFILE}</InstanceProfileName>"
+        )) {
+            self.query(
+                "iam",
+                "2010-05-08",
+                "us-east-1",
+                "CreateInstanceProfile",
+                &[("InstanceProfileName", INSTANCE_PROFILE)],
+            )
+            .await;
         }
-        let subnet = self.ec2(REGION, "DescribeSubnets", &[]).await.first_text(&["subnetId"]).expect("a default subnet");
-        let group = self.ec2(REGION, "DescribeSecurityGroups", &[]).await.first_text(&["groupId"]).expect("a default group");
+        let subnet = self
+            .ec2(REGION, "DescribeSubnets", &[])
+            .await
+            .first_text(&["subnetId"])
+            .expect("a default subnet");
+        let group = self
+            .ec2(REGION, "DescribeSecurityGroups", &[])
+            .await
+            .first_text(&["groupId"])
+            .expect("a default group");
         (subnet, group)
     }
 }
@@ -208,15 +271,27 @@ pub mod roxml {
         n.children().find(|c| c.tag_name().name() == name)
     }
     fn text(n: roxmltree::Node, name: &str) -> String {
-        child(n, name).and_then(|c| c.text()).unwrap_or("").trim().to_string()
+        child(n, name)
+            .and_then(|c| c.text())
+            .unwrap_or("")
+            .trim()
+            .to_string()
     }
     fn items<'a, 'i>(n: roxmltree::Node<'a, 'i>, set: &str) -> Vec<roxmltree::Node<'a, 'i>> {
-        child(n, set).map(|s| s.children().filter(|c| c.tag_name().name() == "item").collect()).unwrap_or_default()
+        child(n, set)
+            .map(|s| {
+                s.children()
+                    .filter(|c| c.tag_name().name() == "item")
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     impl Doc {
         fn parse(&self) -> roxmltree::Document<'_> {
-            roxmltree::Document::parse(&self.0).unwrap_or_else(|e| panic!("moto answered XML that does not parse ({e}): {}", self.0))
+            roxmltree::Document::parse(&self.0).unwrap_or_else(|e| {
+                panic!("moto answered XML that does not parse ({e}): {}", self.0)
+            })
         }
 
         /// The text of the first element at this path of names (searched anywhere).
@@ -238,15 +313,27 @@ pub mod roxml {
                 for i in items(r, "instancesSet") {
                     out.push(Instance {
                         id: text(i, "instanceId"),
-                        state: child(i, "instanceState").map(|s| text(s, "name")).unwrap_or_default(),
+                        state: child(i, "instanceState")
+                            .map(|s| text(s, "name"))
+                            .unwrap_or_default(),
                         instance_type: text(i, "instanceType"),
                         image_id: text(i, "imageId"),
                         private_dns_name: text(i, "privateDnsName"),
                         client_token: text(i, "clientToken"),
-                        tags: items(i, "tagSet").into_iter().map(|t| (text(t, "key"), text(t, "value"))).collect(),
+                        tags: items(i, "tagSet")
+                            .into_iter()
+                            .map(|t| (text(t, "key"), text(t, "value")))
+                            .collect(),
                         block_devices: items(i, "blockDeviceMapping")
                             .into_iter()
-                            .map(|b| (text(b, "deviceName"), child(b, "ebs").map(|e| text(e, "volumeId")).unwrap_or_default()))
+                            .map(|b| {
+                                (
+                                    text(b, "deviceName"),
+                                    child(b, "ebs")
+                                        .map(|e| text(e, "volumeId"))
+                                        .unwrap_or_default(),
+                                )
+                            })
                             .collect(),
                     });
                 }
@@ -299,7 +386,9 @@ impl FaultProxy {
         let s = state.clone();
         tokio::spawn(async move {
             loop {
-                let Ok((sock, _)) = listener.accept().await else { return };
+                let Ok((sock, _)) = listener.accept().await else {
+                    return;
+                };
                 let _ = sock.set_nodelay(true);
                 let s = s.clone();
                 tokio::spawn(async move {
@@ -307,12 +396,20 @@ impl FaultProxy {
                 });
             }
         });
-        FaultProxy { addr, endpoint: format!("http://{addr}"), state }
+        FaultProxy {
+            addr,
+            endpoint: format!("http://{addr}"),
+            state,
+        }
     }
 
     /// Apply `fault` to the next request for EC2 `action`.
     pub fn inject(&self, action: &str, fault: Fault) {
-        self.state.faults.lock().unwrap().push_back((action.to_string(), fault));
+        self.state
+            .faults
+            .lock()
+            .unwrap()
+            .push_back((action.to_string(), fault));
     }
 
     pub fn requests(&self) -> u64 {
@@ -335,13 +432,19 @@ struct HttpRequest {
     body: Vec<u8>,
 }
 
-async fn read_request(sock: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<Option<HttpRequest>> {
+async fn read_request(
+    sock: &mut TcpStream,
+    buf: &mut Vec<u8>,
+) -> std::io::Result<Option<HttpRequest>> {
     loop {
         if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
             let head = String::from_utf8_lossy(&buf[..end]).into_owned();
             let len: usize = head
                 .lines()
-                .find_map(|l| l.split_once(':').filter(|(k, _)| k.trim().eq_ignore_ascii_case("content-length")))
+                .find_map(|l| {
+                    l.split_once(':')
+                        .filter(|(k, _)| k.trim().eq_ignore_ascii_case("content-length"))
+                })
                 .map(|(_, v)| v.trim().parse().unwrap_or(0))
                 .unwrap_or(0);
             while buf.len() < end + 4 + len {
@@ -365,7 +468,12 @@ async fn read_request(sock: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Resul
     }
 }
 
-async fn write_response(sock: &mut TcpStream, status: u16, content_type: &str, body: &[u8]) -> std::io::Result<()> {
+async fn write_response(
+    sock: &mut TcpStream,
+    status: u16,
+    content_type: &str,
+    body: &[u8],
+) -> std::io::Result<()> {
     let head = format!(
         "HTTP/1.1 {status} Fault\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: keep-alive\r\n\r\n",
         body.len()
@@ -385,7 +493,11 @@ fn action_of(body: &[u8]) -> String {
         .to_string()
 }
 
-async fn serve_connection(mut sock: TcpStream, upstream: SocketAddr, state: Arc<ProxyState>) -> std::io::Result<()> {
+async fn serve_connection(
+    mut sock: TcpStream,
+    upstream: SocketAddr,
+    state: Arc<ProxyState>,
+) -> std::io::Result<()> {
     let client = reqwest::Client::builder().no_proxy().build().unwrap();
     let mut buf = Vec::new();
     while let Some(req) = read_request(&mut sock, &mut buf).await? {
@@ -399,7 +511,11 @@ async fn serve_connection(mut sock: TcpStream, upstream: SocketAddr, state: Arc<
         };
         match fault {
             Some(Fault::Status(status, body)) => {
-                let ct = if body.starts_with('<') { "text/xml" } else { "text/plain" };
+                let ct = if body.starts_with('<') {
+                    "text/xml"
+                } else {
+                    "text/plain"
+                };
                 write_response(&mut sock, status, ct, body.as_bytes()).await?;
                 continue;
             }
@@ -416,11 +532,16 @@ async fn serve_connection(mut sock: TcpStream, upstream: SocketAddr, state: Arc<
         let mut parts = request_line.split_whitespace();
         let method = parts.next().unwrap_or("POST").to_string();
         let path = parts.next().unwrap_or("/").to_string();
-        let mut forward = client.request(method.parse().unwrap(), format!("http://{upstream}{path}")).body(req.body.clone());
+        let mut forward = client
+            .request(method.parse().unwrap(), format!("http://{upstream}{path}"))
+            .body(req.body.clone());
         for line in lines {
             if let Some((k, v)) = line.split_once(':') {
                 let k = k.trim();
-                if !["host", "content-length", "connection"].iter().any(|h| k.eq_ignore_ascii_case(h)) {
+                if !["host", "content-length", "connection"]
+                    .iter()
+                    .any(|h| k.eq_ignore_ascii_case(h))
+                {
                     forward = forward.header(k, v.trim());
                 }
             }
@@ -434,9 +555,17 @@ async fn serve_connection(mut sock: TcpStream, upstream: SocketAddr, state: Arc<
                     .and_then(|v| v.to_str().ok())
                     .unwrap_or("text/xml")
                     .to_string();
-                (status, ct, resp.bytes().await.map(|b| b.to_vec()).unwrap_or_default())
+                (
+                    status,
+                    ct,
+                    resp.bytes().await.map(|b| b.to_vec()).unwrap_or_default(),
+                )
             }
-            Err(e) => (502, "text/plain".to_string(), format!("proxy: {e}").into_bytes()),
+            Err(e) => (
+                502,
+                "text/plain".to_string(),
+                format!("proxy: {e}").into_bytes(),
+            ),
         };
         match fault {
             Some(Fault::DropAnswer) => return Ok(()),
@@ -471,8 +600,17 @@ pub fn provider_spec(ami: &str, subnet: &str, group: &str) -> serde_json::Value 
 
 pub fn secret() -> std::collections::BTreeMap<String, Vec<u8>> {
     std::collections::BTreeMap::from([
-        ("providerAccessKeyId".to_string(), ACCESS_KEY.as_bytes().to_vec()),
-        ("providerSecretAccessKey".to_string(), SECRET_KEY.as_bytes().to_vec()),
-        ("userData".to_string(), b"#!/bin/bash\necho <<MACHINE_NAME>>".to_vec()),
+        (
+            "providerAccessKeyId".to_string(),
+            ACCESS_KEY.as_bytes().to_vec(),
+        ),
+        (
+            "providerSecretAccessKey".to_string(),
+            SECRET_KEY.as_bytes().to_vec(),
+        ),
+        (
+            "userData".to_string(),
+            b"#!/bin/bash\necho <<MACHINE_NAME>>".to_vec(),
+        ),
     ])
 }

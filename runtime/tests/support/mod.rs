@@ -12,7 +12,10 @@ use mcm_wasm::driver::*;
 use mcm_wasm::{Deadlines, Provider, ProviderSettings, Sandbox, SandboxConfig};
 
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 /// Build every guest once per test binary (cargo does nothing when they are fresh).
@@ -21,7 +24,13 @@ pub fn guests_dir() -> &'static Path {
     DIR.get_or_init(|| {
         let root = repo_root();
         let status = std::process::Command::new(env!("CARGO"))
-            .args(["build", "--release", "--target", "wasm32-wasip2", "--manifest-path"])
+            .args([
+                "build",
+                "--release",
+                "--target",
+                "wasm32-wasip2",
+                "--manifest-path",
+            ])
             .arg(root.join("guests/Cargo.toml"))
             .status()
             .expect("running cargo to build the guests");
@@ -42,7 +51,9 @@ pub fn sandbox_with(deadline: Duration, tweak: impl FnOnce(&mut SandboxConfig)) 
     let mut config = SandboxConfig {
         deadlines: Deadlines::all(deadline),
         memory_limit: 64 << 20,
-        cache_dir: Some(std::env::temp_dir().join(format!("mcm-wasm-test-cache-{}", std::process::id()))),
+        cache_dir: Some(
+            std::env::temp_dir().join(format!("mcm-wasm-test-cache-{}", std::process::id())),
+        ),
         ..SandboxConfig::default()
     };
     tweak(&mut config);
@@ -54,7 +65,9 @@ pub fn sandbox(deadline: Duration) -> Arc<Sandbox> {
 }
 
 pub async fn load(sandbox: &Arc<Sandbox>, name: &str, settings: ProviderSettings) -> Provider {
-    Provider::load(sandbox, &guest(name), settings).await.unwrap_or_else(|e| panic!("loading {name}: {e}"))
+    Provider::load(sandbox, &guest(name), settings)
+        .await
+        .unwrap_or_else(|e| panic!("loading {name}: {e}"))
 }
 
 /// A create request for machine `name` with the given providerSpec.
@@ -66,7 +79,12 @@ pub fn machine_request(name: &str, spec: serde_json::Value) -> MachineRequest {
             uid: format!("uid-{name}"),
             ..Default::default()
         },
-        machine_class: MachineClass { name: "class-a".into(), provider: "test".into(), provider_spec: spec, node_template: None },
+        machine_class: MachineClass {
+            name: "class-a".into(),
+            provider: "test".into(),
+            provider_spec: spec,
+            node_template: None,
+        },
         secret: BTreeMap::new(),
     }
 }
@@ -112,7 +130,8 @@ pub async fn test_server() -> SocketAddr {
     async fn huge() -> Body {
         // Streamed without a content-length, so the host must count while reading.
         let chunk = bytes::Bytes::from(vec![b'x'; 1 << 20]);
-        let stream = futures::stream::iter((0..64).map(move |_| Ok::<_, std::io::Error>(chunk.clone())));
+        let stream =
+            futures::stream::iter((0..64).map(move |_| Ok::<_, std::io::Error>(chunk.clone())));
         Body::from_stream(stream)
     }
     let router = axum::Router::new()
@@ -138,8 +157,14 @@ impl SampleBackend {
             .spawn()
             .expect("starting the sample backend (python3)");
         let mut line = String::new();
-        std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        let endpoint = line.trim().strip_prefix("listening on ").expect("backend prints its address").to_string();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let endpoint = line
+            .trim()
+            .strip_prefix("listening on ")
+            .expect("backend prints its address")
+            .to_string();
         SampleBackend { endpoint, child }
     }
 

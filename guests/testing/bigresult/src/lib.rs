@@ -13,7 +13,9 @@ impl Driver for BigResult {
         })
     }
     fn delete_machine(_req: MachineRequest) -> Result<DeleteMachineResponse, DriverError> {
-        Ok(DeleteMachineResponse { last_known_state: String::new() })
+        Ok(DeleteMachineResponse {
+            last_known_state: String::new(),
+        })
     }
 }
 

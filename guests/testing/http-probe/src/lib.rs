@@ -26,7 +26,10 @@ impl Driver for HttpProbe {
             request = request.header(&k, v);
         }
         let response = http::send(&request)?;
-        log::info("probe answered", &[("status", &response.status.to_string())]);
+        log::info(
+            "probe answered",
+            &[("status", &response.status.to_string())],
+        );
         Ok(CreateMachineResponse {
             provider_id: format!("probe:///{}", response.status),
             node_name: response.text(),
@@ -39,7 +42,9 @@ impl Driver for HttpProbe {
         })
     }
     fn delete_machine(_req: MachineRequest) -> Result<DeleteMachineResponse, DriverError> {
-        Ok(DeleteMachineResponse { last_known_state: String::new() })
+        Ok(DeleteMachineResponse {
+            last_known_state: String::new(),
+        })
     }
 }
 

@@ -17,7 +17,9 @@ impl Driver for Noop {
         })
     }
     fn delete_machine(_req: MachineRequest) -> Result<DeleteMachineResponse, DriverError> {
-        Ok(DeleteMachineResponse { last_known_state: String::new() })
+        Ok(DeleteMachineResponse {
+            last_known_state: String::new(),
+        })
     }
     fn metrics_labels(_req: MetricsLabelsRequest) -> Result<Vec<(String, String)>, DriverError> {
         let n = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;

@@ -8,7 +8,9 @@ impl Driver for Panicker {
         panic!("provider exploded while creating {}", req.machine.name);
     }
     fn delete_machine(_req: MachineRequest) -> Result<DeleteMachineResponse, DriverError> {
-        Ok(DeleteMachineResponse { last_known_state: String::new() })
+        Ok(DeleteMachineResponse {
+            last_known_state: String::new(),
+        })
     }
 }
 

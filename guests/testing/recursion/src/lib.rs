@@ -16,7 +16,9 @@ impl Driver for Recursion {
         Err(DriverError::internal(format!("unreachable: {n}")))
     }
     fn delete_machine(_req: MachineRequest) -> Result<DeleteMachineResponse, DriverError> {
-        Ok(DeleteMachineResponse { last_known_state: String::new() })
+        Ok(DeleteMachineResponse {
+            last_known_state: String::new(),
+        })
     }
 }
 

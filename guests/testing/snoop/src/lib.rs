@@ -29,7 +29,9 @@ impl Driver for Snoop {
         })
     }
     fn delete_machine(_req: MachineRequest) -> Result<DeleteMachineResponse, DriverError> {
-        Ok(DeleteMachineResponse { last_known_state: String::new() })
+        Ok(DeleteMachineResponse {
+            last_known_state: String::new(),
+        })
     }
 }
 
