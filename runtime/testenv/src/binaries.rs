@@ -46,6 +46,7 @@ fn require(what: &str, path: PathBuf) -> Result<PathBuf> {
         Err(Error::MissingBinary {
             what: what.to_owned(),
             path,
+            install: "just controlplane",
         })
     }
 }

@@ -14,6 +14,7 @@
 
 mod binaries;
 mod certs;
+pub mod moto;
 mod process;
 
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
@@ -25,14 +26,19 @@ use std::time::{Duration, Instant};
 pub use binaries::{
     Binaries, GardenerMcm, cache_root, etcd_version, gardener_mcm_version, kubernetes_version,
 };
-use process::ChildGuard;
+pub use process::{ChildGuard, spawn};
 
 /// Errors of starting or using the control plane.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A binary is not in the cache.
-    #[error("{what} not found at {path}: run `just controlplane` first to build it")]
-    MissingBinary { what: String, path: PathBuf },
+    #[error("{what} not found at {path}: run `{install}` first to install it")]
+    MissingBinary {
+        what: String,
+        path: PathBuf,
+        /// The command that installs it.
+        install: &'static str,
+    },
     /// An I/O error, with what was being done.
     #[error("{context}: {source}")]
     Io {
@@ -468,12 +474,12 @@ pub fn free_port() -> Result<u16> {
         .port())
 }
 
-fn tcp_open(port: u16) -> bool {
+pub(crate) fn tcp_open(port: u16) -> bool {
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
     std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
 }
 
-fn wait_until(
+pub(crate) fn wait_until(
     what: &str,
     log: &Path,
     mut check: impl FnMut() -> Result<(), String>,
@@ -508,7 +514,7 @@ fn wait_until(
 
 /// The last `lines` lines of a log, preceded by its last error lines (klog `E`/`F`) if those
 /// are further up.
-fn tail(path: &Path, lines: usize) -> String {
+pub fn tail(path: &Path, lines: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let all: Vec<&str> = text.lines().collect();
     let start = all.len().saturating_sub(lines);

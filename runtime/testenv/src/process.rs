@@ -1,4 +1,4 @@
-//! Child processes that cannot outlive the test process.
+//! Child processes that cannot outlive the process that started them.
 //!
 //! `PR_SET_PDEATHSIG` fires when the *thread* that forked the child ends, not the process; test
 //! threads end after each test, so children are spawned by one thread that lives as long as the
@@ -78,13 +78,13 @@ pub(crate) fn cleanup_at_exit(dir: PathBuf) {
 }
 
 /// A child process that is killed when this guard drops.
-pub(crate) struct ChildGuard {
+pub struct ChildGuard {
     name: String,
     child: Mutex<Child>,
 }
 
 /// Spawns `cmd` with its output appended to `log`, so that it dies with this process.
-pub(crate) fn spawn(name: &str, mut cmd: Command, log: &Path) -> Result<ChildGuard> {
+pub fn spawn(name: &str, mut cmd: Command, log: &Path) -> Result<ChildGuard> {
     register_exit_hook();
     let out = OpenOptions::new()
         .create(true)
@@ -131,22 +131,22 @@ pub(crate) fn spawn(name: &str, mut cmd: Command, log: &Path) -> Result<ChildGua
 
 impl ChildGuard {
     /// The exit status, if the process has exited.
-    pub(crate) fn exit_status(&self) -> Option<ExitStatus> {
+    pub fn exit_status(&self) -> Option<ExitStatus> {
         self.child.lock().ok()?.try_wait().ok().flatten()
     }
 
     /// The process id.
-    pub(crate) fn id(&self) -> u32 {
+    pub fn id(&self) -> u32 {
         self.child.lock().map(|c| c.id()).unwrap_or(0)
     }
 
     /// Whether the process still runs.
-    pub(crate) fn is_running(&mut self) -> bool {
+    pub fn is_running(&mut self) -> bool {
         self.exit_status().is_none()
     }
 
     /// Kills the process (SIGTERM, then SIGKILL after a grace period) and reaps it.
-    pub(crate) fn kill(&mut self) {
+    pub fn kill(&mut self) {
         let Ok(mut child) = self.child.lock() else {
             return;
         };

@@ -1,85 +1,36 @@
-//! moto (a real EC2 Query API server) for the AWS provider's tests and benchmark: a launcher
-//! that kills moto on drop, a fault-injecting loopback proxy between the runtime and moto, and
-//! a direct (unsigned; moto accepts anything) EC2 client for looking at moto's state.
+//! moto (a real EC2 Query API server) for the AWS provider's tests and benchmarks: testenv's
+//! launcher, a fault-injecting loopback proxy between the runtime and moto, and readers of
+//! moto's state (direct EC2 calls, unsigned: moto accepts anything).
 #![allow(dead_code)]
 
 use std::collections::VecDeque;
-use std::net::{SocketAddr, TcpListener as StdListener};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-pub const REGION: &str = "eu-west-1";
+pub use testenv::moto::{ACCESS_KEY, REGION, SECRET_KEY};
+
 pub const INSTANCE_PROFILE: &str = "shoot--a-nodes";
-pub const ACCESS_KEY: &str = "AKIAIOSFODNN7EXAMPLE";
-pub const SECRET_KEY: &str = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY";
 
-/// Where `just moto` installs moto.
-pub fn moto_server_bin() -> PathBuf {
-    let cache = std::env::var_os("MCM_WASM_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/mcm-wasm")
-        });
-    cache.join("moto-venv/bin/moto_server")
-}
-
-fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A moto server on a free loopback port, killed when dropped.
+/// moto (testenv's launcher: it dies with the test process), with readers of its state.
 pub struct Moto {
     pub addr: SocketAddr,
     pub endpoint: String,
-    child: Child,
-    http: reqwest::Client,
+    server: testenv::moto::Moto,
 }
 
 impl Moto {
     pub fn start() -> Moto {
-        let bin = moto_server_bin();
-        assert!(
-            bin.exists(),
-            "moto is not installed at {} (run `just moto` or `just setup`)",
-            bin.display()
-        );
-        for _attempt in 0..3 {
-            let port = free_port();
-            let child = Command::new(&bin)
-                .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("starting moto_server");
-            let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-            let mut moto = Moto {
-                addr,
-                endpoint: format!("http://{addr}"),
-                child,
-                http: reqwest::Client::builder().no_proxy().build().unwrap(),
-            };
-            let started = Instant::now();
-            while started.elapsed() < Duration::from_secs(60) {
-                if let Ok(Some(_)) = moto.child.try_wait() {
-                    break; // exited (port taken?): try another port
-                }
-                if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-                    return moto;
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
+        let server = testenv::moto::Moto::start().unwrap_or_else(|e| panic!("{e}"));
+        Moto {
+            addr: server.addr,
+            endpoint: server.endpoint.clone(),
+            server,
         }
-        panic!("moto_server did not start");
     }
 
     /// One EC2 action against moto directly (not through the provider), in `region`.
@@ -97,29 +48,11 @@ impl Moto {
         action: &str,
         params: &[(&str, &str)],
     ) -> roxml::Doc {
-        let mut form: Vec<(&str, &str)> = vec![("Action", action), ("Version", version)];
-        form.extend_from_slice(params);
-        let body = form
-            .iter()
-            .map(|(k, v)| format!("{}={}", encode(k), encode(v)))
-            .collect::<Vec<_>>()
-            .join("&");
-        // moto picks the region from the credential scope; the signature is not checked.
-        let auth = format!(
-            "AWS4-HMAC-SHA256 Credential={ACCESS_KEY}/20250101/{region}/{service}/aws4_request, SignedHeaders=host, Signature=00"
-        );
-        let resp = self
-            .http
-            .post(format!("{}/", self.endpoint))
-            .header("content-type", "application/x-www-form-urlencoded")
-            .header("authorization", auth)
-            .body(body)
-            .send()
+        let text = self
+            .server
+            .query(service, version, region, action, params)
             .await
-            .expect("moto answers");
-        let status = resp.status();
-        let text = resp.text().await.unwrap();
-        assert!(status.is_success(), "moto {action}: {status}: {text}");
+            .unwrap_or_else(|e| panic!("{e}"));
         roxml::Doc(text)
     }
 
@@ -177,76 +110,26 @@ impl Moto {
 
     /// An AMI moto serves in the region.
     pub async fn some_ami(&self) -> String {
-        let doc = self
-            .ec2(REGION, "DescribeImages", &[("Owner.1", "amazon")])
-            .await;
-        let ami = doc.first_text(&["imageId"]).expect("moto has AMIs");
-        ami
+        self.class_resources().await.0
     }
 
     /// What the test class refers to: (AMI, subnet, security group); also creates the class's
     /// IAM instance profile (moto checks that it exists, as EC2 does).
     pub async fn class_resources(&self) -> (String, String, String) {
-        let ami = self.some_ami().await;
-        let (subnet, group) = self.default_network().await;
-        (ami, subnet, group)
+        let r = self
+            .server
+            .class_resources(INSTANCE_PROFILE, None)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        (r.ami, r.subnet, r.security_group)
     }
 
     /// Subnet and security group of moto's default VPC.
     /// Also makes sure the class's IAM instance profile exists.
     pub async fn default_network(&self) -> (String, String) {
-        let profiles = self
-            .query(
-                "iam",
-                "2010-05-08",
-                "us-east-1",
-                "ListInstanceProfiles",
-                &[],
-            )
-            .await;
-        if !profiles.0.contains(&format!(
-            "<InstanceProfileName>{INSTANCE_PROFILE}</InstanceProfileName>"
-        )) {
-            self.query(
-                "iam",
-                "2010-05-08",
-                "us-east-1",
-                "CreateInstanceProfile",
-                &[("InstanceProfileName", INSTANCE_PROFILE)],
-            )
-            .await;
-        }
-        let subnet = self
-            .ec2(REGION, "DescribeSubnets", &[])
-            .await
-            .first_text(&["subnetId"])
-            .expect("a default subnet");
-        let group = self
-            .ec2(REGION, "DescribeSecurityGroups", &[])
-            .await
-            .first_text(&["groupId"])
-            .expect("a default group");
+        let (_, subnet, group) = self.class_resources().await;
         (subnet, group)
     }
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn encode(s: &str) -> String {
-    let mut out = String::new();
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 /// Just enough XML reading for assertions.
