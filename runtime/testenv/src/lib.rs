@@ -329,15 +329,24 @@ impl ControlPlane {
     /// Starts Gardener's machine-controller-manager (built by `just controlplane`) against this
     /// control plane, for the objects in `namespace`. It is stopped when the returned guard drops.
     pub fn start_gardener_mcm(&self, namespace: &str) -> Result<GardenerMcmProcess> {
-        let mcm = GardenerMcm::locate()?;
-        let log = self.dir_path.join(format!("gardener-mcm-{namespace}.log"));
-        let port = free_port()?;
-        let mut cmd = Command::new(&mcm.binary);
-        cmd.arg(format!(
-            "--control-kubeconfig={}",
-            self.kubeconfig.display()
-        ))
-        .arg(format!("--target-kubeconfig={}", self.kubeconfig.display()))
+        start_gardener_mcm(&self.kubeconfig, namespace, &self.dir_path)
+    }
+}
+
+/// Starts Gardener's machine-controller-manager (built by `just controlplane`) against the
+/// cluster of `kubeconfig`, for the objects in `namespace`, logging into `log_dir`. It is
+/// stopped when the returned guard drops.
+pub fn start_gardener_mcm(
+    kubeconfig: &Path,
+    namespace: &str,
+    log_dir: &Path,
+) -> Result<GardenerMcmProcess> {
+    let mcm = GardenerMcm::locate()?;
+    let log = log_dir.join(format!("gardener-mcm-{namespace}.log"));
+    let port = free_port()?;
+    let mut cmd = Command::new(&mcm.binary);
+    cmd.arg(format!("--control-kubeconfig={}", kubeconfig.display()))
+        .arg(format!("--target-kubeconfig={}", kubeconfig.display()))
         .arg(format!("--namespace={namespace}"))
         .arg("--leader-elect=false")
         .arg("--address=127.0.0.1")
@@ -345,9 +354,8 @@ impl ControlPlane {
         .arg("--safety-up=2")
         .arg("--safety-down=1")
         .arg("--v=2");
-        let child = process::spawn("machine-controller-manager", cmd, &log)?;
-        Ok(GardenerMcmProcess { child, log })
-    }
+    let child = process::spawn("machine-controller-manager", cmd, &log)?;
+    Ok(GardenerMcmProcess { child, log })
 }
 
 impl Drop for ControlPlane {
