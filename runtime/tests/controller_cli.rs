@@ -1,7 +1,8 @@
 //! `mcm-wasm controller` as a process: MCM's flag names, bad flags refused with a clear
 //! message, and a real run (control plane, moto, the AWS provider from a providers directory,
 //! `--simulate-node-join`) that brings a Machine to Running and stops cleanly on SIGTERM, and a
-//! controller killed mid-create that leaves exactly one instance after its restart.
+//! controller killed mid-create that leaves exactly one instance after its restart, and a
+//! controller with only the RBAC of `kubernetes/deploy/`.
 
 mod moto_support;
 mod support;
@@ -10,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use kube::api::{Api, PostParams};
-use machine_api::{Machine, MachineClass, MachinePhase};
+use machine_api::{Machine, MachinePhase};
 use moto_support::*;
 use support::*;
 
@@ -85,37 +86,9 @@ async fn runs_a_machine_to_running_and_stops_on_sigterm() {
     cp.apply_crds().unwrap();
     let client = cp.client().await.unwrap();
     let moto = Moto::start();
-    let ami = moto.some_ami().await;
-    let (subnet, group) = moto.default_network().await;
     let providers = tempfile::tempdir().unwrap();
     std::fs::copy(guest("aws_provider"), providers.path().join("aws.wasm")).unwrap();
-
-    let secret: k8s_openapi::api::core::v1::Secret = serde_json::from_value(serde_json::json!({
-        "metadata": { "name": "aws-secret" },
-        "stringData": {
-            "userData": "#!/bin/bash\necho <<MACHINE_NAME>>",
-            "providerAccessKeyId": ACCESS_KEY,
-            "providerSecretAccessKey": SECRET_KEY,
-        },
-    }))
-    .unwrap();
-    Api::namespaced(client.clone(), "default")
-        .create(&PostParams::default(), &secret)
-        .await
-        .unwrap();
-    let class: MachineClass = serde_json::from_value(serde_json::json!({
-        "apiVersion": "machine.sapcloud.io/v1alpha1",
-        "kind": "MachineClass",
-        "metadata": { "name": "aws-class" },
-        "provider": "aws",
-        "providerSpec": provider_spec(&ami, &subnet, &group),
-        "secretRef": { "name": "aws-secret", "namespace": "default" },
-    }))
-    .unwrap();
-    Api::namespaced(client.clone(), "default")
-        .create(&PostParams::default(), &class)
-        .await
-        .unwrap();
+    create_aws_class(&client, "default", &moto).await;
 
     let log = tempfile::NamedTempFile::new().unwrap();
     let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -273,36 +246,9 @@ async fn killed_mid_create_then_restarted_leaves_exactly_one_instance() {
     let client = cp.client().await.unwrap();
     let moto = Moto::start();
     let proxy = FaultProxy::start(moto.addr).await;
-    let ami = moto.some_ami().await;
-    let (subnet, group) = moto.default_network().await;
     let providers = tempfile::tempdir().unwrap();
     std::fs::copy(guest("aws_provider"), providers.path().join("aws.wasm")).unwrap();
-    let secret: k8s_openapi::api::core::v1::Secret = serde_json::from_value(serde_json::json!({
-        "metadata": { "name": "aws-secret" },
-        "stringData": {
-            "userData": "#!/bin/bash\necho <<MACHINE_NAME>>",
-            "providerAccessKeyId": ACCESS_KEY,
-            "providerSecretAccessKey": SECRET_KEY,
-        },
-    }))
-    .unwrap();
-    Api::namespaced(client.clone(), "default")
-        .create(&PostParams::default(), &secret)
-        .await
-        .unwrap();
-    let class: MachineClass = serde_json::from_value(serde_json::json!({
-        "apiVersion": "machine.sapcloud.io/v1alpha1",
-        "kind": "MachineClass",
-        "metadata": { "name": "aws-class" },
-        "provider": "aws",
-        "providerSpec": provider_spec(&ami, &subnet, &group),
-        "secretRef": { "name": "aws-secret", "namespace": "default" },
-    }))
-    .unwrap();
-    Api::namespaced(client.clone(), "default")
-        .create(&PostParams::default(), &class)
-        .await
-        .unwrap();
+    create_aws_class(&client, "default", &moto).await;
     let log = tempfile::NamedTempFile::new().unwrap();
     let spawn = || {
         KillOnDrop(
@@ -424,36 +370,9 @@ async fn leader_election_hands_over_when_the_leader_dies() {
     cp.apply_crds().unwrap();
     let client = cp.client().await.unwrap();
     let moto = Moto::start();
-    let ami = moto.some_ami().await;
-    let (subnet, group) = moto.default_network().await;
     let providers = tempfile::tempdir().unwrap();
     std::fs::copy(guest("aws_provider"), providers.path().join("aws.wasm")).unwrap();
-    let secret: k8s_openapi::api::core::v1::Secret = serde_json::from_value(serde_json::json!({
-        "metadata": { "name": "aws-secret" },
-        "stringData": {
-            "userData": "#!/bin/bash\necho <<MACHINE_NAME>>",
-            "providerAccessKeyId": ACCESS_KEY,
-            "providerSecretAccessKey": SECRET_KEY,
-        },
-    }))
-    .unwrap();
-    Api::namespaced(client.clone(), "default")
-        .create(&PostParams::default(), &secret)
-        .await
-        .unwrap();
-    let class: MachineClass = serde_json::from_value(serde_json::json!({
-        "apiVersion": "machine.sapcloud.io/v1alpha1",
-        "kind": "MachineClass",
-        "metadata": { "name": "aws-class" },
-        "provider": "aws",
-        "providerSpec": provider_spec(&ami, &subnet, &group),
-        "secretRef": { "name": "aws-secret", "namespace": "default" },
-    }))
-    .unwrap();
-    Api::namespaced(client.clone(), "default")
-        .create(&PostParams::default(), &class)
-        .await
-        .unwrap();
+    create_aws_class(&client, "default", &moto).await;
     let spawn = || {
         KillOnDrop(
             bin()
@@ -551,4 +470,194 @@ async fn leader_election_hands_over_when_the_leader_dies() {
     assert_eq!(moto.live_instances_named("leader-machine-1").await.len(), 1);
     assert_eq!(moto.live_instances_named("leader-machine-2").await.len(), 1);
     drop(b);
+}
+
+/// The controller as the ServiceAccount of `kubernetes/deploy/` (a real token, only the RBAC
+/// shipped there) with leader election: a Machine goes to Running and is deleted (drain, VM,
+/// Node, finalizers), and no request of the controller is forbidden. The node join is
+/// simulated in the test process with admin rights (a kubelet's, not the controller's).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_with_only_the_shipped_rbac() {
+    use mcm_wasm::controller::{self, Config, Context};
+    use mcm_wasm::{EgressPolicy, ProviderSettings, Registry};
+    const NS: &str = "mcm-wasm";
+
+    controller::install_crypto_provider();
+    let cp = testenv::ControlPlane::start().expect("control plane (run `just controlplane`)");
+    cp.apply_crds().unwrap();
+    let deploy = testenv::kubernetes_dir().join("deploy");
+    for file in ["namespace.yaml", "serviceaccount.yaml", "rbac.yaml"] {
+        cp.kubectl_run([
+            "apply".as_ref(),
+            "-f".as_ref(),
+            deploy.join(file).as_os_str(),
+        ])
+        .unwrap();
+    }
+    let client = cp.client().await.unwrap();
+    let moto = Moto::start();
+    let providers = tempfile::tempdir().unwrap();
+    std::fs::copy(guest("aws_provider"), providers.path().join("aws.wasm")).unwrap();
+    create_aws_class(&client, NS, &moto).await;
+
+    // A kubeconfig with a token of the ServiceAccount.
+    let token = cp
+        .kubectl_run(["-n", NS, "create", "token", "mcm-wasm-controller"])
+        .unwrap();
+    let kubeconfig = tempfile::NamedTempFile::new().unwrap();
+    let config = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{ "name": "c", "cluster": {
+            "server": cp.server_url(),
+            "certificate-authority": cp.dir().join("pki/ca.crt"),
+        }}],
+        "users": [{ "name": "sa", "user": { "token": token.trim() } }],
+        "contexts": [{ "name": "c", "context": { "cluster": "c", "user": "sa" } }],
+        "current-context": "c",
+    });
+    std::fs::write(kubeconfig.path(), config.to_string()).unwrap();
+
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let mut child = KillOnDrop(
+        bin()
+            .arg("controller")
+            .arg("--providers-dir")
+            .arg(providers.path())
+            .arg("--control-kubeconfig")
+            .arg(kubeconfig.path())
+            .args(["--namespace", NS, "--leader-elect", "--port", "0"])
+            .arg("--provider-config")
+            .arg(format!(
+                "aws={}",
+                serde_json::json!({ "endpoint": moto.endpoint })
+            ))
+            .arg("--provider-allow-host")
+            .arg(format!("aws={}", moto.addr))
+            .env("MCM_WASM_LOG", "info,kube_client=debug")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(log.reopen().unwrap())
+            .spawn()
+            .unwrap(),
+    );
+
+    // The simulated kubelet, as admin.
+    let registry = Registry::new(sandbox(Duration::from_secs(30)));
+    registry.set_settings(
+        "aws",
+        ProviderSettings {
+            egress: EgressPolicy::parse(&[moto.addr.to_string()]).unwrap(),
+            config: Some(serde_json::json!({ "endpoint": moto.endpoint }).to_string()),
+            deadlines: None,
+        },
+    );
+    let _watch = registry
+        .watch_dir(providers.path().to_path_buf(), Duration::from_secs(30))
+        .await
+        .unwrap();
+    let sim_ctx = Context::new(
+        client.clone(),
+        Some(client.clone()),
+        registry,
+        Config {
+            namespace: NS.into(),
+            ..Config::default()
+        },
+    );
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let sim = tokio::spawn(controller::node_sim::run(
+        sim_ctx,
+        Duration::from_millis(300),
+        async move {
+            let mut stopped = stopped;
+            let _ = stopped.wait_for(|v| *v).await;
+        },
+    ));
+
+    let machine: Machine = serde_json::from_value(serde_json::json!({
+        "apiVersion": "machine.sapcloud.io/v1alpha1",
+        "kind": "Machine",
+        "metadata": { "name": "rbac-machine-1" },
+        "spec": { "class": { "kind": "MachineClass", "name": "aws-class" } },
+    }))
+    .unwrap();
+    let machines: Api<Machine> = Api::namespaced(client.clone(), NS);
+    machines
+        .create(&PostParams::default(), &machine)
+        .await
+        .unwrap();
+    // The log at debug level is long: on failure show its requests that were refused and its
+    // last lines.
+    let log_text = || {
+        let text = std::fs::read_to_string(log.path()).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        let refused: Vec<&str> = lines
+            .iter()
+            .copied()
+            .filter(|l| l.contains("Forbidden"))
+            .take(5)
+            .collect();
+        format!(
+            "refused: {refused:#?}\nlast lines:\n{}",
+            lines[lines.len().saturating_sub(15)..].join("\n")
+        )
+    };
+    let started = Instant::now();
+    let node = loop {
+        let m = machines.get("rbac-machine-1").await.unwrap();
+        if m.phase() == Some(&MachinePhase::Running) {
+            break m.node_name().unwrap().to_string();
+        }
+        if let Ok(Some(status)) = child.0.try_wait() {
+            panic!("controller exited with {status}: {}", log_text());
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "not Running: {:?}\n--- controller log ---\n{}",
+            m.status,
+            log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    let lease: k8s_openapi::api::coordination::v1::Lease = Api::namespaced(client.clone(), NS)
+        .get("machine-controller")
+        .await
+        .unwrap();
+    assert!(
+        lease.spec.and_then(|s| s.holder_identity).is_some(),
+        "the controller holds its Lease"
+    );
+
+    machines
+        .delete("rbac-machine-1", &Default::default())
+        .await
+        .unwrap();
+    let started = Instant::now();
+    while machines.get_opt("rbac-machine-1").await.unwrap().is_some() {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "not deleted:\n{}",
+            log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(client.clone());
+    assert!(
+        nodes.get_opt(&node).await.unwrap().is_none(),
+        "node deleted"
+    );
+    assert!(moto.live_instances_named("rbac-machine-1").await.is_empty());
+    let _ = stop.send(true);
+    sim.await.unwrap();
+    let text = std::fs::read_to_string(log.path()).unwrap();
+    assert!(
+        text.contains("GET"),
+        "the log shows the controller's requests"
+    );
+    assert!(
+        !text.contains("Forbidden"),
+        "a request was forbidden:\n{}",
+        log_text()
+    );
 }

@@ -105,9 +105,10 @@ async fn manifests_and_examples_apply_and_rbac_is_least_privilege() {
         &["patch", "secrets"],
         &["create", "events"],
         &["create", "leases.coordination.k8s.io"],
-        &["update", "leases.coordination.k8s.io/mcm-wasm-controller"],
+        &["update", "leases.coordination.k8s.io/machine-controller"],
         &["delete", "nodes"],
         &["patch", "nodes"],
+        &["patch", "nodes", "--subresource=status"],
         &["create", "pods", "--subresource=eviction"],
         &["list", "volumeattachments.storage.k8s.io"],
     ];
@@ -138,10 +139,21 @@ async fn manifests_and_examples_apply_and_rbac_is_least_privilege() {
             wrong.push(format!("allowed but not needed: {args:?}"));
         }
     }
+    // Bootstrap tokens in kube-system; nothing else there.
+    for args in [
+        ["create", "secrets", "-n", "kube-system"],
+        ["delete", "secrets", "-n", "kube-system"],
+    ] {
+        if !can_i(cp, &args) {
+            wrong.push(format!("denied but needed: {args:?}"));
+        }
+    }
     // Secrets and machines of other namespaces are out of reach.
     for args in [
         ["get", "secrets", "-n", "default"],
+        ["list", "secrets", "-n", "kube-system"],
         ["watch", "machines.machine.sapcloud.io", "-n", "default"],
+        ["create", "configmaps", "-n", "kube-system"],
     ] {
         if can_i(cp, &args) {
             wrong.push(format!("allowed outside its namespace: {args:?}"));

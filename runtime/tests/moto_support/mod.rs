@@ -497,3 +497,36 @@ pub fn secret() -> std::collections::BTreeMap<String, Vec<u8>> {
         ),
     ])
 }
+
+/// The Secret `aws-secret` (user data and moto's credentials) and the MachineClass `aws-class`
+/// of the AWS provider in namespace `ns`, pointed at moto's AMI, subnet and security group.
+pub async fn create_aws_class(client: &kube::Client, ns: &str, moto: &Moto) {
+    use kube::api::{Api, PostParams};
+    let (ami, subnet, group) = moto.class_resources().await;
+    let secret: k8s_openapi::api::core::v1::Secret = serde_json::from_value(serde_json::json!({
+        "metadata": { "name": "aws-secret" },
+        "stringData": {
+            "userData": "#!/bin/bash\necho <<MACHINE_NAME>>",
+            "providerAccessKeyId": ACCESS_KEY,
+            "providerSecretAccessKey": SECRET_KEY,
+        },
+    }))
+    .unwrap();
+    Api::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap();
+    let class: machine_api::MachineClass = serde_json::from_value(serde_json::json!({
+        "apiVersion": "machine.sapcloud.io/v1alpha1",
+        "kind": "MachineClass",
+        "metadata": { "name": "aws-class" },
+        "provider": "aws",
+        "providerSpec": provider_spec(&ami, &subnet, &group),
+        "secretRef": { "name": "aws-secret", "namespace": ns },
+    }))
+    .unwrap();
+    Api::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &class)
+        .await
+        .unwrap();
+}

@@ -1,0 +1,264 @@
+//! `cargo bench -p mcm-wasm --bench controller [-- --machines N]`: the machine controller at
+//! scale. A real kube-apiserver + etcd, moto behind a counting loopback proxy, and
+//! `mcm-wasm controller` as its own process with the AWS provider and the simulated node join.
+//! N Machines (default 100) are created at once; measured: time until all are Running (and the
+//! per-machine creation -> Running latency), EC2 requests per machine by action, the
+//! controller's memory (peak and final RSS), and then the time until all are deleted.
+//! Prints a Markdown table (recorded in BENCHMARKS.md).
+
+#[path = "../tests/moto_support/mod.rs"]
+mod moto_support;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt as _;
+use kube::ResourceExt as _;
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use machine_api::Machine;
+use moto_support::*;
+
+const NS: &str = "default";
+
+fn machines_arg() -> usize {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == "--machines")
+        .and_then(|i| args.get(i + 1))
+        .map(|n| n.parse().expect("--machines N"))
+        .unwrap_or(100)
+}
+
+/// (VmHWM, VmRSS) of a process, in MiB.
+fn memory_mib(pid: u32) -> (f64, f64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+            .unwrap_or(0.0)
+            / 1024.0
+    };
+    (field("VmHWM:"), field("VmRSS:"))
+}
+
+fn quantile(sorted: &[Duration], q: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * q).round() as usize]
+}
+
+fn phase(m: &Machine) -> &str {
+    m.status
+        .as_ref()
+        .and_then(|s| s.current_status.phase.as_ref())
+        .map_or("", |p| p.as_str())
+}
+
+#[tokio::main]
+async fn main() {
+    let n = machines_arg();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let wasm = root.join("target/wasm32-wasip2/release/aws_provider.wasm");
+    assert!(
+        wasm.exists(),
+        "{} missing: run `just guests`",
+        wasm.display()
+    );
+
+    mcm_wasm::controller::install_crypto_provider();
+    let cp = testenv::ControlPlane::start().expect("control plane (run `just controlplane`)");
+    cp.apply_crds().unwrap();
+    let client = cp.client().await.unwrap();
+    let moto = Moto::start();
+    let proxy = FaultProxy::start(moto.addr).await;
+    create_aws_class(&client, NS, &moto).await;
+
+    let providers = tempfile::tempdir().unwrap();
+    std::fs::copy(&wasm, providers.path().join("aws.wasm")).unwrap();
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_mcm-wasm"));
+    cmd.arg("controller")
+        .arg("--providers-dir")
+        .arg(providers.path())
+        .arg("--control-kubeconfig")
+        .arg(cp.kubeconfig_path())
+        .args(["--namespace", NS, "--leader-elect=false", "--port", "0"])
+        .arg("--provider-config")
+        .arg(format!(
+            "aws={}",
+            serde_json::json!({ "endpoint": proxy.endpoint })
+        ))
+        .arg("--provider-allow-host")
+        .arg(format!("aws={}", proxy.addr))
+        .arg("--simulate-node-join")
+        .env("MCM_WASM_LOG", "warn");
+    let controller = testenv::spawn("mcm-wasm controller", cmd, log.path()).unwrap();
+    let pid = controller.id();
+    // Let it start (providers loaded, informers synced) before the clock starts.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (_, rss_idle) = memory_mib(pid);
+    proxy.take_actions();
+
+    let machines: Api<Machine> = Api::namespaced(client.clone(), NS);
+    let started = Instant::now();
+    let mut created_at: HashMap<String, Instant> = HashMap::new();
+    let names: Vec<String> = (0..n).map(|i| format!("bench-{i:04}")).collect();
+    let creates = futures::stream::iter(names.iter().cloned().map(|name| {
+        let machines = machines.clone();
+        async move {
+            let machine: Machine = serde_json::from_value(serde_json::json!({
+                "apiVersion": "machine.sapcloud.io/v1alpha1",
+                "kind": "Machine",
+                "metadata": { "name": name },
+                "spec": { "class": { "kind": "MachineClass", "name": "aws-class" } },
+            }))
+            .unwrap();
+            machines
+                .create(&PostParams::default(), &machine)
+                .await
+                .unwrap();
+            (name, Instant::now())
+        }
+    }))
+    .buffer_unordered(32)
+    .collect::<Vec<_>>()
+    .await;
+    created_at.extend(creates);
+    let all_posted = started.elapsed();
+
+    let mut running_at: HashMap<String, Instant> = HashMap::new();
+    let mut peak_hwm = 0.0f64;
+    let timeout = Duration::from_secs(120 + n as u64);
+    while running_at.len() < n {
+        assert!(
+            started.elapsed() < timeout,
+            "{} of {n} Running after {timeout:?}; controller log:\n{}",
+            running_at.len(),
+            testenv::tail(log.path(), 20)
+        );
+        assert!(
+            controller.exit_status().is_none(),
+            "the controller exited:\n{}",
+            testenv::tail(log.path(), 20)
+        );
+        for m in machines.list(&ListParams::default()).await.unwrap() {
+            if phase(&m) == "Running" {
+                running_at.entry(m.name_any()).or_insert_with(Instant::now);
+            }
+        }
+        peak_hwm = peak_hwm.max(memory_mib(pid).0);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let all_running = started.elapsed();
+    let (hwm, rss_running) = memory_mib(pid);
+    let create_actions = proxy.take_actions();
+    let live = moto
+        .ec2(
+            REGION,
+            "DescribeInstances",
+            &[
+                ("Filter.1.Name", "instance-state-name"),
+                ("Filter.1.Value.1", "running"),
+            ],
+        )
+        .await
+        .instances()
+        .len();
+    assert_eq!(live, n, "one running instance per machine");
+
+    let mut latencies: Vec<Duration> = names
+        .iter()
+        .map(|name| running_at[name] - created_at[name])
+        .collect();
+    latencies.sort();
+
+    // Delete them all.
+    let deleting = Instant::now();
+    futures::stream::iter(names.iter().cloned().map(|name| {
+        let machines = machines.clone();
+        async move {
+            machines
+                .delete(&name, &DeleteParams::default())
+                .await
+                .unwrap();
+        }
+    }))
+    .buffer_unordered(32)
+    .collect::<Vec<_>>()
+    .await;
+    loop {
+        let left = machines
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .len();
+        if left == 0 {
+            break;
+        }
+        assert!(
+            deleting.elapsed() < timeout,
+            "{left} machines left after {timeout:?}; controller log:\n{}",
+            testenv::tail(log.path(), 20)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let all_deleted = deleting.elapsed();
+    let delete_actions = proxy.take_actions();
+    let (hwm_end, rss_end) = memory_mib(pid);
+    drop(controller);
+
+    let per_machine = |actions: &[String]| {
+        let mut by: BTreeMap<&str, usize> = BTreeMap::new();
+        for a in actions {
+            *by.entry(a.as_str()).or_default() += 1;
+        }
+        let detail = by
+            .iter()
+            .map(|(a, c)| format!("{a} {:.2}", *c as f64 / n as f64))
+            .collect::<Vec<_>>()
+            .join(", ");
+        format!("{:.2} ({detail})", actions.len() as f64 / n as f64)
+    };
+    let secs = |d: Duration| format!("{:.1} s", d.as_secs_f64());
+    println!("\n## Machine controller: {n} machines (control plane, moto, controller process)\n");
+    println!("| figure | value |");
+    println!("|---|---|");
+    println!("| machines | {n} |");
+    println!("| all Machine objects created | {} |", secs(all_posted));
+    println!(
+        "| all Running (from the first create) | {} |",
+        secs(all_running)
+    );
+    println!(
+        "| per machine, created -> Running: p50 / p90 / max | {} / {} / {} |",
+        secs(quantile(&latencies, 0.5)),
+        secs(quantile(&latencies, 0.9)),
+        secs(quantile(&latencies, 1.0))
+    );
+    println!(
+        "| throughput to Running | {:.1} machines/s |",
+        n as f64 / all_running.as_secs_f64()
+    );
+    println!(
+        "| EC2 requests per machine, create to Running (incl. the simulated kubelet) | {} |",
+        per_machine(&create_actions)
+    );
+    println!(
+        "| all deleted (VM terminated, node deleted, finalizer removed) | {} |",
+        secs(all_deleted)
+    );
+    println!(
+        "| EC2 requests per machine, deletion | {} |",
+        per_machine(&delete_actions)
+    );
+    println!(
+        "| controller RSS: idle / all Running / after deletion | {rss_idle:.0} / {rss_running:.0} / {rss_end:.0} MiB |"
+    );
+    println!(
+        "| controller peak RSS (VmHWM) | {:.0} MiB |",
+        peak_hwm.max(hwm).max(hwm_end)
+    );
+}
