@@ -1,6 +1,7 @@
 //! `cargo bench -p mcm-wasm --bench controller [-- --machines N]`: the machine controller at
 //! scale. A real kube-apiserver + etcd, moto behind a counting loopback proxy, and
-//! `mcm-wasm controller` as its own process with the AWS provider and the simulated node join.
+//! `mcm-wasm controller` as its own process with the AWS provider; the node join is simulated in
+//! the bench process.
 //! N Machines (default 100) are created at once; measured: time until all are Running (and the
 //! per-machine creation -> Running latency), EC2 requests per machine by action, the
 //! controller's memory (peak and final RSS), and then the time until all are deleted.
@@ -43,6 +44,22 @@ fn memory_mib(pid: u32) -> (f64, f64) {
             / 1024.0
     };
     (field("VmHWM:"), field("VmRSS:"))
+}
+
+/// CPU time (user + system) a process has used so far.
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command (which is in parentheses): state is field 3, utime 14, stime 15.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<u64> = rest
+        .split_whitespace()
+        .skip(1)
+        .map(|f| f.parse().unwrap_or(0))
+        .collect();
+    let ticks = fields.get(10).unwrap_or(&0) + fields.get(11).unwrap_or(&0);
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Duration::from_millis(ticks * 1000 / hz)
 }
 
 fn quantile(sorted: &[Duration], q: f64) -> Duration {
@@ -92,9 +109,11 @@ async fn main() {
         ))
         .arg("--provider-allow-host")
         .arg(format!("aws={}", proxy.addr))
-        .arg("--simulate-node-join")
         .env("MCM_WASM_LOG", "warn");
     let controller = testenv::spawn("mcm-wasm controller", cmd, log.path()).unwrap();
+    // The kubelets, simulated in this process and asking moto directly: the proxy counts only
+    // the controller's EC2 requests.
+    let kubelet = SimulatedKubelet::start(&client, NS, &moto, providers.path()).await;
     let pid = controller.id();
     // Let it start (providers loaded, informers synced) before the clock starts.
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -128,6 +147,8 @@ async fn main() {
     created_at.extend(creates);
     let all_posted = started.elapsed();
 
+    let cpu_before = (cpu_time(pid), cpu_time(moto.pid()));
+    let mut vm_at: HashMap<String, Instant> = HashMap::new();
     let mut running_at: HashMap<String, Instant> = HashMap::new();
     let mut peak_hwm = 0.0f64;
     let timeout = Duration::from_secs(120 + n as u64);
@@ -144,6 +165,9 @@ async fn main() {
             testenv::tail(log.path(), 20)
         );
         for m in machines.list(&ListParams::default()).await.unwrap() {
+            if !m.spec.provider_id.is_empty() {
+                vm_at.entry(m.name_any()).or_insert_with(Instant::now);
+            }
             if phase(&m) == "Running" {
                 running_at.entry(m.name_any()).or_insert_with(Instant::now);
             }
@@ -152,6 +176,11 @@ async fn main() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let all_running = started.elapsed();
+    let cpu = (
+        cpu_time(pid) - cpu_before.0,
+        cpu_time(moto.pid()) - cpu_before.1,
+    );
+    let all_vms = vm_at.values().max().map_or(all_running, |t| *t - started);
     let (hwm, rss_running) = memory_mib(pid);
     let create_actions = proxy.take_actions();
     let live = moto
@@ -209,6 +238,7 @@ async fn main() {
     let delete_actions = proxy.take_actions();
     let (hwm_end, rss_end) = memory_mib(pid);
     drop(controller);
+    kubelet.stop().await;
 
     let per_machine = |actions: &[String]| {
         let mut by: BTreeMap<&str, usize> = BTreeMap::new();
@@ -233,6 +263,10 @@ async fn main() {
         secs(all_running)
     );
     println!(
+        "| all VMs created (providerID recorded) | {} |",
+        secs(all_vms)
+    );
+    println!(
         "| per machine, created -> Running: p50 / p90 / max | {} / {} / {} |",
         secs(quantile(&latencies, 0.5)),
         secs(quantile(&latencies, 0.9)),
@@ -243,7 +277,7 @@ async fn main() {
         n as f64 / all_running.as_secs_f64()
     );
     println!(
-        "| EC2 requests per machine, create to Running (incl. the simulated kubelet) | {} |",
+        "| controller's EC2 requests per machine, create to Running | {} |",
         per_machine(&create_actions)
     );
     println!(
@@ -251,8 +285,13 @@ async fn main() {
         secs(all_deleted)
     );
     println!(
-        "| EC2 requests per machine, deletion | {} |",
+        "| controller's EC2 requests per machine, deletion | {} |",
         per_machine(&delete_actions)
+    );
+    println!(
+        "| CPU time until all Running: controller / moto (incl. the simulated kubelets' requests) | {} / {} |",
+        secs(cpu.0),
+        secs(cpu.1)
     );
     println!(
         "| controller RSS: idle / all Running / after deletion | {rss_idle:.0} / {rss_running:.0} / {rss_end:.0} MiB |"

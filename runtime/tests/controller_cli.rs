@@ -478,11 +478,9 @@ async fn leader_election_hands_over_when_the_leader_dies() {
 /// simulated in the test process with admin rights (a kubelet's, not the controller's).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn runs_with_only_the_shipped_rbac() {
-    use mcm_wasm::controller::{self, Config, Context};
-    use mcm_wasm::{EgressPolicy, ProviderSettings, Registry};
     const NS: &str = "mcm-wasm";
 
-    controller::install_crypto_provider();
+    mcm_wasm::controller::install_crypto_provider();
     let cp = testenv::ControlPlane::start().expect("control plane (run `just controlplane`)");
     cp.apply_crds().unwrap();
     let deploy = testenv::kubernetes_dir().join("deploy");
@@ -542,38 +540,7 @@ async fn runs_with_only_the_shipped_rbac() {
             .unwrap(),
     );
 
-    // The simulated kubelet, as admin.
-    let registry = Registry::new(sandbox(Duration::from_secs(30)));
-    registry.set_settings(
-        "aws",
-        ProviderSettings {
-            egress: EgressPolicy::parse(&[moto.addr.to_string()]).unwrap(),
-            config: Some(serde_json::json!({ "endpoint": moto.endpoint }).to_string()),
-            deadlines: None,
-        },
-    );
-    let _watch = registry
-        .watch_dir(providers.path().to_path_buf(), Duration::from_secs(30))
-        .await
-        .unwrap();
-    let sim_ctx = Context::new(
-        client.clone(),
-        Some(client.clone()),
-        registry,
-        Config {
-            namespace: NS.into(),
-            ..Config::default()
-        },
-    );
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let sim = tokio::spawn(controller::node_sim::run(
-        sim_ctx,
-        Duration::from_millis(300),
-        async move {
-            let mut stopped = stopped;
-            let _ = stopped.wait_for(|v| *v).await;
-        },
-    ));
+    let kubelet = SimulatedKubelet::start(&client, NS, &moto, providers.path()).await;
 
     let machine: Machine = serde_json::from_value(serde_json::json!({
         "apiVersion": "machine.sapcloud.io/v1alpha1",
@@ -648,8 +615,7 @@ async fn runs_with_only_the_shipped_rbac() {
         "node deleted"
     );
     assert!(moto.live_instances_named("rbac-machine-1").await.is_empty());
-    let _ = stop.send(true);
-    sim.await.unwrap();
+    kubelet.stop().await;
     let text = std::fs::read_to_string(log.path()).unwrap();
     assert!(
         text.contains("GET"),

@@ -7,21 +7,26 @@
 //! creates the Node (name = the label, `spec.providerID`, the VM's addresses) and marks it
 //! Ready. It registers a Node only after the label exists (a kubelet registers after boot;
 //! an earlier Node would make the controller treat the VM as using an old node object), once
-//! per node name, and never deletes Nodes: the controller does.
+//! per node name, and never deletes Nodes: the controller does. The VMs of one scan join side
+//! by side, as the kubelets of many booting VMs would.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::{Node, NodeSpec};
 use kube::ResourceExt as _;
 use kube::api::{Api, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
-use machine_api::Machine;
+use machine_api::{Machine, MachineClass};
 
 use super::machine::{driver_class, driver_machine};
 use super::status::now;
 use super::{Context, secrets};
 use crate::driver::MachineRequest;
+
+/// Nodes registered side by side in one scan.
+const CONCURRENT_JOINS: usize = 16;
 
 /// Run until `shutdown` resolves, scanning every `interval`.
 pub async fn run(ctx: Arc<Context>, interval: Duration, shutdown: impl Future<Output = ()>) {
@@ -48,33 +53,60 @@ async fn scan(
     registered: &mut HashSet<String>,
 ) -> Result<(), kube::Error> {
     let nodes: Api<Node> = Api::all(target.clone());
-    for machine in ctx.machines().list(&ListParams::default()).await? {
-        if machine.metadata.deletion_timestamp.is_some() || machine.spec.provider_id.is_empty() {
-            continue;
-        }
-        let Some(node_name) = machine
-            .node_name()
-            .filter(|n| !n.is_empty())
-            .map(str::to_string)
-        else {
-            continue;
-        };
-        if registered.contains(&node_name) {
-            continue;
-        }
-        if nodes.get_opt(&node_name).await?.is_some() {
-            registered.insert(node_name);
-            continue;
-        }
-        match register(ctx, &nodes, &machine, &node_name).await {
-            Ok(true) => {
-                tracing::info!(machine = %machine.name_any(), node = %node_name, "simulated kubelet registered the node");
-                registered.insert(node_name);
-            }
-            Ok(false) => {}
-            Err(e) => tracing::debug!(node = %node_name, "simulated node registration: {e}"),
+    let existing: HashSet<String> = nodes
+        .list_metadata(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .filter_map(|n| n.metadata.name)
+        .collect();
+    registered.extend(existing.iter().cloned());
+    let waiting: Vec<(Machine, String)> = ctx
+        .machines()
+        .list(&ListParams::default())
+        .await?
+        .into_iter()
+        .filter(|m| m.metadata.deletion_timestamp.is_none() && !m.spec.provider_id.is_empty())
+        .filter_map(|m| {
+            let node = m.node_name().filter(|n| !n.is_empty())?.to_string();
+            (!registered.contains(&node)).then_some((m, node))
+        })
+        .collect();
+    // Classes and their secrets once per scan; the kubelets of many VMs boot side by side.
+    let mut classes = HashMap::new();
+    for (m, _) in &waiting {
+        let name = &m.spec.class.name;
+        if !classes.contains_key(name)
+            && let Some(class) = ctx.classes().get_opt(name).await?
+        {
+            let secret =
+                secrets::merged_secret(&ctx.control, &class, &ctx.config.namespace).await?;
+            classes.insert(name.clone(), (class, secret));
         }
     }
+    let joined: Vec<String> = futures::stream::iter(waiting)
+        .map(|(machine, node_name)| {
+            let (nodes, classes) = (&nodes, &classes);
+            async move {
+                let (class, secret) = classes.get(&machine.spec.class.name)?;
+                match register(ctx, nodes, &machine, class, secret, &node_name).await {
+                    Ok(true) => {
+                        tracing::info!(machine = %machine.name_any(), node = %node_name, "simulated kubelet registered the node");
+                        Some(node_name)
+                    }
+                    Ok(false) => None,
+                    Err(e) => {
+                        tracing::debug!(node = %node_name, "simulated node registration: {e}");
+                        None
+                    }
+                }
+            }
+        })
+        .buffer_unordered(CONCURRENT_JOINS)
+        .filter_map(std::future::ready)
+        .collect()
+        .await;
+    registered.extend(joined);
     Ok(())
 }
 
@@ -83,19 +115,17 @@ async fn register(
     ctx: &Context,
     nodes: &Api<Node>,
     machine: &Machine,
+    class: &MachineClass,
+    secret: &BTreeMap<String, Vec<u8>>,
     node_name: &str,
 ) -> Result<bool, kube::Error> {
-    let Some(class) = ctx.classes().get_opt(&machine.spec.class.name).await? else {
-        return Ok(false);
-    };
     let Some(provider) = ctx.registry.get(&class.spec.provider) else {
         return Ok(false);
     };
-    let secret = secrets::merged_secret(&ctx.control, &class, &ctx.config.namespace).await?;
     let req = MachineRequest {
         machine: driver_machine(machine),
-        machine_class: driver_class(&class),
-        secret,
+        machine_class: driver_class(class),
+        secret: secret.clone(),
     };
     let vm = match provider.get_machine_status(&req).await {
         Ok(vm) if vm.node_name == node_name && vm.provider_id == machine.spec.provider_id => vm,

@@ -33,6 +33,11 @@ impl Moto {
         }
     }
 
+    /// moto's process id.
+    pub fn pid(&self) -> u32 {
+        self.server.pid()
+    }
+
     /// One EC2 action against moto directly (not through the provider), in `region`.
     pub async fn ec2(&self, region: &str, action: &str, params: &[(&str, &str)]) -> roxml::Doc {
         self.query("ec2", "2016-11-15", region, action, params)
@@ -529,4 +534,74 @@ pub async fn create_aws_class(client: &kube::Client, ns: &str, moto: &Moto) {
         .create(&PostParams::default(), &class)
         .await
         .unwrap();
+}
+
+/// The controller's node-join simulation run in this process with admin rights (a kubelet's,
+/// not the controller's), for the machines of namespace `ns`, asking moto directly (so a
+/// proxy in front of moto sees only the controller's requests).
+pub struct SimulatedKubelet {
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+    watch: tokio::task::JoinHandle<()>,
+    _cache: tempfile::TempDir,
+}
+
+impl SimulatedKubelet {
+    pub async fn start(
+        client: &kube::Client,
+        ns: &str,
+        moto: &Moto,
+        providers: &std::path::Path,
+    ) -> SimulatedKubelet {
+        use mcm_wasm::controller::{self, Config, Context};
+        use mcm_wasm::{EgressPolicy, ProviderSettings, Registry, Sandbox, SandboxConfig};
+        let cache = tempfile::tempdir().unwrap();
+        let sandbox = Sandbox::new(SandboxConfig {
+            cache_dir: Some(cache.path().to_path_buf()),
+            ..SandboxConfig::default()
+        })
+        .unwrap();
+        let registry = Registry::new(sandbox);
+        registry.set_settings(
+            "aws",
+            ProviderSettings {
+                egress: EgressPolicy::parse(&[moto.addr.to_string()]).unwrap(),
+                config: Some(serde_json::json!({ "endpoint": moto.endpoint }).to_string()),
+                deadlines: None,
+            },
+        );
+        let watch = registry
+            .watch_dir(providers.to_path_buf(), Duration::from_secs(30))
+            .await
+            .unwrap();
+        let ctx = Context::new(
+            client.clone(),
+            Some(client.clone()),
+            registry,
+            Config {
+                namespace: ns.into(),
+                ..Config::default()
+            },
+        );
+        let (stop, mut stopped) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(controller::node_sim::run(
+            ctx,
+            Duration::from_millis(300),
+            async move {
+                let _ = stopped.wait_for(|v| *v).await;
+            },
+        ));
+        SimulatedKubelet {
+            stop,
+            task,
+            watch,
+            _cache: cache,
+        }
+    }
+
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        self.task.await.unwrap();
+        self.watch.abort();
+    }
 }
