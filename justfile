@@ -34,15 +34,24 @@ moto:
 guests:
     cargo build --release --target wasm32-wasip2 --manifest-path guests/Cargo.toml
 
+# The main job: a local control plane (or $KUBECONFIG), moto, Gardener MCM and the controller with
+# the AWS provider; the examples' machines to Running. Ctrl-C stops everything.
+# Flags: --exit-when-running, --no-gardener-mcm, --timeout-secs N.
+run *args: guests moto controlplane
+    cargo build --workspace --bins
+    target/debug/mcm-wasm-stack {{args}}
+
 # Run all tests: guests run in the real sandbox.
 test: guests
     cargo test --manifest-path guests/Cargo.toml -p aws-provider
     cargo test --workspace --no-fail-fast
 
-# Benchmarks: prints a table (see BENCHMARKS.md for recorded figures).
-bench: guests
+# Benchmarks: prints tables (see BENCHMARKS.md for recorded figures).
+# `just bench --machines 1000`: the controller benchmark with 1000 machines (default 100).
+bench *args: guests
     cargo bench -p mcm-wasm --bench sandbox
     cargo bench -p mcm-wasm --bench aws
+    cargo bench -p mcm-wasm --bench controller -- {{args}}
 
 # Build the mcm-wasm binary (release).
 build:
