@@ -1,36 +1,129 @@
-//! `cargo bench -p mcm-wasm --bench controller [-- --machines N]`: the machine controller at
-//! scale. A real kube-apiserver + etcd, moto behind a counting loopback proxy, and
-//! `mcm-wasm controller` as its own process with the AWS provider; the node join is simulated in
-//! the bench process.
+//! `cargo bench -p mcm-wasm --bench controller [-- --machines N] [--provider aws|sample]`: the
+//! machine controller at scale. A real kube-apiserver + etcd, the cloud (moto for the AWS
+//! provider, default; the sample provider's backend) behind a counting loopback proxy, and
+//! `mcm-wasm controller` as its own process; the node join is simulated in the bench process.
 //! N Machines (default 100) are created at once; measured: time until all are Running (and the
-//! per-machine creation -> Running latency), EC2 requests per machine by action, the
-//! controller's memory (peak and final RSS), and then the time until all are deleted.
-//! Prints a Markdown table (recorded in BENCHMARKS.md).
+//! per-machine creation -> Running latency), the controller's cloud requests per machine by
+//! action, CPU time of the controller and the cloud, the controller's memory (peak and final
+//! RSS), and then the time until all are deleted. Prints a Markdown table (see BENCHMARKS.md).
 
 #[path = "../tests/moto_support/mod.rs"]
 mod moto_support;
+#[path = "../tests/support/mod.rs"]
+mod support;
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt as _;
+use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt as _;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
-use machine_api::Machine;
+use machine_api::{Machine, MachineClass};
 use moto_support::*;
+use support::{SampleBackend, guest};
 
 const NS: &str = "default";
 
-fn machines_arg() -> usize {
+/// The value after `--NAME` on the command line.
+fn arg(name: &str) -> Option<String> {
     let args: Vec<String> = std::env::args().collect();
     args.iter()
-        .position(|a| a == "--machines")
+        .position(|a| a == name)
         .and_then(|i| args.get(i + 1))
-        .map(|n| n.parse().expect("--machines N"))
-        .unwrap_or(100)
+        .cloned()
 }
+
+/// The cloud behind the provider: moto for the AWS provider, or the sample provider's backend
+/// (a small in-memory Python service: it shows the controller's own limit).
+enum Cloud {
+    Moto(Moto),
+    Sample(SampleBackend),
+}
+
+impl Cloud {
+    fn provider(&self) -> &'static str {
+        match self {
+            Cloud::Moto(_) => "aws",
+            Cloud::Sample(_) => "sample",
+        }
+    }
+
+    fn endpoint(&self) -> String {
+        match self {
+            Cloud::Moto(m) => m.endpoint.clone(),
+            Cloud::Sample(b) => b.endpoint.clone(),
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        match self {
+            Cloud::Moto(m) => m.pid(),
+            Cloud::Sample(b) => b.pid(),
+        }
+    }
+
+    /// The Secret and MachineClass `aws-class` (whatever the provider) in `ns`.
+    async fn create_class(&self, client: &kube::Client) {
+        match self {
+            Cloud::Moto(moto) => create_aws_class(client, NS, moto).await,
+            Cloud::Sample(_) => {
+                let secret: Secret = serde_json::from_value(serde_json::json!({
+                    "metadata": { "name": "aws-secret" },
+                    "stringData": { "token": SAMPLE_TOKEN, "userData": "#!/bin/sh\necho <<MACHINE_NAME>>" },
+                }))
+                .unwrap();
+                Api::namespaced(client.clone(), NS)
+                    .create(&PostParams::default(), &secret)
+                    .await
+                    .unwrap();
+                let class: MachineClass = serde_json::from_value(serde_json::json!({
+                    "apiVersion": "machine.sapcloud.io/v1alpha1",
+                    "kind": "MachineClass",
+                    "metadata": { "name": "aws-class" },
+                    "provider": "sample",
+                    "providerSpec": {
+                        "machineType": "small",
+                        "image": "debian-12",
+                        "tags": { "kubernetes.io/cluster/bench": "1", "kubernetes.io/role/node": "1" },
+                    },
+                    "secretRef": { "name": "aws-secret", "namespace": NS },
+                }))
+                .unwrap();
+                Api::namespaced(client.clone(), NS)
+                    .create(&PostParams::default(), &class)
+                    .await
+                    .unwrap();
+            }
+        }
+    }
+
+    /// VMs the cloud runs.
+    async fn running(&self) -> usize {
+        match self {
+            Cloud::Moto(moto) => moto
+                .ec2(
+                    REGION,
+                    "DescribeInstances",
+                    &[
+                        ("Filter.1.Name", "instance-state-name"),
+                        ("Filter.1.Value.1", "running"),
+                    ],
+                )
+                .await
+                .instances()
+                .len(),
+            Cloud::Sample(b) => b
+                .machines()
+                .iter()
+                .filter(|m| m["state"] == "running")
+                .count(),
+        }
+    }
+}
+
+const SAMPLE_TOKEN: &str = "bench-token";
 
 /// (VmHWM, VmRSS) of a process, in MiB.
 fn memory_mib(pid: u32) -> (f64, f64) {
@@ -75,25 +168,29 @@ fn phase(m: &Machine) -> &str {
 
 #[tokio::main]
 async fn main() {
-    let n = machines_arg();
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-    let wasm = root.join("target/wasm32-wasip2/release/aws_provider.wasm");
-    assert!(
-        wasm.exists(),
-        "{} missing: run `just guests`",
-        wasm.display()
-    );
-
+    let n: usize = arg("--machines").map_or(100, |n| n.parse().expect("--machines N"));
     mcm_wasm::controller::install_crypto_provider();
+    let cloud = match arg("--provider").as_deref() {
+        None | Some("aws") => Cloud::Moto(Moto::start()),
+        Some("sample") => Cloud::Sample(SampleBackend::start(SAMPLE_TOKEN)),
+        Some(other) => panic!("--provider {other}: aws or sample"),
+    };
+    let provider = cloud.provider();
+    let wasm = guest(&format!("{provider}_provider"));
+
     let cp = testenv::ControlPlane::start().expect("control plane (run `just controlplane`)");
     cp.apply_crds().unwrap();
     let client = cp.client().await.unwrap();
-    let moto = Moto::start();
-    let proxy = FaultProxy::start(moto.addr).await;
-    create_aws_class(&client, NS, &moto).await;
+    let upstream = cloud
+        .endpoint()
+        .trim_start_matches("http://")
+        .parse()
+        .unwrap();
+    let proxy = FaultProxy::start(upstream).await;
+    cloud.create_class(&client).await;
 
     let providers = tempfile::tempdir().unwrap();
-    std::fs::copy(&wasm, providers.path().join("aws.wasm")).unwrap();
+    std::fs::copy(&wasm, providers.path().join(format!("{provider}.wasm"))).unwrap();
     let log = tempfile::NamedTempFile::new().unwrap();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_mcm-wasm"));
     cmd.arg("controller")
@@ -104,16 +201,17 @@ async fn main() {
         .args(["--namespace", NS, "--leader-elect=false", "--port", "0"])
         .arg("--provider-config")
         .arg(format!(
-            "aws={}",
+            "{provider}={}",
             serde_json::json!({ "endpoint": proxy.endpoint })
         ))
         .arg("--provider-allow-host")
-        .arg(format!("aws={}", proxy.addr))
+        .arg(format!("{provider}={}", proxy.addr))
         .env("MCM_WASM_LOG", "warn");
     let controller = testenv::spawn("mcm-wasm controller", cmd, log.path()).unwrap();
-    // The kubelets, simulated in this process and asking moto directly: the proxy counts only
-    // the controller's EC2 requests.
-    let kubelet = SimulatedKubelet::start(&client, NS, &moto, providers.path()).await;
+    // The kubelets, simulated in this process and asking the cloud directly: the proxy counts
+    // only the controller's requests.
+    let kubelet =
+        SimulatedKubelet::start(&client, NS, provider, &cloud.endpoint(), providers.path()).await;
     let pid = controller.id();
     // Let it start (providers loaded, informers synced) before the clock starts.
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -147,7 +245,7 @@ async fn main() {
     created_at.extend(creates);
     let all_posted = started.elapsed();
 
-    let cpu_before = (cpu_time(pid), cpu_time(moto.pid()));
+    let cpu_before = (cpu_time(pid), cpu_time(cloud.pid()));
     let mut vm_at: HashMap<String, Instant> = HashMap::new();
     let mut running_at: HashMap<String, Instant> = HashMap::new();
     let mut peak_hwm = 0.0f64;
@@ -178,23 +276,12 @@ async fn main() {
     let all_running = started.elapsed();
     let cpu = (
         cpu_time(pid) - cpu_before.0,
-        cpu_time(moto.pid()) - cpu_before.1,
+        cpu_time(cloud.pid()) - cpu_before.1,
     );
     let all_vms = vm_at.values().max().map_or(all_running, |t| *t - started);
     let (hwm, rss_running) = memory_mib(pid);
     let create_actions = proxy.take_actions();
-    let live = moto
-        .ec2(
-            REGION,
-            "DescribeInstances",
-            &[
-                ("Filter.1.Name", "instance-state-name"),
-                ("Filter.1.Value.1", "running"),
-            ],
-        )
-        .await
-        .instances()
-        .len();
+    let live = cloud.running().await;
     assert_eq!(live, n, "one running instance per machine");
 
     let mut latencies: Vec<Duration> = names
@@ -253,7 +340,13 @@ async fn main() {
         format!("{:.2} ({detail})", actions.len() as f64 / n as f64)
     };
     let secs = |d: Duration| format!("{:.1} s", d.as_secs_f64());
-    println!("\n## Machine controller: {n} machines (control plane, moto, controller process)\n");
+    let cloud_name = match cloud {
+        Cloud::Moto(_) => "AWS provider, moto",
+        Cloud::Sample(_) => "sample provider, its backend",
+    };
+    println!(
+        "\n## Machine controller: {n} machines ({cloud_name}; control plane, controller process)\n"
+    );
     println!("| figure | value |");
     println!("|---|---|");
     println!("| machines | {n} |");
@@ -277,7 +370,7 @@ async fn main() {
         n as f64 / all_running.as_secs_f64()
     );
     println!(
-        "| controller's EC2 requests per machine, create to Running | {} |",
+        "| controller's cloud requests per machine, create to Running | {} |",
         per_machine(&create_actions)
     );
     println!(
@@ -285,11 +378,11 @@ async fn main() {
         secs(all_deleted)
     );
     println!(
-        "| controller's EC2 requests per machine, deletion | {} |",
+        "| controller's cloud requests per machine, deletion | {} |",
         per_machine(&delete_actions)
     );
     println!(
-        "| CPU time until all Running: controller / moto (incl. the simulated kubelets' requests) | {} / {} |",
+        "| CPU time until all Running: controller / cloud (incl. the simulated kubelets' requests) | {} / {} |",
         secs(cpu.0),
         secs(cpu.1)
     );

@@ -196,6 +196,27 @@ async fn runs_a_machine_to_running_and_stops_on_sigterm() {
             "{line} missing from:\n{metrics}"
         );
     }
+    let m = machines.get("cli-machine-1").await.unwrap();
+    let info = format!(
+        "mcm_machine_info{{name=\"cli-machine-1\",namespace=\"default\",createdAt=\"{}\",spec_provider_id=\"{}\",spec_class_api_group=\"\",spec_class_kind=\"MachineClass\",spec_class_name=\"aws-class\",node_name=\"{}\"}} 1",
+        m.metadata
+            .creation_timestamp
+            .as_ref()
+            .unwrap()
+            .0
+            .as_second(),
+        m.spec.provider_id,
+        m.node_name().unwrap()
+    );
+    assert!(
+        metrics.lines().any(|l| l == info),
+        "{info} missing from:\n{metrics}"
+    );
+    assert!(
+        metrics.lines().any(|l| l
+            == "mcm_machine_status_condition{name=\"cli-machine-1\",namespace=\"default\",condition=\"Ready\"} 1"),
+        "{metrics}"
+    );
     assert_eq!(get("/nope").await.0, 404);
 
     // SIGTERM: the controller finishes and exits 0.
@@ -540,7 +561,8 @@ async fn runs_with_only_the_shipped_rbac() {
             .unwrap(),
     );
 
-    let kubelet = SimulatedKubelet::start(&client, NS, &moto, providers.path()).await;
+    let kubelet =
+        SimulatedKubelet::start(&client, NS, "aws", &moto.endpoint, providers.path()).await;
 
     let machine: Machine = serde_json::from_value(serde_json::json!({
         "apiVersion": "machine.sapcloud.io/v1alpha1",

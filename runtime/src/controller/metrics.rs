@@ -5,7 +5,9 @@
 //! `mcm_wasm_driver_call_duration_seconds{provider,operation}` (histogram),
 //! `mcm_wasm_reconcile_errors_total{error}`, and MCM's `mcm_machine_items_total` and
 //! `mcm_machine_current_status_phase{name,namespace}` (Terminating −4, Failed −3,
-//! CrashLoopBackOff −2, Unknown −1, Pending 0, Running 1, other 0).
+//! CrashLoopBackOff −2, Unknown −1, Pending 0, Running 1, other 0), `mcm_machine_info` (labels
+//! as MCM's) and `mcm_machine_status_condition{name,namespace,condition}` (True 1, False 0,
+//! Unknown 2).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -157,9 +159,53 @@ impl Metrics {
                     esc(&m.namespace().unwrap_or_default())
                 );
             }
+            out.push_str("# HELP mcm_machine_info Information of the Machines currently managed by the mcm.\n");
+            out.push_str("# TYPE mcm_machine_info gauge\n");
+            for m in machines.iter() {
+                machine_info(&mut out, m);
+            }
+            out.push_str("# HELP mcm_machine_status_condition Machine status conditions.\n");
+            out.push_str("# TYPE mcm_machine_status_condition gauge\n");
+            for m in machines.iter() {
+                for c in m.status.iter().flat_map(|s| &s.conditions) {
+                    let value = match c.status.as_str() {
+                        "True" => 1,
+                        "False" => 0,
+                        _ => 2,
+                    };
+                    let _ = writeln!(
+                        out,
+                        "mcm_machine_status_condition{{name=\"{}\",namespace=\"{}\",condition=\"{}\"}} {value}",
+                        esc(&m.name_any()),
+                        esc(&m.namespace().unwrap_or_default()),
+                        esc(&c.type_)
+                    );
+                }
+            }
         }
         out
     }
+}
+
+/// MCM's `mcm_machine_info` line of one machine (always 1; the information is in the labels).
+fn machine_info(out: &mut String, m: &Machine) {
+    let created = m
+        .metadata
+        .creation_timestamp
+        .as_ref()
+        .map_or(0, |t| t.0.as_second());
+    let class = &m.spec.class;
+    let _ = writeln!(
+        out,
+        "mcm_machine_info{{name=\"{}\",namespace=\"{}\",createdAt=\"{created}\",spec_provider_id=\"{}\",spec_class_api_group=\"{}\",spec_class_kind=\"{}\",spec_class_name=\"{}\",node_name=\"{}\"}} 1",
+        esc(&m.name_any()),
+        esc(&m.namespace().unwrap_or_default()),
+        esc(&m.spec.provider_id),
+        esc(&class.api_group),
+        esc(&class.kind),
+        esc(&class.name),
+        esc(m.node_name().unwrap_or_default()),
+    );
 }
 
 fn esc(s: &str) -> String {

@@ -3,6 +3,7 @@
 //! AWS provider against moto, and on Ctrl-C (SIGINT) stops every process it started.
 
 use std::io::{BufRead as _, BufReader};
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
@@ -57,12 +58,22 @@ fn alive(pid: i32) -> bool {
 #[test]
 fn brings_the_examples_to_running_and_stops_everything_on_ctrl_c() {
     build_dependencies();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_mcm-wasm-stack"))
-        .env_remove("KUBECONFIG")
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_mcm-wasm-stack"));
+    cmd.env_remove("KUBECONFIG")
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
+        .stderr(Stdio::inherit());
+    // A test killed half-way sends the stack SIGTERM, so it tears everything down (its own
+    // children die with it anyway). This thread lives until the stack has stopped.
+    // SAFETY: prctl is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().unwrap();
     let (tx, rx) = mpsc::channel();
     let stdout = child.stdout.take().unwrap();
     std::thread::spawn(move || {

@@ -373,12 +373,32 @@ async fn write_response(
     sock.flush().await
 }
 
-fn action_of(body: &[u8]) -> String {
-    String::from_utf8_lossy(body)
+/// The EC2 action of a Query API request; for any other API, its method and path (query
+/// dropped, segments with digits shown as `{id}`), e.g. `GET /v1/machines/{id}`.
+fn action_of(head: &str, body: &[u8]) -> String {
+    if let Some(action) = String::from_utf8_lossy(body)
         .split('&')
         .find_map(|kv| kv.strip_prefix("Action="))
-        .unwrap_or("")
-        .to_string()
+    {
+        return action.to_string();
+    }
+    let mut parts = head.lines().next().unwrap_or("").split_whitespace();
+    let method = parts.next().unwrap_or("");
+    let path = parts.next().unwrap_or("").split('?').next().unwrap_or("");
+    let path: Vec<&str> = path
+        .split('/')
+        .map(|seg| {
+            let version = seg
+                .strip_prefix('v')
+                .is_some_and(|n| n.parse::<u32>().is_ok());
+            if seg.bytes().any(|b| b.is_ascii_digit()) && !version {
+                "{id}"
+            } else {
+                seg
+            }
+        })
+        .collect();
+    format!("{method} {}", path.join("/"))
 }
 
 async fn serve_connection(
@@ -390,7 +410,7 @@ async fn serve_connection(
     let mut buf = Vec::new();
     while let Some(req) = read_request(&mut sock, &mut buf).await? {
         state.requests.fetch_add(1, Ordering::SeqCst);
-        let action = action_of(&req.body);
+        let action = action_of(&req.head, &req.body);
         state.actions.lock().unwrap().push(action.clone());
         let fault = {
             let mut faults = state.faults.lock().unwrap();
@@ -537,8 +557,9 @@ pub async fn create_aws_class(client: &kube::Client, ns: &str, moto: &Moto) {
 }
 
 /// The controller's node-join simulation run in this process with admin rights (a kubelet's,
-/// not the controller's), for the machines of namespace `ns`, asking moto directly (so a
-/// proxy in front of moto sees only the controller's requests).
+/// not the controller's), for the machines of namespace `ns`, with `provider` asking its cloud
+/// at `endpoint` directly (so a proxy in front of the cloud sees only the controller's
+/// requests).
 pub struct SimulatedKubelet {
     stop: tokio::sync::watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
@@ -550,7 +571,8 @@ impl SimulatedKubelet {
     pub async fn start(
         client: &kube::Client,
         ns: &str,
-        moto: &Moto,
+        provider: &str,
+        endpoint: &str,
         providers: &std::path::Path,
     ) -> SimulatedKubelet {
         use mcm_wasm::controller::{self, Config, Context};
@@ -562,11 +584,12 @@ impl SimulatedKubelet {
         })
         .unwrap();
         let registry = Registry::new(sandbox);
+        let host = endpoint.trim_start_matches("http://").to_string();
         registry.set_settings(
-            "aws",
+            provider,
             ProviderSettings {
-                egress: EgressPolicy::parse(&[moto.addr.to_string()]).unwrap(),
-                config: Some(serde_json::json!({ "endpoint": moto.endpoint }).to_string()),
+                egress: EgressPolicy::parse(&[host]).unwrap(),
+                config: Some(serde_json::json!({ "endpoint": endpoint }).to_string()),
                 deadlines: None,
             },
         );

@@ -168,6 +168,11 @@ impl SampleBackend {
         SampleBackend { endpoint, child }
     }
 
+    /// The backend's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The backend's own view of its machines (not through the provider).
     pub fn machines(&self) -> Vec<serde_json::Value> {
         let url = format!("{}/debug/machines", self.endpoint);
