@@ -13,7 +13,6 @@ mod moto_support;
 mod support;
 
 use std::collections::{BTreeMap, HashMap};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt as _;
@@ -192,20 +191,13 @@ async fn main() {
     let providers = tempfile::tempdir().unwrap();
     std::fs::copy(&wasm, providers.path().join(format!("{provider}.wasm"))).unwrap();
     let log = tempfile::NamedTempFile::new().unwrap();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_mcm-wasm"));
-    cmd.arg("controller")
-        .arg("--providers-dir")
-        .arg(providers.path())
-        .arg("--control-kubeconfig")
-        .arg(cp.kubeconfig_path())
-        .args(["--namespace", NS, "--leader-elect=false", "--port", "0"])
-        .arg("--provider-config")
-        .arg(format!(
-            "{provider}={}",
-            serde_json::json!({ "endpoint": proxy.endpoint })
-        ))
-        .arg("--provider-allow-host")
-        .arg(format!("{provider}={}", proxy.addr))
+    let mut cmd = controller_command(
+        providers.path(),
+        cp.kubeconfig_path(),
+        provider,
+        &proxy.endpoint,
+    );
+    cmd.args(["--namespace", NS, "--leader-elect=false", "--port", "0"])
         .env("MCM_WASM_LOG", "warn");
     let controller = testenv::spawn("mcm-wasm controller", cmd, log.path()).unwrap();
     // The kubelets, simulated in this process and asking the cloud directly: the proxy counts

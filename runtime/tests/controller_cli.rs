@@ -97,33 +97,26 @@ async fn runs_a_machine_to_running_and_stops_on_sigterm() {
         .unwrap()
         .port();
     let mut child = KillOnDrop(
-        bin()
-            .arg("controller")
-            .arg("--providers-dir")
-            .arg(providers.path())
-            .arg("--control-kubeconfig")
-            .arg(cp.kubeconfig_path())
-            .args([
-                "--namespace",
-                "default",
-                "--address",
-                "127.0.0.1",
-                "--port",
-                &metrics_port.to_string(),
-            ])
-            .arg("--provider-config")
-            .arg(format!(
-                "aws={}",
-                serde_json::json!({ "endpoint": moto.endpoint })
-            ))
-            .arg("--provider-allow-host")
-            .arg(format!("aws={}", moto.addr))
-            .arg("--simulate-node-join")
-            .env("MCM_WASM_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log.reopen().unwrap())
-            .spawn()
-            .unwrap(),
+        controller_command(
+            providers.path(),
+            cp.kubeconfig_path(),
+            "aws",
+            &moto.endpoint,
+        )
+        .args([
+            "--namespace",
+            "default",
+            "--address",
+            "127.0.0.1",
+            "--port",
+            &metrics_port.to_string(),
+        ])
+        .arg("--simulate-node-join")
+        .env("MCM_WASM_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(log.reopen().unwrap())
+        .spawn()
+        .unwrap(),
     );
     let child = &mut child.0;
 
@@ -273,26 +266,19 @@ async fn killed_mid_create_then_restarted_leaves_exactly_one_instance() {
     let log = tempfile::NamedTempFile::new().unwrap();
     let spawn = || {
         KillOnDrop(
-            bin()
-                .arg("controller")
-                .arg("--providers-dir")
-                .arg(providers.path())
-                .arg("--control-kubeconfig")
-                .arg(cp.kubeconfig_path())
-                .arg("--provider-config")
-                .arg(format!(
-                    "aws={}",
-                    serde_json::json!({ "endpoint": proxy.endpoint })
-                ))
-                .arg("--provider-allow-host")
-                .arg(format!("aws={}", proxy.addr))
-                .arg("--simulate-node-join")
-                .args(["--port", "0"])
-                .env("MCM_WASM_LOG", "info")
-                .stdout(Stdio::null())
-                .stderr(log.reopen().unwrap())
-                .spawn()
-                .unwrap(),
+            controller_command(
+                providers.path(),
+                cp.kubeconfig_path(),
+                "aws",
+                &proxy.endpoint,
+            )
+            .arg("--simulate-node-join")
+            .args(["--port", "0"])
+            .env("MCM_WASM_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log.reopen().unwrap())
+            .spawn()
+            .unwrap(),
         )
     };
 
@@ -396,31 +382,24 @@ async fn leader_election_hands_over_when_the_leader_dies() {
     create_aws_class(&client, "default", &moto).await;
     let spawn = || {
         KillOnDrop(
-            bin()
-                .arg("controller")
-                .arg("--providers-dir")
-                .arg(providers.path())
-                .arg("--control-kubeconfig")
-                .arg(cp.kubeconfig_path())
-                .arg("--provider-config")
-                .arg(format!(
-                    "aws={}",
-                    serde_json::json!({ "endpoint": moto.endpoint })
-                ))
-                .arg("--provider-allow-host")
-                .arg(format!("aws={}", moto.addr))
-                .args(["--simulate-node-join", "--port", "0", "--leader-elect"])
-                .args([
-                    "--leader-elect-lease-duration",
-                    "3s",
-                    "--leader-elect-renew-deadline",
-                    "2s",
-                ])
-                .args(["--leader-elect-retry-period", "500ms"])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap(),
+            controller_command(
+                providers.path(),
+                cp.kubeconfig_path(),
+                "aws",
+                &moto.endpoint,
+            )
+            .args(["--simulate-node-join", "--port", "0", "--leader-elect"])
+            .args([
+                "--leader-elect-lease-duration",
+                "3s",
+                "--leader-elect-renew-deadline",
+                "2s",
+            ])
+            .args(["--leader-elect-retry-period", "500ms"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
         )
     };
     let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
@@ -539,20 +518,8 @@ async fn runs_with_only_the_shipped_rbac() {
 
     let log = tempfile::NamedTempFile::new().unwrap();
     let mut child = KillOnDrop(
-        bin()
-            .arg("controller")
-            .arg("--providers-dir")
-            .arg(providers.path())
-            .arg("--control-kubeconfig")
-            .arg(kubeconfig.path())
+        controller_command(providers.path(), kubeconfig.path(), "aws", &moto.endpoint)
             .args(["--namespace", NS, "--leader-elect", "--port", "0"])
-            .arg("--provider-config")
-            .arg(format!(
-                "aws={}",
-                serde_json::json!({ "endpoint": moto.endpoint })
-            ))
-            .arg("--provider-allow-host")
-            .arg(format!("aws={}", moto.addr))
             .env("MCM_WASM_LOG", "info,kube_client=debug")
             .env("NO_COLOR", "1")
             .stdout(Stdio::null())

@@ -628,3 +628,31 @@ impl SimulatedKubelet {
         self.watch.abort();
     }
 }
+
+/// `mcm-wasm controller` serving the providers in `providers` for the cluster of `kubeconfig`,
+/// with `provider` pointed at (and allowed to reach only) the cloud at `endpoint`
+/// (`http://HOST:PORT`). Callers add the namespace, ports and other flags.
+pub fn controller_command(
+    providers: &std::path::Path,
+    kubeconfig: &std::path::Path,
+    provider: &str,
+    endpoint: &str,
+) -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_mcm-wasm"));
+    cmd.arg("controller")
+        .arg("--providers-dir")
+        .arg(providers)
+        .arg("--control-kubeconfig")
+        .arg(kubeconfig)
+        .arg("--provider-config")
+        .arg(format!(
+            "{provider}={}",
+            serde_json::json!({ "endpoint": endpoint })
+        ))
+        .arg("--provider-allow-host")
+        .arg(format!(
+            "{provider}={}",
+            endpoint.trim_start_matches("http://")
+        ));
+    cmd
+}
