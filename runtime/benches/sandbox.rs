@@ -250,10 +250,10 @@ fn main() {
         let t = Instant::now();
         std::fs::rename(&tmp, dir.path().join("noop.wasm")).unwrap();
         loop {
-            if let mcm_wasm::RegistryEvent::Loaded { version, .. } = events.recv().await.unwrap() {
-                if version == "0.2.0" {
-                    break t.elapsed();
-                }
+            if let mcm_wasm::RegistryEvent::Loaded { version, .. } = events.recv().await.unwrap()
+                && version == "0.2.0"
+            {
+                break t.elapsed();
             }
         }
     });

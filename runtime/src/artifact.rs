@@ -96,6 +96,8 @@ fn compat_range(host: &semver::Version) -> String {
 }
 
 /// Inspect artifact bytes (no compilation). `path` is used in errors and as the fallback name.
+// A load-time error, once per artifact: its size does not matter.
+#[allow(clippy::result_large_err)]
 pub fn inspect(path: &Path, bytes: &[u8]) -> Result<ArtifactInfo, LoadError> {
     let p = path.display().to_string();
     if bytes.is_empty() {

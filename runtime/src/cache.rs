@@ -55,15 +55,15 @@ impl CompileCache {
         bytes: &[u8],
     ) -> anyhow::Result<(Component, CacheHit)> {
         let entry = self.entry(engine, bytes);
-        if let Some(path) = &entry {
-            if path.exists() {
-                // SAFETY: the file was written by `precompile_component` of an engine with the
-                // same compatibility hash (it is in the name) into our private cache directory.
-                match unsafe { Component::deserialize_file(engine, path) } {
-                    Ok(component) => return Ok((component, CacheHit::Disk)),
-                    Err(e) => {
-                        tracing::warn!(path = %path.display(), "ignoring unusable cache entry: {e:#}")
-                    }
+        if let Some(path) = &entry
+            && path.exists()
+        {
+            // SAFETY: the file was written by `precompile_component` of an engine with the
+            // same compatibility hash (it is in the name) into our private cache directory.
+            match unsafe { Component::deserialize_file(engine, path) } {
+                Ok(component) => return Ok((component, CacheHit::Disk)),
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), "ignoring unusable cache entry: {e:#}")
                 }
             }
         }
@@ -72,10 +72,10 @@ impl CompileCache {
             .precompile_component(bytes)
             .map_err(anyhow::Error::msg)?;
         tracing::debug!(elapsed = ?started.elapsed(), "compiled component");
-        if let Some(path) = &entry {
-            if let Err(e) = store(path, &compiled) {
-                tracing::warn!(path = %path.display(), "cannot write compile cache: {e:#}");
-            }
+        if let Some(path) = &entry
+            && let Err(e) = store(path, &compiled)
+        {
+            tracing::warn!(path = %path.display(), "cannot write compile cache: {e:#}");
         }
         // SAFETY: the bytes come from `precompile_component` of this engine just now.
         let component =

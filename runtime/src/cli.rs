@@ -167,10 +167,10 @@ async fn call(
         Ok(e) => e,
         Err(e) => return bad_input(e),
     };
-    if let Some(c) = &config {
-        if let Err(e) = serde_json::from_str::<serde_json::Value>(c) {
-            return bad_input(format!("--config is not valid JSON: {e}"));
-        }
+    if let Some(c) = &config
+        && let Err(e) = serde_json::from_str::<serde_json::Value>(c)
+    {
+        return bad_input(format!("--config is not valid JSON: {e}"));
     }
     let sandbox = match sandbox() {
         Ok(s) => s,

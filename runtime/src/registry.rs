@@ -165,7 +165,7 @@ impl Registry {
     }
 
     async fn load_bytes(&self, path: &Path, bytes: &[u8]) -> Result<Arc<Provider>, LoadError> {
-        let info = crate::artifact::inspect(path, &bytes)?;
+        let info = crate::artifact::inspect(path, bytes)?;
         let name = info.metadata.name.clone();
         let provider = Provider::from_bytes(
             &self.sandbox,

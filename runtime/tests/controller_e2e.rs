@@ -230,10 +230,10 @@ impl World {
         let started = Instant::now();
         loop {
             let m = self.machines().get_opt(name).await.unwrap();
-            if let Some(m) = &m {
-                if ok(m) {
-                    return m.clone();
-                }
+            if let Some(m) = &m
+                && ok(m)
+            {
+                return m.clone();
             }
             if started.elapsed() > timeout {
                 panic!(

@@ -30,10 +30,11 @@ pub const CRITICAL_COMPONENTS_TAINT: &str = "node.gardener.cloud/critical-compon
 pub async fn reconcile(job: &Job, machine: Arc<Machine>) -> Result<Action, Error> {
     let phase = machine.phase().cloned();
     let has_node = machine.node_name().is_some_and(|n| !n.is_empty());
-    if has_node && phase.is_some() {
-        if let Some(action) = health(job, &machine).await? {
-            return Ok(action);
-        }
+    if has_node
+        && phase.is_some()
+        && let Some(action) = health(job, &machine).await?
+    {
+        return Ok(action);
     }
     let phase = machine.phase().cloned();
     if machine.spec.provider_id.is_empty()
@@ -431,13 +432,12 @@ async fn creation_flow(job: &Job, machine: &Machine) -> Result<Action, Error> {
             if !r.last_known_state.is_empty() {
                 last_known_state = r.last_known_state.clone();
             }
-            if let Some(nodes) = ctx.nodes() {
-                if r.node_name != name
-                    && !r.node_name.is_empty()
-                    && nodes.get_opt(&r.node_name).await?.is_some()
-                {
-                    return old_node_obj(job, machine, &req, &r.node_name).await;
-                }
+            if let Some(nodes) = ctx.nodes()
+                && r.node_name != name
+                && !r.node_name.is_empty()
+                && nodes.get_opt(&r.node_name).await?.is_some()
+            {
+                return old_node_obj(job, machine, &req, &r.node_name).await;
             }
             (r.node_name, r.provider_id, r.addresses, true)
         }
@@ -474,23 +474,23 @@ async fn creation_flow(job: &Job, machine: &Machine) -> Result<Action, Error> {
             job.driver_event(machine, Operation::InitializeMachine, &init, "")
                 .await;
         }
-        if let Err(e) = init {
-            if e.code != Code::Unimplemented {
-                let description = format!("Provider error: {e}. Initialize VM Instance");
-                let mut st = machine.status.clone().unwrap_or_default();
-                st.last_operation = status::last_op(
-                    description.clone(),
-                    State::Failed,
-                    Op::Create,
-                    e.code.name(),
-                );
-                st.current_status = status::current(
-                    failure_phase(job, machine),
-                    st.current_status.preserve_expiry_time.clone(),
-                );
-                status::write(&job.api, name, &st).await?;
-                return Err(Error::retry(Retry::Short.period(), description));
-            }
+        if let Err(e) = init
+            && e.code != Code::Unimplemented
+        {
+            let description = format!("Provider error: {e}. Initialize VM Instance");
+            let mut st = machine.status.clone().unwrap_or_default();
+            st.last_operation = status::last_op(
+                description.clone(),
+                State::Failed,
+                Op::Create,
+                e.code.name(),
+            );
+            st.current_status = status::current(
+                failure_phase(job, machine),
+                st.current_status.preserve_expiry_time.clone(),
+            );
+            status::write(&job.api, name, &st).await?;
+            return Err(Error::retry(Retry::Short.period(), description));
         }
     }
     let phase = machine.phase().cloned();

@@ -275,16 +275,16 @@ async fn drain_step(job: &Job, machine: &mut Machine) -> Result<Outcome, Error> 
         .await;
     };
     let forced = is_forced(job, machine);
-    if let Err(e) = drain::set_terminating_condition(&target, &node).await {
-        if !forced {
-            return failed(
+    if let Err(e) = drain::set_terminating_condition(&target, &node).await
+        && !forced
+    {
+        return failed(
                 job,
                 machine,
                 format!("Drain failed due to failure in update of node conditions - {e}. Will retry in next sync. {INITIATE_DRAIN}"),
                 Retry::Short,
             )
             .await;
-        }
     }
     let timeout = if forced {
         Duration::from_secs(60)

@@ -78,14 +78,14 @@ pub async fn run(
 ) -> Result<(), String> {
     let nodes: Api<Node> = Api::all(target.clone());
     // Cordon; a Node that cannot be read is skipped silently, as MCM does.
-    if let Ok(n) = nodes.get(node).await {
-        if n.spec.as_ref().and_then(|s| s.unschedulable) != Some(true) {
-            let patch = serde_json::json!({ "spec": { "unschedulable": true } });
-            nodes
-                .patch(node, &PatchParams::default(), &Patch::Merge(&patch))
-                .await
-                .map_err(|e| format!("cordoning node {node}: {e}"))?;
-        }
+    if let Ok(n) = nodes.get(node).await
+        && n.spec.as_ref().and_then(|s| s.unschedulable) != Some(true)
+    {
+        let patch = serde_json::json!({ "spec": { "unschedulable": true } });
+        nodes
+            .patch(node, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .map_err(|e| format!("cordoning node {node}: {e}"))?;
     }
     let pods: Api<Pod> = Api::all(target.clone());
     let on_node = pods

@@ -53,14 +53,15 @@ async fn scan(
     registered: &mut HashSet<String>,
 ) -> Result<(), kube::Error> {
     let nodes: Api<Node> = Api::all(target.clone());
-    let existing: HashSet<String> = nodes
-        .list_metadata(&ListParams::default())
-        .await?
-        .items
-        .into_iter()
-        .filter_map(|n| n.metadata.name)
-        .collect();
-    registered.extend(existing.iter().cloned());
+    // A Node that exists was registered (by us before a restart, or by someone else).
+    registered.extend(
+        nodes
+            .list_metadata(&ListParams::default())
+            .await?
+            .items
+            .into_iter()
+            .filter_map(|n| n.metadata.name),
+    );
     let waiting: Vec<(Machine, String)> = ctx
         .machines()
         .list(&ListParams::default())

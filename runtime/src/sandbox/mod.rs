@@ -245,13 +245,13 @@ impl Sandbox {
             run(store, instance).await.map_err(outcome::Failure::Trap)
         };
         // The wall-clock deadline over the whole call, host calls included.
-        let result = match tokio::time::timeout(deadline, work).await {
+
+        match tokio::time::timeout(deadline, work).await {
             Ok(Ok(Ok(value))) => Ok(value),
             Ok(Ok(Err(guest_error))) => Err(from_wit_error(guest_error)),
             Ok(Err(failure)) => Err(outcome::classify(failure, &memory_refused, &stderr)),
             Err(_elapsed) => Err(outcome::deadline_exceeded(deadline, &stderr)),
-        };
-        result
+        }
     }
 }
 
