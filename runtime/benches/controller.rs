@@ -215,19 +215,9 @@ async fn main() {
     let mut created_at: HashMap<String, Instant> = HashMap::new();
     let names: Vec<String> = (0..n).map(|i| format!("bench-{i:04}")).collect();
     let creates = futures::stream::iter(names.iter().cloned().map(|name| {
-        let machines = machines.clone();
+        let client = client.clone();
         async move {
-            let machine: Machine = serde_json::from_value(serde_json::json!({
-                "apiVersion": "machine.sapcloud.io/v1alpha1",
-                "kind": "Machine",
-                "metadata": { "name": name },
-                "spec": { "class": { "kind": "MachineClass", "name": "aws-class" } },
-            }))
-            .unwrap();
-            machines
-                .create(&PostParams::default(), &machine)
-                .await
-                .unwrap();
+            create_machine(&client, NS, &name).await;
             (name, Instant::now())
         }
     }))

@@ -10,7 +10,7 @@ mod support;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use kube::api::{Api, PostParams};
+use kube::api::Api;
 use machine_api::{Machine, MachinePhase};
 use moto_support::*;
 use support::*;
@@ -120,18 +120,8 @@ async fn runs_a_machine_to_running_and_stops_on_sigterm() {
     );
     let child = &mut child.0;
 
-    let machine: Machine = serde_json::from_value(serde_json::json!({
-        "apiVersion": "machine.sapcloud.io/v1alpha1",
-        "kind": "Machine",
-        "metadata": { "name": "cli-machine-1" },
-        "spec": { "class": { "kind": "MachineClass", "name": "aws-class" } },
-    }))
-    .unwrap();
     let machines: Api<Machine> = Api::namespaced(client.clone(), "default");
-    machines
-        .create(&PostParams::default(), &machine)
-        .await
-        .unwrap();
+    create_machine(&client, "default", "cli-machine-1").await;
     let started = Instant::now();
     loop {
         let m = machines.get("cli-machine-1").await.unwrap();
@@ -285,18 +275,8 @@ async fn killed_mid_create_then_restarted_leaves_exactly_one_instance() {
     // moto runs the instance, the answer is held back; the controller dies meanwhile.
     proxy.inject("RunInstances", Fault::SlowAnswer(Duration::from_secs(20)));
     let mut first = spawn();
-    let machine: Machine = serde_json::from_value(serde_json::json!({
-        "apiVersion": "machine.sapcloud.io/v1alpha1",
-        "kind": "Machine",
-        "metadata": { "name": "killed-machine-1" },
-        "spec": { "class": { "kind": "MachineClass", "name": "aws-class" } },
-    }))
-    .unwrap();
     let machines: Api<Machine> = Api::namespaced(client.clone(), "default");
-    machines
-        .create(&PostParams::default(), &machine)
-        .await
-        .unwrap();
+    create_machine(&client, "default", "killed-machine-1").await;
     let started = Instant::now();
     while proxy.pending_faults() > 0 {
         assert!(
@@ -432,16 +412,9 @@ async fn leader_election_hands_over_when_the_leader_dies() {
     };
     let machines: Api<Machine> = Api::namespaced(client.clone(), "default");
     let run_machine = |name: &'static str| {
-        let machines = machines.clone();
+        let (machines, client) = (machines.clone(), client.clone());
         async move {
-            let m: Machine = serde_json::from_value(serde_json::json!({
-                "apiVersion": "machine.sapcloud.io/v1alpha1",
-                "kind": "Machine",
-                "metadata": { "name": name },
-                "spec": { "class": { "kind": "MachineClass", "name": "aws-class" } },
-            }))
-            .unwrap();
-            machines.create(&PostParams::default(), &m).await.unwrap();
+            create_machine(&client, "default", name).await;
             let started = Instant::now();
             while machines.get(name).await.unwrap().phase() != Some(&MachinePhase::Running) {
                 assert!(
@@ -531,18 +504,8 @@ async fn runs_with_only_the_shipped_rbac() {
     let kubelet =
         SimulatedKubelet::start(&client, NS, "aws", &moto.endpoint, providers.path()).await;
 
-    let machine: Machine = serde_json::from_value(serde_json::json!({
-        "apiVersion": "machine.sapcloud.io/v1alpha1",
-        "kind": "Machine",
-        "metadata": { "name": "rbac-machine-1" },
-        "spec": { "class": { "kind": "MachineClass", "name": "aws-class" } },
-    }))
-    .unwrap();
     let machines: Api<Machine> = Api::namespaced(client.clone(), NS);
-    machines
-        .create(&PostParams::default(), &machine)
-        .await
-        .unwrap();
+    create_machine(&client, NS, "rbac-machine-1").await;
     // The log at debug level is long: on failure show its requests that were refused and its
     // last lines.
     let log_text = || {

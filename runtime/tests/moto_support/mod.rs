@@ -656,3 +656,19 @@ pub fn controller_command(
         ));
     cmd
 }
+
+/// The Machine `name` of the class `aws-class` (see [`create_aws_class`]) in namespace `ns`.
+pub async fn create_machine(client: &kube::Client, ns: &str, name: &str) {
+    use kube::api::{Api, PostParams};
+    let machine: machine_api::Machine = serde_json::from_value(serde_json::json!({
+        "apiVersion": "machine.sapcloud.io/v1alpha1",
+        "kind": "Machine",
+        "metadata": { "name": name },
+        "spec": { "class": { "kind": "MachineClass", "name": "aws-class" } },
+    }))
+    .unwrap();
+    Api::<machine_api::Machine>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &machine)
+        .await
+        .unwrap();
+}
