@@ -31,6 +31,7 @@ fn help_names_mcm_flags() {
         "--machine-creation-timeout",
         "--machine-health-timeout",
         "--machine-drain-timeout",
+        "--machine-max-evict-retries",
         "--machine-safety-orphan-vms-period",
         "--concurrent-syncs",
         "--providers-dir",

@@ -43,6 +43,9 @@ pub struct ControllerArgs {
     /// Drain timeout: after this long a deletion is forced.
     #[arg(long, default_value = "2h", value_parser = go_duration)]
     pub machine_drain_timeout: Duration,
+    /// Evictions refused by a PodDisruptionBudget (retried every 20 s) before the pod is deleted.
+    #[arg(long, default_value_t = 360)]
+    pub machine_max_evict_retries: u32,
     /// Run only while holding the Lease `machine-controller` in --namespace.
     #[arg(long, default_value_t = true, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
     pub leader_elect: bool,
@@ -97,6 +100,7 @@ impl ControllerArgs {
             creation_timeout: self.machine_creation_timeout,
             health_timeout: self.machine_health_timeout,
             drain_timeout: self.machine_drain_timeout,
+            max_evict_retries: self.machine_max_evict_retries,
             safety_orphan_vms_period: self.machine_safety_orphan_vms_period,
             resource_exhausted_retry: if self.resource_exhausted_retry.is_zero() {
                 super::retry::Retry::Long.period()

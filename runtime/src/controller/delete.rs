@@ -297,7 +297,18 @@ async fn drain_step(job: &Job, machine: &mut Machine) -> Result<Outcome, Error> 
             .and_then(retry::parse_go_duration)
             .unwrap_or(job.ctx.config.drain_timeout)
     };
-    let result = drain::run(&target, &node, forced, timeout).await;
+    // MCM: at most one eviction per 20 s within the drain timeout; a forced drain deletes.
+    let retries = if forced {
+        1
+    } else {
+        machine
+            .spec
+            .configuration
+            .max_evict_retries
+            .map_or(job.ctx.config.max_evict_retries, |r| r.max(1) as u32)
+            .min((timeout.as_secs() / 20).max(1) as u32)
+    };
+    let result = drain::run(&target, &node, forced, timeout, retries).await;
     match (result, forced) {
         (Ok(()), false) => processing(job, machine, format!("Drain successful. {INITIATE_VM_DELETION}")).await,
         (Ok(()), true) => processing(job, machine, format!("Force Drain successful. {DELETE_VOLUME_ATTACHMENTS}")).await,

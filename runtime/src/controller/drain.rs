@@ -1,15 +1,19 @@
 //! Draining a Node before its VM goes (MCM `drain.go`, reduced): the `Terminating` node
 //! condition, cordon, evictions that respect PodDisruptionBudgets (HTTP 429 is retried every
-//! 20 s), deletion with grace 0 when forced or when evictions run out, and the VolumeAttachment
-//! clean-up of a forced deletion.
+//! 20 s, up to the machine's maxEvictRetries, then the pod is deleted), a misconfigured budget
+//! failing its pod at once, deletion with grace 0 when forced, and the VolumeAttachment
+//! clean-up of a forced deletion. Not done (MCM does it): evicting pods with volumes one by one
+//! and waiting for their volumes to detach and reattach.
 
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
 use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::storage::v1::VolumeAttachment;
 use kube::ResourceExt as _;
 use kube::api::{Api, DeleteParams, EvictParams, ListParams, Patch, PatchParams};
+use kube::core::{Selector, SelectorExt as _};
 
 use super::status::now;
 
@@ -69,12 +73,14 @@ fn skipped(pod: &Pod) -> bool {
     mirror || daemon
 }
 
-/// Cordon the node and evict (or, when `forced`, delete) its pods within `timeout`.
+/// Cordon the node and evict (or, when `forced`, delete) its pods within `timeout`; a pod whose
+/// eviction was refused `max_evict_retries` times is deleted.
 pub async fn run(
     target: &kube::Client,
     node: &str,
     forced: bool,
     timeout: Duration,
+    max_evict_retries: u32,
 ) -> Result<(), String> {
     let nodes: Api<Node> = Api::all(target.clone());
     // Cordon; a Node that cannot be read is skipped silently, as MCM does.
@@ -100,7 +106,7 @@ pub async fn run(
     let results = join_all(
         victims
             .iter()
-            .map(|p| remove_pod(target, p, forced, deadline)),
+            .map(|p| remove_pod(target, p, forced, deadline, max_evict_retries)),
     )
     .await;
     let errors: Vec<String> = results.into_iter().filter_map(Result::err).collect();
@@ -116,6 +122,7 @@ async fn remove_pod(
     pod: &Pod,
     forced: bool,
     deadline: Instant,
+    max_evict_retries: u32,
 ) -> Result<(), String> {
     let ns = pod.namespace().unwrap_or_default();
     let name = pod.name_any();
@@ -139,16 +146,22 @@ async fn remove_pod(
     if forced {
         return delete().await;
     }
+    let mut attempts = 0;
     loop {
         match api.evict(&name, &EvictParams::default()).await {
             Ok(_) => break,
             Err(kube::Error::Api(s)) if s.code == 404 => return Ok(()),
             Err(kube::Error::Api(s)) if s.code == 429 => {
-                // A PodDisruptionBudget says not now.
-                if Instant::now() + EVICT_RETRY >= deadline {
+                // A PodDisruptionBudget says not now; one that can never say yes fails the pod.
+                if let Some(pdb) = misconfigured_budget(target, pod).await {
                     return Err(format!(
-                        "evicting pod {ns}/{name}: the disruption budget did not allow it before the drain timeout"
+                        "evicting pod {ns}/{name}: PodDisruptionBudget {ns}/{pdb} is misconfigured: it expects no more healthy pods than it has and allows no disruption"
                     ));
+                }
+                attempts += 1;
+                if attempts >= max_evict_retries || Instant::now() + EVICT_RETRY >= deadline {
+                    tracing::info!(pod = %format!("{ns}/{name}"), attempts, "evictions refused by the disruption budget: deleting the pod");
+                    return delete().await;
                 }
                 tokio::time::sleep(EVICT_RETRY).await;
             }
@@ -178,6 +191,41 @@ async fn remove_pod(
         }
         tokio::time::sleep(POD_POLL).await;
     }
+}
+
+/// The name of a PodDisruptionBudget that selects `pod` and is misconfigured.
+async fn misconfigured_budget(target: &kube::Client, pod: &Pod) -> Option<String> {
+    let api: Api<PodDisruptionBudget> =
+        Api::namespaced(target.clone(), &pod.namespace().unwrap_or_default());
+    let budgets = api.list(&ListParams::default()).await.ok()?;
+    budgets
+        .items
+        .iter()
+        .filter(|b| selects(b, pod) && is_misconfigured(b))
+        .map(|b| b.name_any())
+        .next()
+}
+
+fn selects(budget: &PodDisruptionBudget, pod: &Pod) -> bool {
+    budget
+        .spec
+        .as_ref()
+        .and_then(|s| s.selector.clone())
+        .and_then(|s| Selector::try_from(s).ok())
+        .is_some_and(|s| s.matches(pod.labels()))
+}
+
+/// MCM `isMisconfiguredPdb`: the budget is up to date, expects pods, has at least as many
+/// healthy as expected, and still allows no disruption: no eviction will ever pass.
+pub fn is_misconfigured(budget: &PodDisruptionBudget) -> bool {
+    let Some(status) = &budget.status else {
+        return false;
+    };
+    let n = |v: Option<i32>| v.unwrap_or(0);
+    budget.metadata.generation == status.observed_generation
+        && n(status.expected_pods) > 0
+        && n(status.current_healthy) >= n(status.expected_pods)
+        && n(status.disruptions_allowed) == 0
 }
 
 /// What the VolumeAttachment step found.
@@ -224,4 +272,70 @@ pub async fn delete_volume_attachments(
         }
     }
     Ok(VolumeAttachments::Deleted(live.len()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn budget(
+        generation: i64,
+        observed: i64,
+        expected: i32,
+        healthy: i32,
+        allowed: i32,
+    ) -> PodDisruptionBudget {
+        serde_json::from_value(serde_json::json!({
+            "metadata": { "name": "b", "generation": generation },
+            "spec": { "minAvailable": 1 },
+            "status": {
+                "observedGeneration": observed,
+                "expectedPods": expected,
+                "currentHealthy": healthy,
+                "desiredHealthy": expected,
+                "disruptionsAllowed": allowed,
+            },
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn misconfigured_budgets_as_mcm_defines_them() {
+        assert!(
+            is_misconfigured(&budget(1, 1, 1, 1, 0)),
+            "all healthy, none allowed"
+        );
+        assert!(
+            !is_misconfigured(&budget(1, 1, 1, 0, 0)),
+            "unhealthy pods: waiting helps"
+        );
+        assert!(!is_misconfigured(&budget(1, 1, 2, 2, 1)), "allows one");
+        assert!(
+            !is_misconfigured(&budget(2, 1, 1, 1, 0)),
+            "status not up to date"
+        );
+        assert!(!is_misconfigured(&budget(1, 1, 0, 0, 0)), "expects no pods");
+    }
+
+    #[test]
+    fn a_budget_selects_pods_by_its_label_selector() {
+        let mut b = budget(1, 1, 1, 1, 0);
+        b.spec.as_mut().unwrap().selector = Some(
+            serde_json::from_value(serde_json::json!({
+                "matchLabels": { "app": "db" },
+            }))
+            .unwrap(),
+        );
+        let pod = |labels: serde_json::Value| -> Pod {
+            serde_json::from_value(
+                serde_json::json!({ "metadata": { "name": "p", "labels": labels } }),
+            )
+            .unwrap()
+        };
+        assert!(selects(
+            &b,
+            &pod(serde_json::json!({ "app": "db", "x": "y" }))
+        ));
+        assert!(!selects(&b, &pod(serde_json::json!({ "app": "web" }))));
+    }
 }

@@ -66,6 +66,9 @@ pub struct Config {
     pub health_timeout: Duration,
     /// `--machine-drain-timeout`.
     pub drain_timeout: Duration,
+    /// `--machine-max-evict-retries`: evictions refused by a disruption budget (20 s apart)
+    /// before the pod is deleted.
+    pub max_evict_retries: u32,
     /// `--machine-safety-orphan-vms-period`.
     pub safety_orphan_vms_period: Duration,
     /// `--resource-exhausted-retry`.
@@ -87,6 +90,7 @@ impl Default for Config {
             creation_timeout: Duration::from_secs(20 * 60),
             health_timeout: Duration::from_secs(10 * 60),
             drain_timeout: Duration::from_secs(2 * 3600),
+            max_evict_retries: 360,
             safety_orphan_vms_period: Duration::from_secs(15 * 60),
             resource_exhausted_retry: Retry::Long.period(),
             concurrent_syncs: 50,
