@@ -15,6 +15,33 @@ use machine_api::{Machine, MachinePhase};
 use moto_support::*;
 use support::*;
 
+/// A control plane with the CRDs, an admin client, moto, and a providers directory holding the
+/// AWS provider: what every controller process test starts from.
+struct Setup {
+    cp: testenv::ControlPlane,
+    client: kube::Client,
+    moto: Moto,
+    providers: tempfile::TempDir,
+}
+
+impl Setup {
+    async fn start() -> Setup {
+        mcm_wasm::controller::install_crypto_provider();
+        let cp = testenv::ControlPlane::start().expect("control plane (run `just controlplane`)");
+        cp.apply_crds().unwrap();
+        let client = cp.client().await.unwrap();
+        let moto = Moto::start();
+        let providers = tempfile::tempdir().unwrap();
+        std::fs::copy(guest("aws_provider"), providers.path().join("aws.wasm")).unwrap();
+        Setup {
+            cp,
+            client,
+            moto,
+            providers,
+        }
+    }
+}
+
 fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_mcm-wasm"))
 }
@@ -82,13 +109,12 @@ fn bad_flags_are_refused_clearly() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn runs_a_machine_to_running_and_stops_on_sigterm() {
-    mcm_wasm::controller::install_crypto_provider();
-    let cp = testenv::ControlPlane::start().expect("control plane (run `just controlplane`)");
-    cp.apply_crds().unwrap();
-    let client = cp.client().await.unwrap();
-    let moto = Moto::start();
-    let providers = tempfile::tempdir().unwrap();
-    std::fs::copy(guest("aws_provider"), providers.path().join("aws.wasm")).unwrap();
+    let Setup {
+        cp,
+        client,
+        moto,
+        providers,
+    } = Setup::start().await;
     create_aws_class(&client, "default", &moto).await;
 
     let log = tempfile::NamedTempFile::new().unwrap();
@@ -245,14 +271,13 @@ impl Drop for KillOnDrop {
 /// exactly one instance, and the machine Running.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_mid_create_then_restarted_leaves_exactly_one_instance() {
-    mcm_wasm::controller::install_crypto_provider();
-    let cp = testenv::ControlPlane::start().expect("control plane (run `just controlplane`)");
-    cp.apply_crds().unwrap();
-    let client = cp.client().await.unwrap();
-    let moto = Moto::start();
+    let Setup {
+        cp,
+        client,
+        moto,
+        providers,
+    } = Setup::start().await;
     let proxy = FaultProxy::start(moto.addr).await;
-    let providers = tempfile::tempdir().unwrap();
-    std::fs::copy(guest("aws_provider"), providers.path().join("aws.wasm")).unwrap();
     create_aws_class(&client, "default", &moto).await;
     let log = tempfile::NamedTempFile::new().unwrap();
     let spawn = || {
@@ -353,13 +378,12 @@ async fn killed_mid_create_then_restarted_leaves_exactly_one_instance() {
 /// when it is killed, the other takes the Lease after it expires and serves new machines.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_election_hands_over_when_the_leader_dies() {
-    mcm_wasm::controller::install_crypto_provider();
-    let cp = testenv::ControlPlane::start().expect("control plane (run `just controlplane`)");
-    cp.apply_crds().unwrap();
-    let client = cp.client().await.unwrap();
-    let moto = Moto::start();
-    let providers = tempfile::tempdir().unwrap();
-    std::fs::copy(guest("aws_provider"), providers.path().join("aws.wasm")).unwrap();
+    let Setup {
+        cp,
+        client,
+        moto,
+        providers,
+    } = Setup::start().await;
     create_aws_class(&client, "default", &moto).await;
     let spawn = || {
         KillOnDrop(
@@ -454,9 +478,12 @@ async fn leader_election_hands_over_when_the_leader_dies() {
 async fn runs_with_only_the_shipped_rbac() {
     const NS: &str = "mcm-wasm";
 
-    mcm_wasm::controller::install_crypto_provider();
-    let cp = testenv::ControlPlane::start().expect("control plane (run `just controlplane`)");
-    cp.apply_crds().unwrap();
+    let Setup {
+        cp,
+        client,
+        moto,
+        providers,
+    } = Setup::start().await;
     let deploy = testenv::kubernetes_dir().join("deploy");
     for file in ["namespace.yaml", "serviceaccount.yaml", "rbac.yaml"] {
         cp.kubectl_run([
@@ -466,10 +493,6 @@ async fn runs_with_only_the_shipped_rbac() {
         ])
         .unwrap();
     }
-    let client = cp.client().await.unwrap();
-    let moto = Moto::start();
-    let providers = tempfile::tempdir().unwrap();
-    std::fs::copy(guest("aws_provider"), providers.path().join("aws.wasm")).unwrap();
     create_aws_class(&client, NS, &moto).await;
 
     // A kubeconfig with a token of the ServiceAccount.
