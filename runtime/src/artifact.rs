@@ -36,6 +36,8 @@ pub struct ArtifactInfo {
     pub contract: semver::Version,
     /// Top-level export names of the component.
     pub exports: Vec<String>,
+    /// Top-level import names (all within the contract and the allowed WASI subset).
+    pub imports: Vec<String>,
 }
 
 /// Why an artifact cannot be loaded. Every variant names the file.
@@ -71,6 +73,13 @@ pub enum LoadError {
         host: String,
         compat: String,
     },
+    #[error(
+        "{path}: imports {import}, which the sandbox does not provide; a provider may import only \
+         the contract's capabilities (mcm:driver/http, log, context, credentials) and WASI's \
+         cli, io, clocks and random interfaces (use mcm:driver/http for network access; \
+         providers have no files)"
+    )]
+    ForbiddenImport { path: String, import: String },
     #[error("{path}: invalid {METADATA_SECTION} metadata section: {reason}")]
     BadMetadata { path: String, reason: String },
     #[error("{path}: failed to compile: {reason}")]
@@ -104,6 +113,7 @@ pub fn inspect(path: &Path, bytes: &[u8]) -> Result<ArtifactInfo, LoadError> {
         return Err(LoadError::Empty { path: p });
     }
     let mut exports = Vec::new();
+    let mut imports = Vec::new();
     let mut metadata_text = None;
     let mut depth = 0usize;
     for payload in Parser::new(0).parse_all(bytes) {
@@ -127,6 +137,15 @@ pub fn inspect(path: &Path, bytes: &[u8]) -> Result<ArtifactInfo, LoadError> {
                         reason: e.to_string(),
                     })?;
                     exports.push(export.name.0.to_string());
+                }
+            }
+            Payload::ComponentImportSection(reader) if depth == 0 => {
+                for import in reader {
+                    let import = import.map_err(|e| LoadError::NotWasm {
+                        path: p.clone(),
+                        reason: e.to_string(),
+                    })?;
+                    imports.push(import.name.0.to_string());
                 }
             }
             Payload::CustomSection(section) if section.name() == METADATA_SECTION => {
@@ -179,6 +198,12 @@ pub fn inspect(path: &Path, bytes: &[u8]) -> Result<ArtifactInfo, LoadError> {
             compat: compat_range(&host),
         });
     }
+    if let Some(import) = crate::sandbox::wasi::refused_import(imports.iter().map(String::as_str)) {
+        return Err(LoadError::ForbiddenImport {
+            path: p,
+            import: import.to_string(),
+        });
+    }
     Ok(ArtifactInfo {
         digest: digest(bytes),
         size: bytes.len(),
@@ -186,6 +211,7 @@ pub fn inspect(path: &Path, bytes: &[u8]) -> Result<ArtifactInfo, LoadError> {
         has_metadata_section,
         contract,
         exports,
+        imports,
     })
 }
 

@@ -1,10 +1,19 @@
 //! Compile cache: a component is compiled once per content digest and engine configuration,
 //! then loaded from disk on every later start.
+//!
+//! Loading a `.cwasm` runs its native code unchecked (`Component::deserialize` is `unsafe`),
+//! so the cache is guarded: the directory is created `0700` (and not used when group or others
+//! may write to it), and each entry `X.cwasm` has a sidecar `X.sha256` with the digest of the
+//! compiled bytes written together with it. An entry whose bytes do not match its digest (a
+//! swapped or corrupted file) is not executed: the component is recompiled and the entry
+//! rewritten. This stops a replaced or damaged entry; whoever can write both files as the
+//! runtime's own user can also replace the binary, which is outside what a cache can defend.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::Context as _;
+use sha2::{Digest, Sha256};
 use wasmtime::Engine;
 use wasmtime::component::Component;
 
@@ -54,16 +63,30 @@ impl CompileCache {
         engine: &Engine,
         bytes: &[u8],
     ) -> anyhow::Result<(Component, CacheHit)> {
-        let entry = self.entry(engine, bytes);
+        let entry = self
+            .entry(engine, bytes)
+            .filter(|path| match private_dir(path) {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), "compile cache disabled: {e:#}");
+                    false
+                }
+            });
         if let Some(path) = &entry
             && path.exists()
         {
-            // SAFETY: the file was written by `precompile_component` of an engine with the
-            // same compatibility hash (it is in the name) into our private cache directory.
-            match unsafe { Component::deserialize_file(engine, path) } {
-                Ok(component) => return Ok((component, CacheHit::Disk)),
+            match read_verified(path) {
+                // SAFETY: these bytes are exactly the ones `precompile_component` of an engine
+                // with the same compatibility hash (it is in the name) wrote, as the sidecar
+                // digest written with them proves, in a directory only we can write.
+                Ok(compiled) => match unsafe { Component::deserialize(engine, &compiled) } {
+                    Ok(component) => return Ok((component, CacheHit::Disk)),
+                    Err(e) => {
+                        tracing::warn!(path = %path.display(), "ignoring unusable cache entry: {e:#}")
+                    }
+                },
                 Err(e) => {
-                    tracing::warn!(path = %path.display(), "ignoring unusable cache entry: {e:#}")
+                    tracing::warn!(path = %path.display(), "not using cache entry, recompiling: {e:#}")
                 }
             }
         }
@@ -84,16 +107,65 @@ impl CompileCache {
     }
 }
 
+fn sidecar(path: &Path) -> PathBuf {
+    path.with_extension("sha256")
+}
+
+/// The entry's bytes, if they match the digest stored beside them.
+fn read_verified(path: &Path) -> anyhow::Result<Vec<u8>> {
+    let compiled = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let sidecar = sidecar(path);
+    let expected = std::fs::read_to_string(&sidecar)
+        .with_context(|| format!("reading its digest {}", sidecar.display()))?;
+    let actual = hex::encode(Sha256::digest(&compiled));
+    anyhow::ensure!(
+        expected.trim() == actual,
+        "its content (sha256 {actual}) does not match the digest written with it ({})",
+        expected.trim()
+    );
+    Ok(compiled)
+}
+
+/// Create the cache directory `0700`; tighten an existing one to `0700`, and refuse it when
+/// that is not possible (another user's directory that group or others can write).
+fn private_dir(path: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let dir = path.parent().context("cache path has no parent")?;
+    if !dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let mode = std::fs::metadata(dir)?.permissions().mode();
+    if mode & 0o077 != 0 {
+        let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+    }
+    let mode = std::fs::metadata(dir)?.permissions().mode();
+    anyhow::ensure!(
+        mode & 0o022 == 0,
+        "{} is writable by group or others (mode {:o}); make it 0700",
+        dir.display(),
+        mode & 0o777
+    );
+    Ok(())
+}
+
 /// Write atomically (temp file + rename) so a concurrent reader never sees half a file.
 fn store(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
     let dir = path.parent().context("cache path has no parent")?;
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let name = path
         .file_name()
         .context("cache path has no file name")?
         .to_string_lossy();
     let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
     std::fs::write(&tmp, bytes)?;
+    // The digest first: a reader that sees the new entry also sees its digest (an old digest
+    // with a new entry only costs a recompile).
+    let digest_tmp = dir.join(format!(".{name}.{}.sha256.tmp", std::process::id()));
+    std::fs::write(&digest_tmp, hex::encode(Sha256::digest(bytes)))?;
+    std::fs::rename(&digest_tmp, sidecar(path))?;
     std::fs::rename(&tmp, path)?;
     Ok(())
 }

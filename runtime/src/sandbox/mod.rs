@@ -6,8 +6,10 @@
 
 pub(crate) mod bindings;
 mod convert;
+pub(crate) mod limits;
 mod outcome;
 mod state;
+pub mod wasi;
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -15,7 +17,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use wasmtime::component::{Component, HasSelf, Linker};
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
+use wasmtime::{
+    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, UpdateDeadline,
+};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 
 use crate::capability::http::HttpClient;
@@ -102,6 +106,19 @@ pub struct SandboxConfig {
     pub table_limit: usize,
     /// Largest result (as JSON) a guest may return.
     pub max_result_bytes: usize,
+    /// Most bytes lifted from the guest into the host in one crossing (an import's arguments,
+    /// an export's result): wasmtime's hostcall fuel. Bounds the host's copy of any guest value
+    /// before it is checked (see `limits`).
+    pub max_hostcall_bytes: usize,
+    /// Longest error message (a guest's `driver-error`, a trap with its stderr) passed on;
+    /// longer ones are truncated with a marker, the code is kept.
+    pub max_error_message_bytes: usize,
+    /// Longest guest log message (and its rendered fields) written to the host log.
+    pub max_log_bytes: usize,
+    /// Largest `get-random-bytes` request.
+    pub max_random_bytes: u64,
+    /// WASI handles (streams, pollables) one call may hold at once.
+    pub max_handles: usize,
     /// Largest HTTP response body the host reads for a guest.
     pub max_http_body_bytes: u64,
     /// Bytes of each pooled memory slot kept resident between calls (reset in place).
@@ -123,6 +140,11 @@ impl Default for SandboxConfig {
             memory_limit: 128 << 20,
             table_limit: 100_000,
             max_result_bytes: 1 << 20,
+            max_hostcall_bytes: 4 << 20,
+            max_error_message_bytes: 4 << 10,
+            max_log_bytes: 4 << 10,
+            max_random_bytes: 64 << 10,
+            max_handles: 10_000,
             max_http_body_bytes: 16 << 20,
             memory_keep_resident: 2 << 20,
             max_concurrent_instances: 200,
@@ -168,9 +190,9 @@ impl Sandbox {
         spawn_epoch_ticker(&engine, config.epoch_tick);
 
         let mut linker = Linker::<CallState>::new(&engine);
-        // Rust guests import a few WASI interfaces even when unused; link them deny-all
-        // (no preopens, no env, no sockets): see CallState::new.
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+        // Rust guests import a few WASI interfaces even when unused; link that subset only,
+        // deny-all (no env, no arguments; stderr captured): see `wasi` and CallState::new.
+        wasi::add_to_linker(&mut linker, CallState::random)
             .map_err(anyhow::Error::msg)
             .context("linking WASI")?;
         bindings::Provider::add_to_linker::<CallState, HasSelf<CallState>>(&mut linker, |s| s)
@@ -232,10 +254,8 @@ impl Sandbox {
         );
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
-        // The CPU deadline: ticks until the call's deadline, then trap (Trap::Interrupt).
-        let tick = self.config.epoch_tick.as_nanos().max(1);
-        store.set_epoch_deadline((deadline.as_nanos() / tick) as u64 + 1);
-        store.epoch_deadline_trap();
+        store.set_hostcall_fuel(self.config.max_hostcall_bytes);
+        arm_deadline(&mut store, started + deadline);
 
         let work = async move {
             let instance = pre
@@ -244,14 +264,18 @@ impl Sandbox {
                 .map_err(outcome::Failure::Instantiate)?;
             run(store, instance).await.map_err(outcome::Failure::Trap)
         };
-        // The wall-clock deadline over the whole call, host calls included.
-
-        match tokio::time::timeout(deadline, work).await {
-            Ok(Ok(Ok(value))) => Ok(value),
-            Ok(Ok(Err(guest_error))) => Err(from_wit_error(guest_error)),
-            Ok(Err(failure)) => Err(outcome::classify(failure, &memory_refused, &stderr)),
-            Err(_elapsed) => Err(outcome::deadline_exceeded(deadline, &stderr)),
-        }
+        // The wall-clock deadline over the whole call, host calls included. A guest running
+        // wasm yields at every epoch tick (`arm_deadline`), so this timer fires on time too.
+        let result = match tokio::time::timeout(deadline, work).await {
+            Ok(Ok(Ok(value))) => return Ok(value),
+            Ok(Ok(Err(guest_error))) => from_wit_error(guest_error),
+            Ok(Err(failure)) => outcome::classify(failure, &memory_refused, &stderr, &self.config),
+            Err(_elapsed) => outcome::deadline_exceeded(deadline, &stderr),
+        };
+        Err(DriverError {
+            message: limits::cap_message(result.message, self.config.max_error_message_bytes),
+            ..result
+        })
     }
 }
 
@@ -285,6 +309,25 @@ impl Sandbox {
             .await;
         matches!(result, Ok(Ok(_)))
     }
+}
+
+/// The CPU deadline in wall-clock time: at every epoch tick the store compares the clock with
+/// the call's deadline, traps (`Trap::Interrupt`) once it has passed, and otherwise yields to
+/// the async executor. So a spinning guest stops within a tick of its deadline whatever its
+/// length (a tick count drifts with the ticker's real period), and never holds a tokio worker
+/// for longer than one tick: other providers' calls and the controller keep running.
+fn arm_deadline(store: &mut Store<CallState>, deadline: Instant) {
+    store.set_epoch_deadline(1);
+    store.epoch_deadline_callback(move |_store| {
+        if Instant::now() >= deadline {
+            Ok(UpdateDeadline::Interrupt)
+        } else {
+            Ok(UpdateDeadline::YieldCustom(
+                1,
+                Box::pin(tokio::task::yield_now()),
+            ))
+        }
+    });
 }
 
 /// One thread advances the engine's epoch; it holds only a weak reference, so it ends when

@@ -1,12 +1,26 @@
 //! Outcome mapping: every way a call can fail becomes a machine code, classified by type
-//! (trap kind, limiter record, pool error), never by matching error strings.
+//! (trap kind, limiter record, pool error, limit error), never by matching error text.
+//!
+//! | what happened                                              | code              |
+//! |------------------------------------------------------------|-------------------|
+//! | instance pool full (`PoolConcurrencyLimitError`)           | Unavailable       |
+//! | the memory/table limiter refused growth (recorded)         | ResourceExhausted |
+//! | hostcall fuel exhausted while lifting a guest value        | ResourceExhausted |
+//! | WASI handle table full (`ResourceTableError::Full`)        | ResourceExhausted |
+//! | a sandbox limit refused a request (`LimitExceeded`)        | ResourceExhausted |
+//! | the guest reported its own failure before trapping (SDK)   | the reported code |
+//! | epoch deadline (`Trap::Interrupt`) / the call's timeout    | DeadlineExceeded  |
+//! | stack overflow, any other trap or error                    | Internal          |
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use wasmtime::component::ResourceTableError;
 use wasmtime::{PoolConcurrencyLimitError, Trap};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 
+use super::SandboxConfig;
+use super::limits::{LimitExceeded, is_hostcall_fuel_exhausted};
 use crate::driver::{Code, DriverError};
 
 pub(crate) enum Failure {
@@ -18,6 +32,7 @@ pub(crate) fn classify(
     failure: Failure,
     memory_refused: &AtomicBool,
     stderr: &MemoryOutputPipe,
+    config: &SandboxConfig,
 ) -> DriverError {
     let (err, instantiating) = match failure {
         Failure::Instantiate(e) => (e, true),
@@ -33,6 +48,37 @@ pub(crate) fn classify(
         return DriverError::new(
             Code::ResourceExhausted,
             with_stderr("guest exceeded its memory or table limit".into(), stderr),
+        );
+    }
+    if is_hostcall_fuel_exhausted(&err) {
+        return DriverError::new(
+            Code::ResourceExhausted,
+            with_stderr(
+                format!(
+                    "guest passed more than {} bytes to the host in one call, the sandbox's limit (a result, log \
+                     message or request that large is refused)",
+                    config.max_hostcall_bytes
+                ),
+                stderr,
+            ),
+        );
+    }
+    if let Some(ResourceTableError::Full) = err.downcast_ref::<ResourceTableError>() {
+        return DriverError::new(
+            Code::ResourceExhausted,
+            with_stderr(
+                format!(
+                    "guest holds more than {} WASI handles at once",
+                    config.max_handles
+                ),
+                stderr,
+            ),
+        );
+    }
+    if let Some(limit) = err.downcast_ref::<LimitExceeded>() {
+        return DriverError::new(
+            Code::ResourceExhausted,
+            with_stderr(limit.to_string(), stderr),
         );
     }
     let what = if instantiating {

@@ -11,6 +11,8 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::SandboxConfig;
 use super::bindings::mcm::driver::{context, http, log, types};
+use super::limits::escape_for_log;
+use super::wasi::LimitedRandom;
 use crate::capability::egress::EgressPolicy;
 use crate::capability::http::HttpClient;
 
@@ -31,6 +33,8 @@ pub(crate) struct CallState {
     deadline: Instant,
     ctx: CallContext,
     log_budget: u32,
+    max_log_bytes: usize,
+    max_random_bytes: u64,
 }
 
 impl CallState {
@@ -44,9 +48,13 @@ impl CallState {
         // Deny-all WASI: no preopened directories, no environment, no arguments, no sockets.
         // Only stderr is kept, in memory, so a panic message can be reported.
         let wasi = WasiCtx::builder().stderr(stderr).build();
+        let mut table = ResourceTable::new();
+        // Below wasmtime's own component-handle limit, so a handle leak ends in the typed
+        // `ResourceTableError::Full` (ResourceExhausted).
+        table.set_max_capacity(config.max_handles);
         CallState {
             wasi,
-            table: ResourceTable::new(),
+            table,
             limiter: CallLimiter {
                 memory_limit: config.memory_limit,
                 table_limit: config.table_limit,
@@ -55,7 +63,23 @@ impl CallState {
             deadline,
             ctx,
             log_budget: MAX_LOGS_PER_CALL,
+            max_log_bytes: config.max_log_bytes,
+            max_random_bytes: config.max_random_bytes,
         }
+    }
+
+    /// `wasi:random` with the per-request limit (see `sandbox::wasi`).
+    pub(crate) fn random(&mut self) -> LimitedRandom<'_> {
+        LimitedRandom {
+            ctx: self.wasi.random(),
+            max_bytes: self.max_random_bytes,
+        }
+    }
+}
+
+impl wasmtime_wasi_io::IoView for CallState {
+    fn table(&mut self) -> &mut ResourceTable {
+        &mut self.table
     }
 }
 
@@ -105,7 +129,6 @@ impl ResourceLimiter for CallLimiter {
 }
 
 const MAX_LOGS_PER_CALL: u32 = 1000;
-const MAX_LOG_BYTES: usize = 4096;
 
 impl types::Host for CallState {}
 
@@ -130,14 +153,28 @@ impl log::Host for CallState {
         message: String,
         fields: Vec<(String, String)>,
     ) -> wasmtime::Result<()> {
-        // A guest cannot flood the host's logs: bounded count and size per call.
+        // A guest cannot flood the host's logs: bounded count and size per call. What it sends
+        // was already bounded by the hostcall fuel while being lifted.
         if self.log_budget == 0 {
             return Ok(());
         }
         self.log_budget -= 1;
-        let message = truncate(&message, MAX_LOG_BYTES);
-        let fields = format!("{fields:?}");
-        let fields = truncate(&fields, MAX_LOG_BYTES);
+        // Guest text is escaped: a newline or escape sequence cannot forge a host log line.
+        let message = escape_for_log(&message, self.max_log_bytes);
+        let mut rendered = String::new();
+        for (key, value) in &fields {
+            if rendered.len() >= self.max_log_bytes {
+                break;
+            }
+            if !rendered.is_empty() {
+                rendered.push(' ');
+            }
+            rendered.push_str(&escape_for_log(key, 256));
+            rendered.push('=');
+            rendered.push_str(&escape_for_log(value, self.max_log_bytes));
+        }
+        let fields = escape_for_log(&rendered, self.max_log_bytes);
+        let fields = &*fields;
         let provider = &*self.ctx.provider;
         let operation = self.ctx.operation.wit_name();
         match level {
@@ -172,15 +209,4 @@ impl context::Host for CallState {
     fn provider_config(&mut self) -> wasmtime::Result<String> {
         Ok(self.ctx.config_json.to_string())
     }
-}
-
-fn truncate(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
 }

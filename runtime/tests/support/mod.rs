@@ -96,6 +96,30 @@ pub fn rss_bytes() -> u64 {
     pages * 4096
 }
 
+/// Peak resident set size of this process (VmHWM) in bytes.
+pub fn peak_rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .expect("VmHWM in /proc/self/status");
+    let kb: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kb * 1024
+}
+
+/// Reset the peak (VmHWM) to the current RSS (Linux: `5` to /proc/self/clear_refs).
+pub fn reset_peak_rss() {
+    std::fs::write("/proc/self/clear_refs", "5").expect("resetting VmHWM");
+}
+
+/// A create request for the abuser guest (`guests/testing/abuser`).
+pub fn abuse(what: &str, size: usize, count: usize) -> MachineRequest {
+    machine_request(
+        "m1",
+        serde_json::json!({"abuse": what, "size": size, "count": count}),
+    )
+}
+
 /// Serve an axum router on a free loopback port until the test ends.
 pub async fn serve(router: axum::Router) -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
