@@ -94,6 +94,7 @@ async fn main() {
         egress: EgressPolicy::parse(&[proxy.addr.to_string()]).unwrap(),
         config: Some(serde_json::json!({"endpoint": proxy.endpoint}).to_string()),
         deadlines: None,
+        ..Default::default()
     };
     let provider = Provider::load(&sandbox, &wasm, settings).await.unwrap();
     let request = |name: &str| MachineRequest {

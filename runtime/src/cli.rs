@@ -180,6 +180,7 @@ async fn call(
         egress,
         config,
         deadlines: Some(Deadlines::all(deadline)),
+        broker_credentials: false,
     };
     let provider = match Provider::load(&sandbox, &file, settings).await {
         Ok(p) => p,

@@ -49,6 +49,9 @@ pub struct ConformanceArgs {
     /// Allow outbound HTTP to this host or host:port (repeatable); replaces the default allowlist.
     #[arg(long = "allow-host", value_name = "HOST[:PORT]")]
     pub allow_hosts: Vec<String>,
+    /// Broker the secret's cloud credentials: the host signs, the provider never sees them.
+    #[arg(long)]
+    pub broker_credentials: bool,
     /// Name of the test machine (default: mcm-wasm-conformance-<time>).
     #[arg(long)]
     pub machine_name: Option<String>,
@@ -579,6 +582,7 @@ pub async fn main(args: ConformanceArgs) -> ExitCode {
         egress,
         config: args.config.clone(),
         deadlines: Some(Deadlines::all(args.deadline)),
+        broker_credentials: args.broker_credentials,
     };
     let provider = match Provider::load(&sandbox, &args.file, settings).await {
         Ok(p) => p,

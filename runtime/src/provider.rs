@@ -9,6 +9,7 @@ use tracing::Instrument as _;
 
 use crate::artifact::{self, ArtifactInfo, LoadError};
 use crate::cache::CacheHit;
+use crate::capability::credentials::{self, Brokered};
 use crate::capability::egress::EgressPolicy;
 use crate::driver::*;
 use crate::sandbox::{self, CallContext, Deadlines, Sandbox, bindings};
@@ -22,6 +23,9 @@ pub struct ProviderSettings {
     pub config: Option<String>,
     /// Per-operation deadlines; `None` uses the sandbox defaults.
     pub deadlines: Option<Deadlines>,
+    /// Host-brokered credentials: the secret's cloud credential keys never enter the sandbox;
+    /// the host signs the provider's requests with them (`capability::credentials`).
+    pub broker_credentials: bool,
 }
 
 /// A provider ready to serve calls. Cheap to share (`Arc`); calls run concurrently.
@@ -137,7 +141,7 @@ impl Provider {
     /// Instantiate once without calling anything: start functions and data segments run, and
     /// the memory limits apply, before the provider is allowed to serve.
     async fn smoke(&self) -> Result<(), DriverError> {
-        let ctx = self.call_context(Operation::MetricsLabels);
+        let ctx = self.call_context(Operation::MetricsLabels, None);
         self.sandbox
             .call(
                 &self.pre,
@@ -197,14 +201,28 @@ impl Provider {
         &self.counters
     }
 
-    fn call_context(&self, operation: Operation) -> CallContext {
+    fn call_context(&self, operation: Operation, brokered: Option<Arc<Brokered>>) -> CallContext {
         CallContext {
             provider: self.call_ctx.provider.clone(),
             operation,
             egress: self.call_ctx.egress.clone(),
             config_json: self.call_ctx.config_json.clone(),
             http: self.sandbox.http.clone(),
+            brokered,
         }
+    }
+
+    /// The part of `secret` the guest sees, and what the host keeps when it brokers the
+    /// credentials.
+    fn broker<'s>(
+        &self,
+        secret: &'s SecretData,
+    ) -> (std::borrow::Cow<'s, SecretData>, Option<Arc<Brokered>>) {
+        if !self.settings.broker_credentials {
+            return (std::borrow::Cow::Borrowed(secret), None);
+        }
+        let (visible, brokered) = credentials::withhold(secret);
+        (std::borrow::Cow::Owned(visible), Some(Arc::new(brokered)))
     }
 
     fn deadline(&self, op: Operation) -> Duration {
@@ -220,6 +238,7 @@ impl Provider {
         &self,
         op: Operation,
         machine: &str,
+        brokered: Option<Arc<Brokered>>,
         run: F,
     ) -> Result<T, DriverError>
     where
@@ -241,7 +260,7 @@ impl Provider {
         let deadline = self.deadline(op);
         let result = self
             .sandbox
-            .call(&self.pre, self.call_context(op), deadline, run)
+            .call(&self.pre, self.call_context(op, brokered), deadline, run)
             .instrument(span.clone())
             .await
             .map(Into::into)
@@ -281,10 +300,12 @@ impl Provider {
         &self,
         req: &MachineRequest,
     ) -> Result<CreateMachineResponse, DriverError> {
-        let wreq = sandbox::machine_request(req);
+        let (visible, brokered) = self.broker(&req.secret);
+        let wreq = sandbox::machine_request(req, &visible);
         self.invoke(
             Operation::CreateMachine,
             &req.machine.name,
+            brokered,
             async move |mut store, guest| {
                 guest
                     .mcm_driver_driver()
@@ -299,10 +320,12 @@ impl Provider {
         &self,
         req: &MachineRequest,
     ) -> Result<InitializeMachineResponse, DriverError> {
-        let wreq = sandbox::machine_request(req);
+        let (visible, brokered) = self.broker(&req.secret);
+        let wreq = sandbox::machine_request(req, &visible);
         self.invoke(
             Operation::InitializeMachine,
             &req.machine.name,
+            brokered,
             async move |mut store, guest| {
                 guest
                     .mcm_driver_driver()
@@ -317,10 +340,12 @@ impl Provider {
         &self,
         req: &MachineRequest,
     ) -> Result<DeleteMachineResponse, DriverError> {
-        let wreq = sandbox::machine_request(req);
+        let (visible, brokered) = self.broker(&req.secret);
+        let wreq = sandbox::machine_request(req, &visible);
         self.invoke(
             Operation::DeleteMachine,
             &req.machine.name,
+            brokered,
             async move |mut store, guest| {
                 guest
                     .mcm_driver_driver()
@@ -335,10 +360,12 @@ impl Provider {
         &self,
         req: &MachineRequest,
     ) -> Result<GetMachineStatusResponse, DriverError> {
-        let wreq = sandbox::machine_request(req);
+        let (visible, brokered) = self.broker(&req.secret);
+        let wreq = sandbox::machine_request(req, &visible);
         self.invoke(
             Operation::GetMachineStatus,
             &req.machine.name,
+            brokered,
             async move |mut store, guest| {
                 guest
                     .mcm_driver_driver()
@@ -353,10 +380,12 @@ impl Provider {
         &self,
         req: &ClassRequest,
     ) -> Result<ListMachinesResponse, DriverError> {
-        let wreq = sandbox::list_request(req);
+        let (visible, brokered) = self.broker(&req.secret);
+        let wreq = sandbox::list_request(req, &visible);
         self.invoke(
             Operation::ListMachines,
             "",
+            brokered,
             async move |mut store, guest| {
                 guest
                     .mcm_driver_driver()
@@ -375,6 +404,7 @@ impl Provider {
         self.invoke(
             Operation::GetVolumeIds,
             "",
+            None,
             async move |mut store, guest| {
                 guest
                     .mcm_driver_driver()
@@ -386,10 +416,12 @@ impl Provider {
     }
 
     pub async fn validate_machine_class(&self, req: &ClassRequest) -> Result<(), DriverError> {
-        let wreq = sandbox::validate_request(req);
+        let (visible, brokered) = self.broker(&req.secret);
+        let wreq = sandbox::validate_request(req, &visible);
         self.invoke(
             Operation::ValidateMachineClass,
             "",
+            brokered,
             async move |mut store, guest| {
                 guest
                     .mcm_driver_driver()
@@ -408,6 +440,7 @@ impl Provider {
         self.invoke(
             Operation::MetricsLabels,
             &req.machine.name,
+            None,
             async move |mut store, guest| {
                 guest
                     .mcm_driver_driver()
@@ -423,11 +456,11 @@ impl Provider {
     /// runtime's own layers cost.
     #[doc(hidden)]
     pub async fn floor_get_machine_status(&self, req: &MachineRequest) -> bool {
-        let wreq = sandbox::machine_request(req);
+        let wreq = sandbox::machine_request(req, &req.secret);
         self.sandbox
             .floor_call(
                 &self.pre,
-                self.call_context(Operation::GetMachineStatus),
+                self.call_context(Operation::GetMachineStatus, None),
                 &wreq,
             )
             .await

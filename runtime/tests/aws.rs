@@ -20,6 +20,10 @@ struct Env {
 
 /// moto, a counting proxy in front of it, and the provider pointed at the proxy.
 async fn env_with(config: serde_json::Value) -> Env {
+    env_with_broker(config, false).await
+}
+
+async fn env_with_broker(config: serde_json::Value, broker_credentials: bool) -> Env {
     let moto = Moto::start();
     let proxy = FaultProxy::start(moto.addr).await;
     let (ami, subnet, group) = moto.class_resources().await;
@@ -29,6 +33,7 @@ async fn env_with(config: serde_json::Value) -> Env {
         egress: EgressPolicy::parse(&[proxy.addr.to_string()]).unwrap(),
         config: Some(config.to_string()),
         deadlines: None,
+        broker_credentials,
     };
     let provider = load(&sandbox(Duration::from_secs(30)), "aws_provider", settings).await;
     Env {
@@ -219,6 +224,42 @@ async fn lifecycle_against_moto() {
             .machines
             .contains_key(&created.provider_id)
     );
+}
+
+/// With host-brokered credentials the AWS provider never holds the keys (the host withholds
+/// them and signs), and the whole lifecycle still passes against moto, signed with the
+/// secret's access key.
+#[tokio::test]
+async fn brokered_credentials_lifecycle_against_moto() {
+    let env = env_with_broker(serde_json::json!({}), true).await;
+    let p = &env.provider;
+    p.validate_machine_class(&env.class()).await.unwrap();
+    let created = p.create_machine(&env.request("b1")).await.unwrap();
+    let status = p.get_machine_status(&env.request("b1")).await.unwrap();
+    assert_eq!(status.provider_id, created.provider_id);
+    let listed = p.list_machines(&env.class()).await.unwrap();
+    assert_eq!(
+        listed
+            .machines
+            .get(&created.provider_id)
+            .map(String::as_str),
+        Some("b1")
+    );
+    let mut del = env.request("b1");
+    del.machine.provider_id = created.provider_id.clone();
+    p.delete_machine(&del).await.unwrap();
+    assert!(env.moto.live_instances_named("b1").await.is_empty());
+
+    let access_key = String::from_utf8(secret()["providerAccessKeyId"].clone()).unwrap();
+    let authorizations = env.proxy.take_authorizations();
+    assert!(authorizations.len() >= 4, "{authorizations:?}");
+    for auth in &authorizations {
+        assert!(
+            auth.starts_with("AWS4-HMAC-SHA256 Credential=")
+                && auth.contains(&format!("Credential={access_key}/")),
+            "not signed by the host with the secret's key: {auth:?}"
+        );
+    }
 }
 
 #[tokio::test]
@@ -447,6 +488,7 @@ async fn egress_outside_the_allowlist_is_denied() {
         egress: EgressPolicy::parse(&[env.proxy.addr.to_string()]).unwrap(),
         config: None,
         deadlines: None,
+        ..Default::default()
     };
     let p = env.provider.with_settings(settings);
     let err = p.get_machine_status(&env.request("m1")).await.unwrap_err();

@@ -28,6 +28,7 @@ async fn env() -> Env {
         egress: EgressPolicy::parse(&[proxy.addr.to_string()]).unwrap(),
         config: Some(serde_json::json!({"endpoint": proxy.endpoint}).to_string()),
         deadlines: Some(Deadlines::all(DEADLINE)),
+        ..Default::default()
     };
     let provider = load(&sandbox(DEADLINE), "aws_provider", settings).await;
     Env {

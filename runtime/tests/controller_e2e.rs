@@ -68,6 +68,7 @@ impl World {
                 egress: EgressPolicy::parse(&[proxy.addr.to_string()]).unwrap(),
                 config: Some(serde_json::json!({ "endpoint": proxy.endpoint }).to_string()),
                 deadlines: None,
+                ..Default::default()
             },
         );
         let watch = registry

@@ -169,6 +169,86 @@ async fn resource_limits_are_resource_exhausted() {
     assert_eq!(ok.addresses.len(), 1000);
 }
 
+/// With brokering on, the secret's credential keys never enter the sandbox: a guest that
+/// searches everything it was given for the access key finds nothing (and without brokering
+/// it does find it, so the search works).
+#[tokio::test]
+async fn brokered_credentials_never_reach_the_guest() {
+    let sandbox = sandbox(DEADLINE);
+    let access_key = "AKIAIOSFODNN7SECRET1";
+    let needle_hex: String = access_key.bytes().map(|b| format!("{b:02x}")).collect();
+    let mut req = machine_request(
+        "m1",
+        serde_json::json!({"abuse": "find-secret", "needle_hex": needle_hex}),
+    );
+    req.secret = [
+        ("providerAccessKeyId", access_key),
+        (
+            "providerSecretAccessKey",
+            "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+        ),
+        ("userData", "#!/bin/sh"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
+    .collect();
+    for (broker_credentials, expected) in [
+        (
+            true,
+            "absent; withheld: providerAccessKeyId,providerSecretAccessKey",
+        ),
+        (false, "found; withheld: "),
+    ] {
+        let settings = ProviderSettings {
+            broker_credentials,
+            ..Default::default()
+        };
+        let abuser = load(&sandbox, "test_abuser", settings).await;
+        let report = abuser.create_machine(&req).await.unwrap();
+        assert_eq!(
+            report.last_known_state, expected,
+            "brokering {broker_credentials}"
+        );
+    }
+}
+
+/// A collection past wasm32's address space panics in Rust before any allocator is asked; the
+/// SDK's panic hook reports it through the contract, so it is ResourceExhausted, not Internal.
+#[tokio::test]
+async fn capacity_overflow_is_resource_exhausted_via_the_sdk_hook() {
+    let sandbox = sandbox(DEADLINE);
+    let abuser = load(&sandbox, "test_abuser", ProviderSettings::default()).await;
+    let err = abuser
+        .create_machine(&abuse("capacity-overflow", 0, 0))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code, Code::ResourceExhausted, "{err}");
+    assert!(err.message.contains("capacity overflow"), "{err}");
+    assert!(err.message.contains("guest trapped"), "{err}");
+}
+
+/// A provider built against contract 0.1.0 (without the SDK) loads and serves on this 0.1.1
+/// runtime.
+#[tokio::test]
+async fn a_contract_0_1_0_provider_still_loads_and_serves() {
+    let sandbox = sandbox(DEADLINE);
+    let settings = ProviderSettings {
+        config: Some(r#"{"old":true}"#.into()),
+        ..Default::default()
+    };
+    let old = load(&sandbox, "test_contract_0_1_0", settings).await;
+    assert_eq!(old.info().contract.to_string(), "0.1.0");
+    assert_eq!(old.name(), "old");
+    let created = old
+        .create_machine(&machine_request("m1", serde_json::json!({})))
+        .await
+        .unwrap();
+    assert_eq!(created.provider_id, "old:///m1");
+    assert_eq!(created.last_known_state, r#"{"old":true}"#);
+    let err = old.list_machines(&Default::default()).await.unwrap_err();
+    assert_eq!(err.code, Code::Unimplemented);
+}
+
 /// A guest's log text cannot forge a host log line: newlines and control characters are
 /// escaped in the host's text log.
 #[tokio::test]
@@ -214,7 +294,7 @@ async fn incompatible_contract_is_rejected_naming_file_and_both_versions() {
     let text = err.to_string();
     assert!(text.contains("test_incompatible.wasm"), "{text}");
     assert!(
-        text.contains("mcm:driver@1.0.0") && text.contains("mcm:driver@0.1.0"),
+        text.contains("mcm:driver@1.0.0") && text.contains("mcm:driver@0.1.1"),
         "{text}"
     );
 }

@@ -128,7 +128,7 @@ async fn swap_under_load_then_reject_broken_artifacts() {
     match next_event(&mut events).await {
         RegistryEvent::Rejected { error, .. } => {
             assert!(
-                error.contains("mcm:driver@1.0.0") && error.contains("mcm:driver@0.1.0"),
+                error.contains("mcm:driver@1.0.0") && error.contains("mcm:driver@0.1.1"),
                 "{error}"
             );
         }
@@ -170,5 +170,11 @@ async fn second_load_comes_from_the_compile_cache() {
     assert_eq!(first.load_stats.cache, mcm_wasm::cache::CacheHit::Compiled);
     let second = load(&sandbox, "sample_provider", Default::default()).await;
     assert_eq!(second.load_stats.cache, mcm_wasm::cache::CacheHit::Disk);
-    assert!(std::fs::read_dir(cache.path()).unwrap().count() == 1);
+    // One compiled entry and the digest written with it.
+    let mut names: Vec<String> = std::fs::read_dir(cache.path())
+        .unwrap()
+        .map(|e| e.unwrap().path().extension().unwrap().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["cwasm", "sha256"]);
 }

@@ -32,6 +32,7 @@ async fn provider(backend: &SampleBackend) -> Provider {
         egress: EgressPolicy::parse(&[host]).unwrap(),
         config: Some(serde_json::json!({"endpoint": backend.endpoint}).to_string()),
         deadlines: None,
+        ..Default::default()
     };
     load(
         &sandbox(Duration::from_secs(10)),

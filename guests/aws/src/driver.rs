@@ -70,8 +70,8 @@ fn client<'t, T: Transport>(
     region: &str,
     secret: &[(String, Vec<u8>)],
 ) -> Result<Ec2<'t, T>, DriverError> {
-    let creds = spec::credentials(secret).map_err(invalid)?;
-    Ok(Ec2::new(t, &cfg.endpoint(region), region, creds))
+    let signing = spec::signing(secret, t.brokered()).map_err(invalid)?;
+    Ok(Ec2::new(t, &cfg.endpoint(region), region, signing))
 }
 
 fn addresses(i: &Instance) -> Vec<NodeAddress> {
@@ -161,7 +161,8 @@ pub fn create<T: Transport>(
     req: &MachineRequest,
 ) -> Result<CreateMachineResponse, DriverError> {
     let (spec, creds) =
-        spec::validate_class(&req.machine_class.provider_spec, &req.secret).map_err(invalid)?;
+        spec::validate_class(&req.machine_class.provider_spec, &req.secret, t.brokered())
+            .map_err(invalid)?;
     let user_data = spec::user_data(&req.secret).map_err(invalid)?;
     let machine = &req.machine;
     if machine.name.is_empty() {

@@ -10,12 +10,22 @@ use mcm_wasm_sdk::{Code, DriverError};
 use crate::errors;
 use crate::query::{self, Action};
 use crate::sign;
-use crate::spec::Credentials;
+use crate::spec::Signing;
 use crate::xml::{self, Instance};
 
 /// How requests leave the provider.
 pub trait Transport {
     fn send(&self, req: &Request) -> Result<Response, HttpError>;
+    /// Whether the host brokers the credentials (they are not in the secret).
+    fn brokered(&self) -> bool {
+        false
+    }
+    /// Have the host sign (SigV4) and send the request.
+    fn send_signed(&self, _req: &Request, _region: &str) -> Result<Response, HttpError> {
+        Err(HttpError::Denied(
+            "this transport has no credential broker".into(),
+        ))
+    }
     fn now(&self) -> SystemTime {
         SystemTime::now()
     }
@@ -25,7 +35,7 @@ pub struct Ec2<'t, T: Transport> {
     transport: &'t T,
     endpoint: String,
     region: String,
-    creds: Credentials,
+    signing: Signing,
     /// Requests sent by this client (logged per operation).
     pub requests: Cell<u32>,
 }
@@ -45,12 +55,12 @@ impl From<ApiError> for DriverError {
 }
 
 impl<'t, T: Transport> Ec2<'t, T> {
-    pub fn new(transport: &'t T, endpoint: &str, region: &str, creds: Credentials) -> Self {
+    pub fn new(transport: &'t T, endpoint: &str, region: &str, signing: Signing) -> Self {
         Ec2 {
             transport,
             endpoint: format!("{}/", endpoint.trim_end_matches('/')),
             region: region.to_string(),
-            creds,
+            signing,
             requests: Cell::new(0),
         }
     }
@@ -62,22 +72,24 @@ impl<'t, T: Transport> Ec2<'t, T> {
             "content-type".to_string(),
             "application/x-www-form-urlencoded; charset=utf-8".to_string(),
         )];
-        let signed = sign::sign_request(
-            "POST",
-            &self.endpoint,
-            &headers,
-            body.as_bytes(),
-            &self.creds,
-            &self.region,
-            "ec2",
-            self.transport.now(),
-        )
-        .map_err(|why| ApiError {
-            aws_code: String::new(),
-            status: 0,
-            error: DriverError::internal(why),
-        })?;
-        headers.extend(signed);
+        if let Signing::Own(creds) = &self.signing {
+            let signed = sign::sign_request(
+                "POST",
+                &self.endpoint,
+                &headers,
+                body.as_bytes(),
+                creds,
+                &self.region,
+                "ec2",
+                self.transport.now(),
+            )
+            .map_err(|why| ApiError {
+                aws_code: String::new(),
+                status: 0,
+                error: DriverError::internal(why),
+            })?;
+            headers.extend(signed);
+        }
         let req = Request {
             method: "POST".into(),
             url: self.endpoint.clone(),
@@ -85,7 +97,11 @@ impl<'t, T: Transport> Ec2<'t, T> {
             body: body.into_bytes(),
         };
         self.requests.set(self.requests.get() + 1);
-        let resp = self.transport.send(&req).map_err(|e| {
+        let sent = match self.signing {
+            Signing::Own(_) => self.transport.send(&req),
+            Signing::Brokered => self.transport.send_signed(&req, &self.region),
+        };
+        let resp = sent.map_err(|e| {
             let mut error = DriverError::from(e);
             error.message = format!("EC2 {}: {}", action.name, error.message);
             ApiError {

@@ -516,6 +516,24 @@ pub struct Credentials {
     pub session_token: Option<String>,
 }
 
+/// How the provider's EC2 requests get signed.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Signing {
+    /// With the credentials in the secret.
+    Own(Credentials),
+    /// By the host, which withheld the credentials from the secret (contract 0.1.1
+    /// `credentials`): the provider never holds them.
+    Brokered,
+}
+
+/// The credentials from the secret, or [`Signing::Brokered`] when the host brokers them.
+pub fn signing(secret: &[(String, Vec<u8>)], brokered: bool) -> Result<Signing, Errors> {
+    if brokered {
+        return Ok(Signing::Brokered);
+    }
+    credentials(secret).map(Signing::Own)
+}
+
 pub const ACCESS_KEY_KEYS: [&str; 2] = ["providerAccessKeyId", "accessKeyID"];
 pub const SECRET_KEY_KEYS: [&str; 2] = ["providerSecretAccessKey", "secretAccessKey"];
 pub const SESSION_TOKEN_KEY: &str = "providerSessionToken";
@@ -632,7 +650,8 @@ pub fn user_data(secret: &[(String, Vec<u8>)]) -> Result<Vec<u8>, Errors> {
 pub fn validate_class(
     spec_json: &str,
     secret: &[(String, Vec<u8>)],
-) -> Result<(ProviderSpec, Credentials), Errors> {
+    brokered: bool,
+) -> Result<(ProviderSpec, Signing), Errors> {
     let mut all = Errors::default();
     let spec = match parse(spec_json) {
         Ok(s) => Some(s),
@@ -641,7 +660,7 @@ pub fn validate_class(
             None
         }
     };
-    let creds = match credentials(secret) {
+    let creds = match signing(secret, brokered) {
         Ok(c) => Some(c),
         Err(e) => {
             all.0.extend(e.0);
@@ -702,7 +721,7 @@ pub(crate) mod tests {
         let spec = parse(&good_spec().to_string()).unwrap();
         assert_eq!(spec.cluster_tag(), "kubernetes.io/cluster/shoot--a");
         assert_eq!(spec.role_tag(), "kubernetes.io/role/node");
-        validate_class(&good_spec().to_string(), &secret()).unwrap();
+        validate_class(&good_spec().to_string(), &secret(), false).unwrap();
     }
 
     #[test]
@@ -870,7 +889,7 @@ pub(crate) mod tests {
             .into_iter()
             .filter(|(k, _)| k != "userData")
             .collect();
-        let msg = validate_class(&good_spec().to_string(), &no_user_data)
+        let msg = validate_class(&good_spec().to_string(), &no_user_data, false)
             .unwrap_err()
             .to_string();
         assert!(msg.contains("missing key \"userData\""), "{msg}");

@@ -27,6 +27,8 @@ pub mod bindings {
     });
 }
 
+pub mod credentials;
+mod hooks;
 pub mod http;
 pub mod log;
 mod metadata;
@@ -39,10 +41,12 @@ pub use bindings::mcm::driver::types::{
     NodeTemplate, SecretData, ValidateRequest,
 };
 #[doc(hidden)]
+pub use hooks::install as __install_hooks;
+#[doc(hidden)]
 pub use metadata::{metadata_bytes, metadata_len};
 
 /// The contract version this SDK builds against (the `mcm:driver` WIT package version).
-pub const CONTRACT_VERSION: &str = "0.1.0";
+pub const CONTRACT_VERSION: &str = "0.1.1";
 
 /// Name of the custom section holding the provider's metadata (JSON: name, version, contract).
 pub const METADATA_SECTION: &str = "mcm-wasm:provider";
@@ -186,27 +190,35 @@ macro_rules! export_provider {
 
         impl $crate::__Guest for __McmProvider {
             fn create_machine(r: $crate::MachineRequest) -> Result<$crate::CreateMachineResponse, $crate::DriverError> {
+                $crate::__install_hooks();
                 <$driver as $crate::Driver>::create_machine(r)
             }
             fn initialize_machine(r: $crate::MachineRequest) -> Result<$crate::InitializeMachineResponse, $crate::DriverError> {
+                $crate::__install_hooks();
                 <$driver as $crate::Driver>::initialize_machine(r)
             }
             fn delete_machine(r: $crate::MachineRequest) -> Result<$crate::DeleteMachineResponse, $crate::DriverError> {
+                $crate::__install_hooks();
                 <$driver as $crate::Driver>::delete_machine(r)
             }
             fn get_machine_status(r: $crate::MachineRequest) -> Result<$crate::GetMachineStatusResponse, $crate::DriverError> {
+                $crate::__install_hooks();
                 <$driver as $crate::Driver>::get_machine_status(r)
             }
             fn list_machines(r: $crate::ListMachinesRequest) -> Result<$crate::ListMachinesResponse, $crate::DriverError> {
+                $crate::__install_hooks();
                 <$driver as $crate::Driver>::list_machines(r)
             }
             fn get_volume_ids(r: $crate::GetVolumeIdsRequest) -> Result<$crate::GetVolumeIdsResponse, $crate::DriverError> {
+                $crate::__install_hooks();
                 <$driver as $crate::Driver>::get_volume_ids(r)
             }
             fn validate_machine_class(r: $crate::ValidateRequest) -> Result<(), $crate::DriverError> {
+                $crate::__install_hooks();
                 <$driver as $crate::Driver>::validate_machine_class(r)
             }
             fn metrics_labels(r: $crate::MetricsLabelsRequest) -> Result<Vec<(String, String)>, $crate::DriverError> {
+                $crate::__install_hooks();
                 <$driver as $crate::Driver>::metrics_labels(r)
             }
         }

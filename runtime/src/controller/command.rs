@@ -88,6 +88,10 @@ pub struct ControllerArgs {
     /// Allow a provider outbound HTTP to a host, as NAME=HOST[:PORT] (repeatable; default: none).
     #[arg(long = "provider-allow-host", value_name = "NAME=HOST[:PORT]")]
     pub provider_allow_hosts: Vec<String>,
+    /// Broker a provider's cloud credentials (repeatable, NAME): the secret's credential keys
+    /// stay on the host, which signs the provider's requests with them (contract 0.1.1).
+    #[arg(long = "provider-broker-credentials", value_name = "NAME")]
+    pub provider_broker_credentials: Vec<String>,
     /// Tests and `just run` only: register the Node of every live VM, as a kubelet would.
     #[arg(long)]
     pub simulate_node_join: bool,
@@ -142,7 +146,11 @@ impl ControllerArgs {
                 .push(host.to_string());
         }
         let mut out = BTreeMap::new();
-        for name in configs.keys().chain(hosts.keys()) {
+        for name in configs
+            .keys()
+            .chain(hosts.keys())
+            .chain(&self.provider_broker_credentials)
+        {
             let egress = EgressPolicy::parse(hosts.get(name).map(Vec::as_slice).unwrap_or(&[]))
                 .map_err(|e| e.to_string())?;
             out.insert(
@@ -151,6 +159,7 @@ impl ControllerArgs {
                     egress,
                     config: configs.get(name).cloned(),
                     deadlines: None,
+                    broker_credentials: self.provider_broker_credentials.contains(name),
                 },
             );
         }

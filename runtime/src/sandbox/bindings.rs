@@ -4,6 +4,7 @@ wasmtime::component::bindgen!({
     world: "provider",
     imports: {
         "mcm:driver/http.send": async | trappable,
+        "mcm:driver/credentials.send-aws-sigv4": async | trappable,
         default: trappable,
     },
     exports: { default: async },

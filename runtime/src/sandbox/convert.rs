@@ -39,25 +39,27 @@ fn machine_class(c: &MachineClass) -> wit::MachineClass {
     }
 }
 
-pub(crate) fn machine_request(r: &MachineRequest) -> wit::MachineRequest {
+/// `visible` is the part of the request's secret the guest may see (all of it unless the host
+/// brokers the credentials).
+pub(crate) fn machine_request(r: &MachineRequest, visible: &SecretData) -> wit::MachineRequest {
     wit::MachineRequest {
         machine: machine(&r.machine),
         machine_class: machine_class(&r.machine_class),
-        secret: secret(&r.secret),
+        secret: secret(visible),
     }
 }
 
-pub(crate) fn list_request(r: &ClassRequest) -> wit::ListMachinesRequest {
+pub(crate) fn list_request(r: &ClassRequest, visible: &SecretData) -> wit::ListMachinesRequest {
     wit::ListMachinesRequest {
         machine_class: machine_class(&r.machine_class),
-        secret: secret(&r.secret),
+        secret: secret(visible),
     }
 }
 
-pub(crate) fn validate_request(r: &ClassRequest) -> wit::ValidateRequest {
+pub(crate) fn validate_request(r: &ClassRequest, visible: &SecretData) -> wit::ValidateRequest {
     wit::ValidateRequest {
         machine_class: machine_class(&r.machine_class),
-        secret: secret(&r.secret),
+        secret: secret(visible),
     }
 }
 

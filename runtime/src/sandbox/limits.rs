@@ -135,7 +135,8 @@ mod tests {
 
     #[test]
     fn log_text_is_cut_at_its_limit() {
-        let escaped = escape_for_log(&"x".repeat(10_000), 100);
+        let long = "x".repeat(10_000);
+        let escaped = escape_for_log(&long, 100);
         assert!(escaped.starts_with(&"x".repeat(100)));
         assert!(
             escaped.ends_with("[truncated: 10000 bytes in all]"),

@@ -12,7 +12,6 @@ mod state;
 pub mod wasi;
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -25,7 +24,7 @@ use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use crate::capability::http::HttpClient;
 use crate::driver::{DriverError, Operation};
 pub(crate) use convert::*;
-pub(crate) use state::{CallContext, CallState};
+pub(crate) use state::{CallContext, CallRecord, CallState};
 
 /// Per-operation deadlines: each driver call is cancelled when its deadline passes, host HTTP
 /// included.
@@ -244,13 +243,13 @@ impl Sandbox {
     {
         let started = Instant::now();
         let stderr = MemoryOutputPipe::new(self.config.stderr_capture_bytes);
-        let memory_refused = Arc::new(AtomicBool::new(false));
+        let record = Arc::new(CallRecord::default());
         let state = CallState::new(
             ctx,
             started + deadline,
             &self.config,
             stderr.clone(),
-            memory_refused.clone(),
+            record.clone(),
         );
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
@@ -269,7 +268,7 @@ impl Sandbox {
         let result = match tokio::time::timeout(deadline, work).await {
             Ok(Ok(Ok(value))) => return Ok(value),
             Ok(Ok(Err(guest_error))) => from_wit_error(guest_error),
-            Ok(Err(failure)) => outcome::classify(failure, &memory_refused, &stderr, &self.config),
+            Ok(Err(failure)) => outcome::classify(failure, &record, &stderr, &self.config),
             Err(_elapsed) => outcome::deadline_exceeded(deadline, &stderr),
         };
         Err(DriverError {

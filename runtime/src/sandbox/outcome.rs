@@ -12,15 +12,15 @@
 //! | epoch deadline (`Trap::Interrupt`) / the call's timeout    | DeadlineExceeded  |
 //! | stack overflow, any other trap or error                    | Internal          |
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use wasmtime::component::ResourceTableError;
 use wasmtime::{PoolConcurrencyLimitError, Trap};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 
-use super::SandboxConfig;
 use super::limits::{LimitExceeded, is_hostcall_fuel_exhausted};
+use super::{CallRecord, SandboxConfig};
 use crate::driver::{Code, DriverError};
 
 pub(crate) enum Failure {
@@ -30,7 +30,7 @@ pub(crate) enum Failure {
 
 pub(crate) fn classify(
     failure: Failure,
-    memory_refused: &AtomicBool,
+    record: &CallRecord,
     stderr: &MemoryOutputPipe,
     config: &SandboxConfig,
 ) -> DriverError {
@@ -44,11 +44,13 @@ pub(crate) fn classify(
             format!("sandbox is at its concurrency limit, retry later: {err}"),
         );
     }
-    if memory_refused.load(Ordering::Relaxed) {
-        return DriverError::new(
-            Code::ResourceExhausted,
-            with_stderr("guest exceeded its memory or table limit".into(), stderr),
-        );
+    let reported = record.reported.lock().expect("call record lock").take();
+    if record.memory_refused.load(Ordering::Relaxed) {
+        let mut message = String::from("guest exceeded its memory or table limit");
+        if let Some(reported) = &reported {
+            message = format!("{message}: {}", reported.message);
+        }
+        return DriverError::new(Code::ResourceExhausted, with_stderr(message, stderr));
     }
     if is_hostcall_fuel_exhausted(&err) {
         return DriverError::new(
@@ -86,6 +88,18 @@ pub(crate) fn classify(
     } else {
         "guest trapped"
     };
+    // The guest said why before it trapped (the SDK's panic hook): its code, the trap named.
+    if let Some(reported) = reported
+        && !matches!(err.downcast_ref::<Trap>(), Some(Trap::Interrupt))
+    {
+        let trap = err
+            .downcast_ref::<Trap>()
+            .map_or_else(|| format!("{err:#}"), |t| t.to_string());
+        return DriverError::new(
+            reported.code,
+            format!("{} ({what}: {trap})", reported.message),
+        );
+    }
     match err.downcast_ref::<Trap>() {
         Some(Trap::Interrupt) => DriverError::new(
             Code::DeadlineExceeded,

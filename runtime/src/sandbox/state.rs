@@ -1,7 +1,7 @@
 //! What a store holds during one call, and the host side of the guest's imports.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use wasmtime::ResourceLimiter;
@@ -10,9 +10,10 @@ use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::SandboxConfig;
-use super::bindings::mcm::driver::{context, http, log, types};
+use super::bindings::mcm::driver::{context, credentials, http, log, types};
 use super::limits::escape_for_log;
 use super::wasi::LimitedRandom;
+use crate::capability::credentials::Brokered;
 use crate::capability::egress::EgressPolicy;
 use crate::capability::http::HttpClient;
 
@@ -24,6 +25,18 @@ pub(crate) struct CallContext {
     pub egress: Arc<EgressPolicy>,
     pub config_json: Arc<str>,
     pub http: HttpClient,
+    /// The credentials the host withheld from the request, when brokering is on.
+    pub brokered: Option<Arc<Brokered>>,
+}
+
+/// What the host learns during a call and classifies the outcome by afterwards (shared with
+/// `Sandbox::call`, which no longer holds the store once the call future owns it).
+#[derive(Default)]
+pub(crate) struct CallRecord {
+    /// The memory or table limiter refused growth.
+    pub memory_refused: AtomicBool,
+    /// The guest's own account of why it is about to trap (`context.report-failure`).
+    pub reported: Mutex<Option<crate::driver::DriverError>>,
 }
 
 pub(crate) struct CallState {
@@ -33,6 +46,8 @@ pub(crate) struct CallState {
     deadline: Instant,
     ctx: CallContext,
     log_budget: u32,
+    record: Arc<CallRecord>,
+    max_error_message_bytes: usize,
     max_log_bytes: usize,
     max_random_bytes: u64,
 }
@@ -43,7 +58,7 @@ impl CallState {
         deadline: Instant,
         config: &SandboxConfig,
         stderr: MemoryOutputPipe,
-        memory_refused: Arc<AtomicBool>,
+        record: Arc<CallRecord>,
     ) -> Self {
         // Deny-all WASI: no preopened directories, no environment, no arguments, no sockets.
         // Only stderr is kept, in memory, so a panic message can be reported.
@@ -58,8 +73,10 @@ impl CallState {
             limiter: CallLimiter {
                 memory_limit: config.memory_limit,
                 table_limit: config.table_limit,
-                memory_refused,
+                record: record.clone(),
             },
+            record,
+            max_error_message_bytes: config.max_error_message_bytes,
             deadline,
             ctx,
             log_budget: MAX_LOGS_PER_CALL,
@@ -97,7 +114,7 @@ impl WasiView for CallState {
 pub(crate) struct CallLimiter {
     memory_limit: usize,
     table_limit: usize,
-    memory_refused: Arc<AtomicBool>,
+    record: Arc<CallRecord>,
 }
 
 impl ResourceLimiter for CallLimiter {
@@ -108,7 +125,7 @@ impl ResourceLimiter for CallLimiter {
         _max: Option<usize>,
     ) -> wasmtime::Result<bool> {
         if desired > self.memory_limit {
-            self.memory_refused.store(true, Ordering::Relaxed);
+            self.record.memory_refused.store(true, Ordering::Relaxed);
             return Ok(false);
         }
         Ok(true)
@@ -121,7 +138,7 @@ impl ResourceLimiter for CallLimiter {
         _max: Option<usize>,
     ) -> wasmtime::Result<bool> {
         if desired > self.table_limit {
-            self.memory_refused.store(true, Ordering::Relaxed);
+            self.record.memory_refused.store(true, Ordering::Relaxed);
             return Ok(false);
         }
         Ok(true)
@@ -208,5 +225,52 @@ impl context::Host for CallState {
 
     fn provider_config(&mut self) -> wasmtime::Result<String> {
         Ok(self.ctx.config_json.to_string())
+    }
+
+    fn report_failure(&mut self, err: types::DriverError) -> wasmtime::Result<()> {
+        let mut err = super::from_wit_error(err);
+        err.message = super::limits::cap_message(err.message, self.max_error_message_bytes);
+        *self.record.reported.lock().expect("call record lock") = Some(err);
+        Ok(())
+    }
+}
+
+impl credentials::Host for CallState {
+    fn withheld_keys(&mut self) -> wasmtime::Result<Vec<String>> {
+        Ok(self
+            .ctx
+            .brokered
+            .as_ref()
+            .map(|b| b.withheld.clone())
+            .unwrap_or_default())
+    }
+
+    async fn send_aws_sigv4(
+        &mut self,
+        mut req: http::Request,
+        region: String,
+        service: String,
+    ) -> wasmtime::Result<Result<http::Response, http::Error>> {
+        let Some(brokered) = &self.ctx.brokered else {
+            return Ok(Err(http::Error::Denied(format!(
+                "credential brokering is not enabled for provider {}",
+                self.ctx.provider
+            ))));
+        };
+        // Only requests the allowlist admits are signed (and then sent) at all.
+        if let Ok(url) = req.url.parse::<reqwest::Url>()
+            && let Err(why) = self.ctx.egress.check(&url)
+        {
+            return Ok(Err(http::Error::Denied(why)));
+        }
+        if let Err(why) = brokered.sign_aws_sigv4(&mut req, &region, &service) {
+            return Ok(Err(http::Error::InvalidRequest(why)));
+        }
+        let remaining = self.deadline.saturating_duration_since(Instant::now());
+        Ok(self
+            .ctx
+            .http
+            .send(&self.ctx.provider, &self.ctx.egress, req, remaining)
+            .await)
     }
 }

@@ -255,6 +255,8 @@ struct ProxyState {
     faults: Mutex<VecDeque<(String, Fault)>>,
     /// Every EC2 action that reached the proxy, in order.
     actions: Mutex<Vec<String>>,
+    /// The `authorization` header of every request, in order.
+    authorizations: Mutex<Vec<String>>,
     requests: AtomicU64,
 }
 
@@ -307,6 +309,11 @@ impl FaultProxy {
     /// The EC2 actions seen so far (and forget them).
     pub fn take_actions(&self) -> Vec<String> {
         std::mem::take(&mut *self.state.actions.lock().unwrap())
+    }
+
+    /// The `authorization` headers seen so far (and forget them).
+    pub fn take_authorizations(&self) -> Vec<String> {
+        std::mem::take(&mut *self.state.authorizations.lock().unwrap())
     }
 
     /// Faults injected but not used yet.
@@ -412,6 +419,16 @@ async fn serve_connection(
         state.requests.fetch_add(1, Ordering::SeqCst);
         let action = action_of(&req.head, &req.body);
         state.actions.lock().unwrap().push(action.clone());
+        let authorization = req
+            .head
+            .lines()
+            .find_map(|l| {
+                let (name, value) = l.split_once(':')?;
+                name.eq_ignore_ascii_case("authorization")
+                    .then(|| value.trim().to_string())
+            })
+            .unwrap_or_default();
+        state.authorizations.lock().unwrap().push(authorization);
         let fault = {
             let mut faults = state.faults.lock().unwrap();
             let pos = faults.iter().position(|(a, _)| *a == action);
@@ -591,6 +608,7 @@ impl SimulatedKubelet {
                 egress: EgressPolicy::parse(&[host]).unwrap(),
                 config: Some(serde_json::json!({ "endpoint": endpoint }).to_string()),
                 deadlines: None,
+                ..Default::default()
             },
         );
         let watch = registry

@@ -10,7 +10,10 @@
 //! - `random`: ask `wasi:random` for N bytes;
 //! - `capacity-overflow`: a `Vec` larger than wasm32's address space (Rust panics before
 //!   the allocator is asked);
-//! - `allocation`: one allocation of N bytes (the allocator fails when N is past the limit).
+//! - `allocation`: one allocation of N bytes (the allocator fails when N is past the limit);
+//! - `find-secret`: search everything the call was given (machine, class, every secret key
+//!   and value, the provider config) for the bytes of `needle_hex`, and report "found" or
+//!   "absent" with the keys the host says it withheld.
 //!
 //! Big strings are made of zero pages the guest never writes (`alloc_zeroed` on fresh memory),
 //! so the guest's own memory stays small: what the host's memory does is what is measured.
@@ -23,6 +26,14 @@ struct Spec {
     size: usize,
     #[serde(default)]
     count: usize,
+    #[serde(default)]
+    needle_hex: String,
+}
+
+fn unhex(s: &str) -> Vec<u8> {
+    (0..s.len() / 2)
+        .map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).unwrap_or(0))
+        .collect()
 }
 
 /// A string of `n` NUL bytes. Up to 4 MB it is an ordinary allocation; above, it lies in fresh
@@ -95,6 +106,27 @@ impl Driver for Abuser {
             "allocation" => {
                 let v: Vec<u8> = Vec::with_capacity(std::hint::black_box(spec.size));
                 ok(v.capacity().to_string(), Vec::new())
+            }
+            "find-secret" => {
+                let needle = unhex(&spec.needle_hex);
+                let mut haystack = format!("{:?}{:?}", req.machine, req.machine_class).into_bytes();
+                for (k, v) in &req.secret {
+                    haystack.extend_from_slice(k.as_bytes());
+                    haystack.extend_from_slice(v);
+                }
+                haystack.extend_from_slice(
+                    mcm_wasm_sdk::bindings::mcm::driver::context::provider_config().as_bytes(),
+                );
+                let found =
+                    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle);
+                let withheld = credentials::withheld_keys().join(",");
+                ok(
+                    format!(
+                        "{}; withheld: {withheld}",
+                        if found { "found" } else { "absent" }
+                    ),
+                    Vec::new(),
+                )
             }
             other => Err(DriverError::invalid_argument(format!(
                 "unknown abuse {other:?}"
