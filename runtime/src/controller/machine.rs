@@ -94,7 +94,7 @@ impl Job {
         let ev = Event {
             type_,
             reason: reason.to_string(),
-            note: Some(note),
+            note: Some(event_note(note)),
             action: action.to_string(),
             secondary: None,
         };
@@ -107,6 +107,14 @@ impl Job {
             tracing::debug!(machine = %self.name, "cannot record event: {e}");
         }
     }
+}
+
+/// The API server refuses an events.k8s.io/v1 Event whose note is over 1 KiB; a longer driver
+/// message is cut (with a marker) rather than losing the event.
+pub const EVENT_NOTE_LIMIT: usize = 1024;
+
+pub fn event_note(note: String) -> String {
+    crate::sandbox::limits::cap_message(note, EVENT_NOTE_LIMIT)
 }
 
 /// MCM's (Go) name of an operation, e.g. `CreateMachine`.

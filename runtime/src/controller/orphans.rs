@@ -142,7 +142,7 @@ pub async fn collect_once(ctx: &Context) -> Result<Vec<Orphan>, kube::Error> {
             let ev = Event {
                 type_,
                 reason: reason.into(),
-                note: Some(note),
+                note: Some(super::machine::event_note(note)),
                 action: "DeleteMachine".into(),
                 secondary: None,
             };
