@@ -310,9 +310,13 @@ fn main() {
     for spinners in [0usize, 2, 4, 8] {
         let (p50, max) = multi.block_on(async {
             let looper = Arc::new(
-                Provider::load(&s, &guest("test_looper"), with_deadline(Duration::from_secs(3)))
-                    .await
-                    .unwrap(),
+                Provider::load(
+                    &s,
+                    &guest("test_looper"),
+                    with_deadline(Duration::from_secs(3)),
+                )
+                .await
+                .unwrap(),
             );
             let spinning: Vec<_> = (0..spinners)
                 .map(|_| {

@@ -116,11 +116,12 @@ pub fn inspect(path: &Path, bytes: &[u8]) -> Result<ArtifactInfo, LoadError> {
     let mut imports = Vec::new();
     let mut metadata_text = None;
     let mut depth = 0usize;
+    let not_wasm = |e: wasmparser::BinaryReaderError| LoadError::NotWasm {
+        path: p.clone(),
+        reason: e.to_string(),
+    };
     for payload in Parser::new(0).parse_all(bytes) {
-        let payload = payload.map_err(|e| LoadError::NotWasm {
-            path: p.clone(),
-            reason: e.to_string(),
-        })?;
+        let payload = payload.map_err(not_wasm)?;
         match payload {
             Payload::Version {
                 encoding: Encoding::Module,
@@ -132,20 +133,12 @@ pub fn inspect(path: &Path, bytes: &[u8]) -> Result<ArtifactInfo, LoadError> {
             Payload::End(_) => depth = depth.saturating_sub(1),
             Payload::ComponentExportSection(reader) if depth == 0 => {
                 for export in reader {
-                    let export = export.map_err(|e| LoadError::NotWasm {
-                        path: p.clone(),
-                        reason: e.to_string(),
-                    })?;
-                    exports.push(export.name.0.to_string());
+                    exports.push(export.map_err(not_wasm)?.name.0.to_string());
                 }
             }
             Payload::ComponentImportSection(reader) if depth == 0 => {
                 for import in reader {
-                    let import = import.map_err(|e| LoadError::NotWasm {
-                        path: p.clone(),
-                        reason: e.to_string(),
-                    })?;
-                    imports.push(import.name.0.to_string());
+                    imports.push(import.map_err(not_wasm)?.name.0.to_string());
                 }
             }
             Payload::CustomSection(section) if section.name() == METADATA_SECTION => {

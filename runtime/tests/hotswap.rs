@@ -173,7 +173,14 @@ async fn second_load_comes_from_the_compile_cache() {
     // One compiled entry and the digest written with it.
     let mut names: Vec<String> = std::fs::read_dir(cache.path())
         .unwrap()
-        .map(|e| e.unwrap().path().extension().unwrap().to_string_lossy().into_owned())
+        .map(|e| {
+            e.unwrap()
+                .path()
+                .extension()
+                .unwrap()
+                .to_string_lossy()
+                .into_owned()
+        })
         .collect();
     names.sort();
     assert_eq!(names, ["cwasm", "sha256"]);

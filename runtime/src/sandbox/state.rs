@@ -154,13 +154,21 @@ impl http::Host for CallState {
         &mut self,
         req: http::Request,
     ) -> wasmtime::Result<Result<http::Response, http::Error>> {
-        let remaining = self.deadline.saturating_duration_since(Instant::now());
-        Ok(self
-            .ctx
-            .http
-            .send(&self.ctx.provider, &self.ctx.egress, req, remaining)
-            .await)
+        Ok(send_http(&self.ctx, self.deadline, req).await)
     }
+}
+
+/// A request out through the http capability, clamped to the call's remaining deadline.
+/// (Takes the parts, not `&CallState`: the WASI context in the state is not `Sync`.)
+async fn send_http(
+    ctx: &CallContext,
+    deadline: Instant,
+    req: http::Request,
+) -> Result<http::Response, http::Error> {
+    let remaining = deadline.saturating_duration_since(Instant::now());
+    ctx.http
+        .send(&ctx.provider, &ctx.egress, req, remaining)
+        .await
 }
 
 impl log::Host for CallState {
@@ -266,11 +274,6 @@ impl credentials::Host for CallState {
         if let Err(why) = brokered.sign_aws_sigv4(&mut req, &region, &service) {
             return Ok(Err(http::Error::InvalidRequest(why)));
         }
-        let remaining = self.deadline.saturating_duration_since(Instant::now());
-        Ok(self
-            .ctx
-            .http
-            .send(&self.ctx.provider, &self.ctx.egress, req, remaining)
-            .await)
+        Ok(send_http(&self.ctx, self.deadline, req).await)
     }
 }
