@@ -134,4 +134,12 @@ impl Driver for Aws {
 // Exported only in the component: a native cdylib cannot carry the component export names
 // (the native build exists for the unit tests).
 #[cfg(target_arch = "wasm32")]
-export_provider!(Aws, name: "aws", version: env!("CARGO_PKG_VERSION"));
+export_provider!(
+    Aws,
+    name: "aws",
+    version: env!("CARGO_PKG_VERSION"),
+    // Gardener and provider-aws write `provider: AWS`; provider-aws users point the SDK at
+    // another endpoint with AWS_ENDPOINT_URL_EC2.
+    aliases: "AWS",
+    endpoint_env: "AWS_ENDPOINT_URL_EC2",
+);

@@ -171,13 +171,26 @@ pub fn provider_config<T: serde::de::DeserializeOwned>() -> Result<T, DriverErro
 
 /// Export a [`Driver`] implementation as the component's `mcm:driver/driver` interface and embed
 /// the provider's metadata (name, version, contract version) for the runtime to read.
+///
+/// Optional: `aliases: "AWS"` (comma-separated other names a MachineClass's `provider` may
+/// use, e.g. how Gardener spells it) and `endpoint_env: "AWS_ENDPOINT_URL_EC2"` (an
+/// environment variable of the controller's that, when set, becomes the provider config's
+/// `endpoint` and is added to its egress allowlist; the guest itself sees no environment).
 #[macro_export]
 macro_rules! export_provider {
-    ($driver:ty, name: $name:expr, version: $version:expr $(,)?) => {
+    (
+        $driver:ty, name: $name:expr, version: $version:expr
+        $(, aliases: $aliases:expr)?
+        $(, endpoint_env: $endpoint_env:expr)?
+        $(,)?
+    ) => {
         const _: () = {
             const __MCM_META_PARTS: &[&str] = &[
                 "{\"name\":\"", $name, "\",\"version\":\"", $version, "\",\"contract\":\"",
-                $crate::CONTRACT_VERSION, "\"}",
+                $crate::CONTRACT_VERSION, "\""
+                $(, ",\"aliases\":\"", $aliases, "\"")?
+                $(, ",\"endpointEnv\":\"", $endpoint_env, "\"")?
+                , "}",
             ];
             const __MCM_META_LEN: usize = $crate::metadata_len(__MCM_META_PARTS);
             #[used]
