@@ -20,6 +20,39 @@ pub struct Metadata {
     pub name: String,
     pub version: String,
     pub contract: String,
+    /// Other names a MachineClass's `provider` may use for this provider (e.g. `AWS`, as
+    /// Gardener writes it); comma-separated in the section.
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "comma_list"
+    )]
+    pub aliases: Vec<String>,
+    /// An environment variable of the controller's that, when set, is the provider's endpoint
+    /// (e.g. `AWS_ENDPOINT_URL_EC2`, as the AWS SDKs read it).
+    #[serde(
+        default,
+        rename = "endpointEnv",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub endpoint_env: Option<String>,
+}
+
+impl Metadata {
+    /// Does a MachineClass `provider` value name this provider (its name or an alias)?
+    pub fn serves(&self, provider: &str) -> bool {
+        self.name == provider || self.aliases.iter().any(|a| a == provider)
+    }
+}
+
+fn comma_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    let text = String::deserialize(d)?;
+    Ok(text
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect())
 }
 
 /// What an artifact is, read without compiling it.
@@ -179,6 +212,8 @@ pub fn inspect(path: &Path, bytes: &[u8]) -> Result<ArtifactInfo, LoadError> {
                 .unwrap_or_default(),
             version: "unknown".into(),
             contract: contract.to_string(),
+            aliases: Vec::new(),
+            endpoint_env: None,
         },
     };
     if !contract_compatible(&contract, &host) {

@@ -77,12 +77,35 @@ impl Registry {
     }
 
     /// The current version of a provider.
+    /// The provider serving `name`: its own name, or one of the aliases it declares (a
+    /// MachineClass written for provider-aws says `AWS`).
     pub fn get(&self, name: &str) -> Option<Arc<Provider>> {
-        self.providers
-            .read()
-            .expect("registry lock")
-            .get(name)
-            .cloned()
+        let providers = self.providers.read().expect("registry lock");
+        providers.get(name).cloned().or_else(|| {
+            providers
+                .values()
+                .find(|p| p.info().metadata.serves(name))
+                .cloned()
+        })
+    }
+
+    /// The provider values a MachineClass may use: each loaded provider's name with its
+    /// aliases, e.g. `aws (alias AWS)`, sorted.
+    pub fn served_names(&self) -> Vec<String> {
+        let providers = self.providers.read().expect("registry lock");
+        let mut names: Vec<String> = providers
+            .values()
+            .map(|p| {
+                let meta = &p.info().metadata;
+                if meta.aliases.is_empty() {
+                    meta.name.clone()
+                } else {
+                    format!("{} (alias {})", meta.name, meta.aliases.join(", "))
+                }
+            })
+            .collect();
+        names.sort();
+        names
     }
 
     /// Names of the loaded providers, sorted.
@@ -111,6 +134,7 @@ impl Registry {
             .insert(name.to_string(), settings.clone());
         let mut providers = self.providers.write().expect("registry lock");
         if let Some(current) = providers.get(name) {
+            let settings = with_endpoint_env(&current.info().metadata, settings);
             let updated = Arc::new(current.with_settings(settings));
             providers.insert(name.to_string(), updated);
         }
@@ -167,11 +191,12 @@ impl Registry {
     async fn load_bytes(&self, path: &Path, bytes: &[u8]) -> Result<Arc<Provider>, LoadError> {
         let info = crate::artifact::inspect(path, bytes)?;
         let name = info.metadata.name.clone();
+        let settings = with_endpoint_env(&info.metadata, self.settings_for(&name));
         let provider = Provider::from_bytes(
             &self.sandbox,
             path,
             bytes,
-            self.settings_for(&name),
+            settings,
             self.counters_for(&name),
         )
         .await?;
@@ -297,5 +322,98 @@ impl Registry {
                 registry.sync_dir(&dir).await;
             }
         }))
+    }
+}
+
+/// The endpoint variable a provider declares (`endpointEnv`, e.g. `AWS_ENDPOINT_URL_EC2`), read
+/// from the controller's environment: when set, it becomes the provider config's `endpoint`
+/// (unless the operator's config already names one) and its host:port joins the allowlist. The
+/// guest still sees no environment; only the value, as config.
+fn with_endpoint_env(meta: &crate::Metadata, settings: ProviderSettings) -> ProviderSettings {
+    let Some(var) = &meta.endpoint_env else {
+        return settings;
+    };
+    let Some(value) = std::env::var(var).ok().filter(|v| !v.trim().is_empty()) else {
+        return settings;
+    };
+    match endpoint_settings(var, value.trim(), settings.clone()) {
+        Ok(updated) => {
+            tracing::info!(provider = %meta.name, variable = %var, endpoint = %value.trim(), "provider endpoint from the environment");
+            updated
+        }
+        Err(e) => {
+            tracing::warn!(provider = %meta.name, variable = %var, "ignoring the endpoint variable: {e}");
+            settings
+        }
+    }
+}
+
+/// Pure part of [`with_endpoint_env`].
+fn endpoint_settings(
+    var: &str,
+    endpoint: &str,
+    mut settings: ProviderSettings,
+) -> Result<ProviderSettings, String> {
+    let url: reqwest::Url = endpoint
+        .parse()
+        .map_err(|e| format!("{var}={endpoint:?} is not a URL: {e}"))?;
+    let host = url
+        .host_str()
+        .ok_or_else(|| format!("{var}={endpoint:?} has no host"))?;
+    let port = url
+        .port_or_known_default()
+        .ok_or_else(|| format!("{var}={endpoint:?} has no port"))?;
+    let mut config: serde_json::Map<String, serde_json::Value> = match settings.config.as_deref() {
+        Some(text) => serde_json::from_str(text).map_err(|e| format!("provider config: {e}"))?,
+        None => serde_json::Map::new(),
+    };
+    if config.contains_key("endpoint") {
+        return Ok(settings); // the operator's own config wins
+    }
+    config.insert("endpoint".into(), endpoint.trim_end_matches('/').into());
+    settings.config = Some(serde_json::Value::Object(config).to_string());
+    let mut rules: Vec<String> = settings.egress.rules().map(|r| r.to_string()).collect();
+    rules.push(format!("{host}:{port}"));
+    settings.egress = crate::EgressPolicy::parse(&rules)?;
+    Ok(settings)
+}
+
+#[cfg(test)]
+mod endpoint_tests {
+    use super::*;
+
+    #[test]
+    fn the_endpoint_variable_sets_config_and_allowlist() {
+        let s = endpoint_settings(
+            "AWS_ENDPOINT_URL_EC2",
+            "http://127.0.0.1:5000/",
+            ProviderSettings::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            s.config.as_deref(),
+            Some(r#"{"endpoint":"http://127.0.0.1:5000"}"#)
+        );
+        assert!(
+            s.egress
+                .check(&"http://127.0.0.1:5000/x".parse().unwrap())
+                .is_ok()
+        );
+        assert!(
+            s.egress
+                .check(&"http://127.0.0.1:5001/x".parse().unwrap())
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn the_operators_config_wins() {
+        let given = ProviderSettings {
+            config: Some(r#"{"endpoint":"http://127.0.0.1:7000"}"#.into()),
+            ..Default::default()
+        };
+        let s = endpoint_settings("X", "http://127.0.0.1:5000", given.clone()).unwrap();
+        assert_eq!(s.config, given.config);
+        assert!(endpoint_settings("X", "not a url", ProviderSettings::default()).is_err());
     }
 }

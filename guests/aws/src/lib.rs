@@ -76,10 +76,19 @@ fn run<R>(
     result
 }
 
+/// Credentials that look wrong are a warning in the host log, not a refusal (see
+/// `spec::credential_warnings`).
+fn warn_about_credentials(secret: &[(String, Vec<u8>)], machine: &str) {
+    for warning in spec::credential_warnings(secret) {
+        log::warn(&warning, &[("machine", machine)]);
+    }
+}
+
 struct Aws;
 
 impl Driver for Aws {
     fn create_machine(req: MachineRequest) -> Result<CreateMachineResponse, DriverError> {
+        warn_about_credentials(&req.secret, &req.machine.name);
         run("create-machine", &req.machine.name, |h, c| {
             driver::create(h, c, &req)
         })
@@ -117,6 +126,7 @@ impl Driver for Aws {
             requests: Cell::new(0),
         };
         let brokered = ec2::Transport::brokered(&host);
+        warn_about_credentials(&req.secret, "");
         spec::validate_class(&req.machine_class.provider_spec, &req.secret, brokered)
             .map_err(driver::invalid)?;
         Ok(())

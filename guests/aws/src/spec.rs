@@ -547,10 +547,12 @@ fn get<'a>(secret: &'a [(String, Vec<u8>)], key: &str) -> Option<&'a [u8]> {
         .filter(|v| !v.is_empty())
 }
 
+/// A key's value as text, surrounding whitespace trimmed as provider-aws does (a trailing
+/// newline from `echo | base64` is the usual one); empty after trimming counts as missing.
 fn text(secret: &[(String, Vec<u8>)], keys: &[&str], errors: &mut Errors) -> Option<String> {
     let (key, bytes) = keys.iter().find_map(|k| get(secret, k).map(|v| (*k, v)))?;
     match std::str::from_utf8(bytes) {
-        Ok(s) => Some(s.to_string()).filter(|_| check_shape(key, s, errors)),
+        Ok(s) => Some(s.trim().to_string()).filter(|s| !s.is_empty()),
         Err(_) => {
             errors.add(format!("secret.{key}"), "is not UTF-8 text");
             None
@@ -558,36 +560,40 @@ fn text(secret: &[(String, Vec<u8>)], keys: &[&str], errors: &mut Errors) -> Opt
     }
 }
 
-/// Access key IDs are 16-128 upper-case letters and digits (AKIA…/ASIA…); no credential may
-/// contain whitespace (a trailing newline from `echo | base64` is the usual mistake).
-fn check_shape(key: &str, value: &str, errors: &mut Errors) -> bool {
-    if value.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        errors.add(
-            format!("secret.{key}"),
-            "contains whitespace or control characters (a trailing newline?)",
-        );
-        return false;
+/// What looks wrong with the credentials without being a refusal (provider-aws accepts any
+/// value, and LocalStack or moto set-ups write `test`): access key IDs are 16-128 upper-case
+/// letters and digits (AKIA…/ASIA…), secret keys are longer than 16, neither contains
+/// whitespace inside. Logged as warnings; AWS itself answers a wrong key.
+pub fn credential_warnings(secret: &[(String, Vec<u8>)]) -> Vec<String> {
+    let mut warnings = Vec::new();
+    for (key, value) in secret {
+        let Ok(value) = std::str::from_utf8(value) else {
+            continue;
+        };
+        let value = value.trim();
+        let is_access = ACCESS_KEY_KEYS.contains(&key.as_str());
+        let is_secret = SECRET_KEY_KEYS.contains(&key.as_str());
+        if !(is_access || is_secret) || value.is_empty() {
+            continue;
+        }
+        if value.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            warnings.push(format!("secret.{key} contains whitespace or control characters"));
+        }
+        if is_access
+            && !((16..=128).contains(&value.len())
+                && value
+                    .bytes()
+                    .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit()))
+        {
+            warnings.push(format!(
+                "secret.{key} does not look like an AWS access key ID (16-128 upper-case letters and digits, like AKIA…)"
+            ));
+        }
+        if is_secret && value.len() < 16 {
+            warnings.push(format!("secret.{key} is shorter than an AWS secret access key"));
+        }
     }
-    if ACCESS_KEY_KEYS.contains(&key)
-        && !((16..=128).contains(&value.len())
-            && value
-                .bytes()
-                .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit()))
-    {
-        errors.add(
-            format!("secret.{key}"),
-            "is not an AWS access key ID (16-128 upper-case letters and digits, like AKIA…)",
-        );
-        return false;
-    }
-    if SECRET_KEY_KEYS.contains(&key) && value.len() < 16 {
-        errors.add(
-            format!("secret.{key}"),
-            "is too short to be an AWS secret access key",
-        );
-        return false;
-    }
-    true
+    warnings
 }
 
 /// Credentials from the secret (provider-aws keys or their alternatives); missing or
@@ -869,21 +875,31 @@ pub(crate) mod tests {
             "{msg}"
         );
 
+        // Surrounding whitespace is trimmed, as provider-aws does.
         let mut newline = secret();
         newline[0].1 = b"AKIAIOSFODNN7EXAMPLE\n".to_vec();
-        let msg = credentials(&newline).unwrap_err().to_string();
-        assert!(
-            msg.contains("secret.providerAccessKeyId: contains whitespace"),
-            "{msg}"
+        assert_eq!(
+            credentials(&newline).unwrap().access_key_id,
+            "AKIAIOSFODNN7EXAMPLE"
         );
+        assert!(credential_warnings(&newline).is_empty());
 
-        let mut lower = secret();
-        lower[0].1 = b"my-access-key".to_vec();
-        let msg = credentials(&lower).unwrap_err().to_string();
+        // A key that does not look like AWS's (moto's and LocalStack's `test`) is accepted,
+        // with a warning; only a missing (or blank) key is refused.
+        let mut moto = secret();
+        moto[0].1 = b"test\n".to_vec();
+        moto[1].1 = b"test".to_vec();
+        assert_eq!(credentials(&moto).unwrap().access_key_id, "test");
+        let warnings = credential_warnings(&moto);
         assert!(
-            msg.contains("secret.providerAccessKeyId: is not an AWS access key ID"),
-            "{msg}"
+            warnings[0].contains("secret.providerAccessKeyId does not look like an AWS access key ID"),
+            "{warnings:?}"
         );
+        assert!(warnings[1].contains("shorter than an AWS secret access key"), "{warnings:?}");
+        let mut blank = secret();
+        blank[0].1 = b" \n".to_vec();
+        let msg = credentials(&blank).unwrap_err().to_string();
+        assert!(msg.contains("missing key \"providerAccessKeyId\""), "{msg}");
 
         let no_user_data: Vec<_> = secret()
             .into_iter()

@@ -95,6 +95,141 @@ pub struct ControllerArgs {
     /// Tests and `just run` only: register the Node of every live VM, as a kubelet would.
     #[arg(long)]
     pub simulate_node_join: bool,
+    /// Requests per second to the API servers, client-side (0: no limit), as MCM's.
+    #[arg(long, default_value_t = 20.0)]
+    pub kube_api_qps: f64,
+    /// Requests allowed at once above --kube-api-qps.
+    #[arg(long, default_value_t = 30)]
+    pub kube_api_burst: u32,
+    /// klog verbosity, as Gardener's machine controllers take it: 0-2 info, 3-5 debug, 6+
+    /// trace for the controller's own logs (`MCM_WASM_LOG`, when set, wins).
+    #[arg(long = "v", value_name = "LEVEL")]
+    pub verbosity: Option<u8>,
+    #[command(flatten)]
+    pub compat: CompatFlags,
+}
+
+/// MCM machine-controller flags accepted so that a provider-aws deployment's command line
+/// runs unchanged, but without effect here (each one given is warned about once at start).
+#[derive(clap::Args, Debug, Default)]
+#[command(
+    next_help_heading = "Accepted for compatibility with MCM's machine-controller, no effect"
+)]
+pub struct CompatFlags {
+    /// (no effect: the provider comes from the MachineClass)
+    #[arg(long)]
+    pub cloud_provider: Option<String>,
+    /// (no effect: watches resync as kube-runtime does)
+    #[arg(long, value_parser = go_duration)]
+    pub min_resync_period: Option<Duration>,
+    /// (no effect: no pprof endpoints)
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub profiling: Option<bool>,
+    /// (no effect)
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub contention_profiling: Option<bool>,
+    /// (no effect: JSON is used)
+    #[arg(long)]
+    pub kube_api_content_type: Option<String>,
+    /// (no effect)
+    #[arg(long, value_parser = go_duration)]
+    pub controller_start_interval: Option<Duration>,
+    /// (no effect: in-place updates are not built)
+    #[arg(long, value_parser = go_duration)]
+    pub machine_inplace_update_timeout: Option<Duration>,
+    /// (no effect: machine preservation is not built)
+    #[arg(long, value_parser = go_duration)]
+    pub machine_preserve_timeout: Option<Duration>,
+    /// (no effect: the drain does not wait for volumes to detach yet)
+    #[arg(long, value_parser = go_duration)]
+    pub machine_pv_detach_timeout: Option<Duration>,
+    /// (no effect: the drain does not wait for volumes to reattach yet)
+    #[arg(long, value_parser = go_duration)]
+    pub machine_pv_reattach_timeout: Option<Duration>,
+    /// (no effect: the API-server safety freeze is not built)
+    #[arg(long, value_parser = go_duration)]
+    pub machine_safety_apiserver_statuscheck_timeout: Option<Duration>,
+    /// (no effect: the API-server safety freeze is not built)
+    #[arg(long, value_parser = go_duration)]
+    pub machine_safety_apiserver_statuscheck_period: Option<Duration>,
+    /// (no effect: the lock is always the Lease `machine-controller`)
+    #[arg(long)]
+    pub leader_elect_resource_lock: Option<String>,
+    /// (no effect: logs go to stderr)
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub logtostderr: Option<bool>,
+    /// (no effect: logs go to stderr)
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub alsologtostderr: Option<bool>,
+}
+
+impl CompatFlags {
+    /// The flags given (by name) that have no effect.
+    pub fn given(&self) -> Vec<&'static str> {
+        let flags: [(&'static str, bool); 15] = [
+            ("--cloud-provider", self.cloud_provider.is_some()),
+            ("--min-resync-period", self.min_resync_period.is_some()),
+            ("--profiling", self.profiling.is_some()),
+            (
+                "--contention-profiling",
+                self.contention_profiling.is_some(),
+            ),
+            (
+                "--kube-api-content-type",
+                self.kube_api_content_type.is_some(),
+            ),
+            (
+                "--controller-start-interval",
+                self.controller_start_interval.is_some(),
+            ),
+            (
+                "--machine-inplace-update-timeout",
+                self.machine_inplace_update_timeout.is_some(),
+            ),
+            (
+                "--machine-preserve-timeout",
+                self.machine_preserve_timeout.is_some(),
+            ),
+            (
+                "--machine-pv-detach-timeout",
+                self.machine_pv_detach_timeout.is_some(),
+            ),
+            (
+                "--machine-pv-reattach-timeout",
+                self.machine_pv_reattach_timeout.is_some(),
+            ),
+            (
+                "--machine-safety-apiserver-statuscheck-timeout",
+                self.machine_safety_apiserver_statuscheck_timeout.is_some(),
+            ),
+            (
+                "--machine-safety-apiserver-statuscheck-period",
+                self.machine_safety_apiserver_statuscheck_period.is_some(),
+            ),
+            (
+                "--leader-elect-resource-lock",
+                self.leader_elect_resource_lock.is_some(),
+            ),
+            ("--logtostderr", self.logtostderr.is_some()),
+            ("--alsologtostderr", self.alsologtostderr.is_some()),
+        ];
+        flags
+            .into_iter()
+            .filter(|(_, given)| *given)
+            .map(|(f, _)| f)
+            .collect()
+    }
+}
+
+impl ControllerArgs {
+    /// The default log filter when `MCM_WASM_LOG` is unset: klog's `--v` mapped to levels.
+    pub fn log_filter(&self) -> Option<&'static str> {
+        self.verbosity.map(|v| match v {
+            0..=2 => "info",
+            3..=5 => "info,mcm_wasm=debug",
+            _ => "info,mcm_wasm=trace",
+        })
+    }
 }
 
 impl ControllerArgs {
@@ -120,6 +255,7 @@ impl ControllerArgs {
                 .map(String::from)
                 .collect(),
             bootstrap_token_auth_extra_groups: self.bootstrap_token_auth_extra_groups.clone(),
+            sole_machine_controller: self.leader_elect,
             ..Config::default()
         }
     }
@@ -167,7 +303,16 @@ impl ControllerArgs {
     }
 }
 
-async fn client(kubeconfig: &str) -> Result<kube::Client, String> {
+/// MCM's client-side limit: at most `burst` requests in every `burst / qps` seconds (a window
+/// of `burst` tokens refilled at once rather than client-go's continuous token bucket: the
+/// same average rate and burst).
+#[derive(Clone, Copy, Debug)]
+pub struct ApiLimit {
+    pub qps: f64,
+    pub burst: u32,
+}
+
+async fn client(kubeconfig: &str, limit: ApiLimit) -> Result<kube::Client, String> {
     let config = match kubeconfig {
         "" => kube::Config::infer().await.map_err(|e| e.to_string())?,
         "inClusterConfig" => kube::Config::incluster().map_err(|e| e.to_string())?,
@@ -179,7 +324,15 @@ async fn client(kubeconfig: &str) -> Result<kube::Client, String> {
                 .map_err(|e| format!("{path}: {e}"))?
         }
     };
-    kube::Client::try_from(config).map_err(|e| e.to_string())
+    let builder = kube::client::ClientBuilder::try_from(config).map_err(|e| e.to_string())?;
+    if limit.qps <= 0.0 {
+        return Ok(builder.build());
+    }
+    let burst = limit.burst.max(1);
+    let window = Duration::from_secs_f64(f64::from(burst) / limit.qps);
+    Ok(builder
+        .with_layer(&tower::limit::RateLimitLayer::new(u64::from(burst), window))
+        .build())
 }
 
 /// Run the controller until Ctrl-C or SIGTERM.
@@ -202,14 +355,25 @@ async fn run(args: ControllerArgs) -> Result<(), String> {
             args.providers_dir.display()
         ));
     }
-    let control = client(&args.control_kubeconfig)
+    let compat = args.compat.given();
+    if !compat.is_empty() {
+        tracing::warn!(
+            "accepted for compatibility with MCM's machine-controller, without effect here: {}",
+            compat.join(", ")
+        );
+    }
+    let limit = ApiLimit {
+        qps: args.kube_api_qps,
+        burst: args.kube_api_burst,
+    };
+    let control = client(&args.control_kubeconfig, limit)
         .await
         .map_err(|e| format!("control cluster: {e}"))?;
     let target = match args.target_kubeconfig.as_str() {
         "none" => None,
         "" => Some(control.clone()),
         path => Some(
-            client(path)
+            client(path, limit)
                 .await
                 .map_err(|e| format!("target cluster: {e}"))?,
         ),

@@ -91,21 +91,29 @@ impl Job {
         action: &str,
         note: String,
     ) {
-        let ev = Event {
-            type_,
-            reason: reason.to_string(),
-            note: Some(event_note(note)),
-            action: action.to_string(),
-            secondary: None,
-        };
-        if let Err(e) = self
-            .ctx
-            .recorder
-            .publish(&ev, &machine.object_ref(&()))
-            .await
-        {
-            tracing::debug!(machine = %self.name, "cannot record event: {e}");
-        }
+        publish_event(&self.ctx, machine, type_, reason, action, note).await
+    }
+}
+
+/// An event on a Machine (note capped at the API server's limit). Event failures are logged,
+/// never fatal.
+pub async fn publish_event(
+    ctx: &Context,
+    machine: &Machine,
+    type_: EventType,
+    reason: &str,
+    action: &str,
+    note: String,
+) {
+    let ev = Event {
+        type_,
+        reason: reason.to_string(),
+        note: Some(event_note(note)),
+        action: action.to_string(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&ev, &machine.object_ref(&())).await {
+        tracing::debug!(machine = %machine.name_any(), "cannot record event: {e}");
     }
 }
 

@@ -81,6 +81,10 @@ pub struct Config {
     pub bootstrap_token_auth_extra_groups: String,
     /// How often Pending and Unknown machines are re-checked (MCM: 1 min).
     pub health_check_interval: Duration,
+    /// This controller holds its namespace's `machine-controller` Lease (leader election on),
+    /// so no other machine controller serves the namespace: Machines of unserved classes get
+    /// an event.
+    pub sole_machine_controller: bool,
 }
 
 impl Default for Config {
@@ -104,6 +108,7 @@ impl Default for Config {
             .to_vec(),
             bootstrap_token_auth_extra_groups: String::new(),
             health_check_interval: Duration::from_secs(60),
+            sole_machine_controller: false,
         }
     }
 }
@@ -118,6 +123,10 @@ pub struct Context {
     pub recorder: Recorder,
     pub config: Config,
     pub metrics: metrics::Metrics,
+    /// (class, provider) pairs already reported as not served.
+    unserved_classes: std::sync::Mutex<std::collections::HashSet<(String, String)>>,
+    /// Machines already given a ProviderNotServed event.
+    unserved_machines: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl Context {
@@ -141,6 +150,8 @@ impl Context {
             recorder,
             config,
             metrics: Default::default(),
+            unserved_classes: Default::default(),
+            unserved_machines: Default::default(),
         })
     }
 
@@ -208,7 +219,7 @@ pub async fn reconcile(machine: Arc<Machine>, ctx: Arc<Context>) -> Result<Actio
         return Ok(Action::requeue(Retry::Long.period()));
     };
     let Some(provider) = ctx.registry.get(&class.spec.provider) else {
-        tracing::debug!(machine = %name, provider = %class.spec.provider, "no such provider loaded: not ours");
+        unserved(&ctx, &machine, &class).await;
         return Ok(Action::requeue(Retry::Long.period()));
     };
     machine::ensure_class_finalizers(&ctx, &class).await?;
@@ -404,7 +415,59 @@ async fn delete_machines_of_deleted_nodes(
     }
 }
 
-/// Add a finalizer with a merge patch guarded by the resourceVersion (a conflict retries).
+/// A Machine whose class names a provider nothing here serves: never silently skipped. The
+/// class is logged once (at info, naming the loaded providers and their aliases). When this
+/// controller is the only machine controller of its namespace, the Machine also gets a Warning
+/// event once. How that is decided: every MCM machine controller, provider-aws's included,
+/// runs only while holding the Lease `machine-controller` in its namespace, so with leader
+/// election on (`--leader-elect`, the default) a reconciling controller holds that Lease and no
+/// other machine controller is active there; with it off, nothing can be known and only the
+/// log line is written (another controller may be serving that class).
+async fn unserved(ctx: &Context, machine: &Machine, class: &MachineClass) {
+    let provider = &class.spec.provider;
+    let first_for_class = ctx
+        .unserved_classes
+        .lock()
+        .expect("unserved lock")
+        .insert((class.name_any(), provider.clone()));
+    let loaded = ctx.registry.served_names();
+    let why = format!(
+        "MachineClass {:?} names provider {provider:?}, which no loaded provider serves (loaded: {})",
+        class.name_any(),
+        if loaded.is_empty() {
+            "none".to_string()
+        } else {
+            loaded.join(", ")
+        }
+    );
+    if first_for_class {
+        tracing::info!(class = %class.name_any(), %provider, "{why}; its machines are left to another controller");
+    }
+    if !ctx.config.sole_machine_controller {
+        return;
+    }
+    let first_for_machine = ctx
+        .unserved_machines
+        .lock()
+        .expect("unserved lock")
+        .insert(machine.uid().unwrap_or_else(|| machine.name_any()));
+    if first_for_machine {
+        machine::publish_event(
+            ctx,
+            machine,
+            kube::runtime::events::EventType::Warning,
+            "ProviderNotServed",
+            "Reconcile",
+            format!("{why}: this machine is not being served"),
+        )
+        .await;
+    }
+}
+
+/// Add a finalizer only when it is missing, with a merge patch guarded by the resourceVersion.
+/// A conflict (many reconciles of one class's machines racing to add it, each from its own
+/// copy) is resolved quietly: read the object again and stop if another one added it, else
+/// try once more. Returns whether this call added it.
 pub(crate) async fn add_finalizer<K>(
     api: &Api<K>,
     obj: &K,
@@ -413,21 +476,38 @@ pub(crate) async fn add_finalizer<K>(
 where
     K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
 {
-    if obj.finalizers().iter().any(|f| f == finalizer) {
-        return Ok(false);
+    let mut fresh: Option<K> = None;
+    for _ in 0..5 {
+        let current = fresh.as_ref().unwrap_or(obj);
+        if current.finalizers().iter().any(|f| f == finalizer) {
+            return Ok(false);
+        }
+        let mut finalizers = current.finalizers().to_vec();
+        finalizers.push(finalizer.to_string());
+        let patch = serde_json::json!({
+            "metadata": { "finalizers": finalizers, "resourceVersion": current.resource_version() }
+        });
+        match api
+            .patch(
+                &obj.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await
+        {
+            Ok(_) => return Ok(true),
+            Err(kube::Error::Api(s)) if s.code == 409 => {
+                tracing::debug!(object = %obj.name_any(), finalizer, "finalizer patch conflicted; re-reading");
+                match api.get_opt(&obj.name_any()).await? {
+                    Some(latest) => fresh = Some(latest),
+                    None => return Ok(false), // gone meanwhile
+                }
+            }
+            Err(e) => return Err(e),
+        }
     }
-    let mut finalizers = obj.finalizers().to_vec();
-    finalizers.push(finalizer.to_string());
-    let patch = serde_json::json!({
-        "metadata": { "finalizers": finalizers, "resourceVersion": obj.resource_version() }
-    });
-    api.patch(
-        &obj.name_any(),
-        &PatchParams::default(),
-        &Patch::Merge(&patch),
-    )
-    .await?;
-    Ok(true)
+    // Five conflicts in a row: leave it to the next reconcile (quietly; it requeues).
+    Ok(false)
 }
 
 /// Remove a finalizer (merge patch guarded by the resourceVersion).
