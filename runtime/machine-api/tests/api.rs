@@ -93,7 +93,7 @@ async fn examples_are_stored_and_read_back_with_all_fields() {
         .unwrap();
 
     let class: MachineClass = create_example(&client, &ns, "machine-class.yaml").await;
-    assert_eq!(class.spec.provider, "aws");
+    assert_eq!(class.spec.provider, "AWS"); // as Gardener writes it (an alias of `aws`)
     assert_eq!(class.spec.provider_spec["region"], "eu-west-1");
     assert_eq!(
         class.spec.provider_spec["tags"]["kubernetes.io/role/node"],

@@ -180,7 +180,7 @@ async fn run(args: &Args, stack: &mut Stack) -> Result<()> {
         resources.subnet,
         resources.security_group
     ));
-    let (moto_endpoint, moto_addr) = (moto.endpoint.clone(), moto.addr);
+    let moto_endpoint = moto.endpoint.clone();
     stack.moto = Some(moto);
 
     // CRDs and namespace.
@@ -215,13 +215,9 @@ async fn run(args: &Args, stack: &mut Stack) -> Result<()> {
             "--port",
             &metrics_port.to_string(),
         ])
-        .arg("--provider-config")
-        .arg(format!(
-            "aws={}",
-            serde_json::json!({ "endpoint": moto_endpoint })
-        ))
-        .arg("--provider-allow-host")
-        .arg(format!("aws={moto_addr}"))
+        // As a provider-aws deployment points its AWS SDK at another EC2: the AWS provider
+        // declares this variable, and the host makes it the provider's endpoint and allowlist.
+        .env("AWS_ENDPOINT_URL_EC2", &moto_endpoint)
         .arg("--simulate-node-join")
         .env("MCM_WASM_LOG", "info");
     let controller = testenv::spawn("mcm-wasm controller", cmd, &log)?;

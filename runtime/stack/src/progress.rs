@@ -75,7 +75,7 @@ pub async fn until_running(
                 testenv::tail(&stack.dir.path().join("controller.log"), 30)
             );
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
