@@ -173,7 +173,7 @@ async fn a_provider_aws_deployment_runs_unchanged() {
                 "--machine-safety-apiserver-statuscheck-timeout=30s",
                 "--machine-safety-apiserver-statuscheck-period=1m",
                 "--machine-safety-orphan-vms-period=30m",
-                "--leader-elect=false",
+                "--leader-elect=true",
                 "--v=3",
             ])
             .spawn()
@@ -231,6 +231,30 @@ async fn a_provider_aws_deployment_runs_unchanged() {
         "{}",
         unserved[0]
     );
+    // Leader-elected, so the only machine controller of the namespace: each machine of the
+    // unserved class gets a Warning event saying why nothing happens to it.
+    let events: Api<k8s_openapi::api::events::v1::Event> =
+        Api::namespaced(s.client.clone(), "default");
+    let started = Instant::now();
+    loop {
+        let list = events.list(&Default::default()).await.unwrap().items;
+        let flagged: std::collections::BTreeSet<String> = list
+            .iter()
+            .filter(|e| e.reason.as_deref() == Some("ProviderNotServed"))
+            .filter(|e| e.type_.as_deref() == Some("Warning"))
+            .filter_map(|e| e.regarding.as_ref()?.name.clone())
+            .collect();
+        if flagged.len() == 2 {
+            assert!(flagged.contains("gcp-machine-1") && flagged.contains("gcp-machine-2"));
+            assert!(!flagged.contains("pa-machine"));
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "events: {flagged:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,8 +4,10 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
+use futures::StreamExt as _;
 use kube::ResourceExt as _;
 use kube::api::{Api, ListParams};
+use kube::runtime::{WatchStreamExt as _, watcher};
 use machine_api::{Machine, MachineDeployment};
 
 use crate::Stack;
@@ -24,7 +26,31 @@ pub async fn until_running(
     let bare = 1;
     let start = Instant::now();
     let mut shown: BTreeMap<String, String> = BTreeMap::new();
+    // Every change is seen through a watch (a state that lasts less than a poll, such as a
+    // Pending that turns Running at once, is still printed); the periodic list below checks
+    // for completion and failures.
+    let mut changes = watcher(machines.clone(), watcher::Config::default())
+        .applied_objects()
+        .boxed();
     loop {
+        let tick = tokio::time::sleep(Duration::from_millis(200));
+        tokio::pin!(tick);
+        loop {
+            tokio::select! {
+                change = changes.next() => match change {
+                    Some(Ok(m)) => {
+                        let line = describe(&m);
+                        if shown.get(&m.name_any()) != Some(&line) {
+                            stack.say(format!("machine {}: {line}", m.name_any()));
+                            shown.insert(m.name_any(), line);
+                        }
+                    }
+                    Some(Err(_)) => {} // the watcher retries; the list below still runs
+                    None => break,
+                },
+                _ = &mut tick => break,
+            }
+        }
         let replicas: i32 = deployments
             .list(&ListParams::default())
             .await?
@@ -75,7 +101,6 @@ pub async fn until_running(
                 testenv::tail(&stack.dir.path().join("controller.log"), 30)
             );
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
