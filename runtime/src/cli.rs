@@ -60,7 +60,7 @@ pub enum Command {
     /// Run the MCM machine lifecycle against the provider's real backend; print a pass/fail table.
     Conformance(crate::conformance::ConformanceArgs),
     /// Run the MCM-compatible machine controller (Machines of the loaded providers).
-    Controller(crate::controller::command::ControllerArgs),
+    Controller(Box<crate::controller::command::ControllerArgs>),
 }
 
 /// Exit codes: 0 success, 1 the driver answered with an error, 2 bad input.
@@ -88,7 +88,7 @@ pub async fn run(cli: Cli) -> ExitCode {
             .await
         }
         Command::Conformance(args) => crate::conformance::main(args).await,
-        Command::Controller(args) => crate::controller::command::main(args).await,
+        Command::Controller(args) => crate::controller::command::main(*args).await,
     }
 }
 

@@ -15,32 +15,7 @@ use machine_api::{Machine, MachinePhase};
 use moto_support::*;
 use support::*;
 
-/// A control plane with the CRDs, an admin client, moto, and a providers directory holding the
-/// AWS provider: what every controller process test starts from.
-struct Setup {
-    cp: testenv::ControlPlane,
-    client: kube::Client,
-    moto: Moto,
-    providers: tempfile::TempDir,
-}
-
-impl Setup {
-    async fn start() -> Setup {
-        mcm_wasm::controller::install_crypto_provider();
-        let cp = testenv::ControlPlane::start().expect("control plane (run `just controlplane`)");
-        cp.apply_crds().unwrap();
-        let client = cp.client().await.unwrap();
-        let moto = Moto::start();
-        let providers = tempfile::tempdir().unwrap();
-        std::fs::copy(guest("aws_provider"), providers.path().join("aws.wasm")).unwrap();
-        Setup {
-            cp,
-            client,
-            moto,
-            providers,
-        }
-    }
-}
+use moto_support::ControllerSetup as Setup;
 
 fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_mcm-wasm"))
@@ -114,7 +89,7 @@ async fn runs_a_machine_to_running_and_stops_on_sigterm() {
         client,
         moto,
         providers,
-    } = Setup::start().await;
+    } = Setup::start(&guest("aws_provider")).await;
     create_aws_class(&client, "default", &moto).await;
 
     let log = tempfile::NamedTempFile::new().unwrap();
@@ -258,15 +233,6 @@ fn send_sigterm(pid: u32) {
 }
 
 /// A test that fails leaves no controller behind.
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// The controller killed (SIGKILL) while CreateMachine is in flight, then started again:
 /// exactly one instance, and the machine Running.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -276,7 +242,7 @@ async fn killed_mid_create_then_restarted_leaves_exactly_one_instance() {
         client,
         moto,
         providers,
-    } = Setup::start().await;
+    } = Setup::start(&guest("aws_provider")).await;
     let proxy = FaultProxy::start(moto.addr).await;
     create_aws_class(&client, "default", &moto).await;
     let log = tempfile::NamedTempFile::new().unwrap();
@@ -383,7 +349,7 @@ async fn leader_election_hands_over_when_the_leader_dies() {
         client,
         moto,
         providers,
-    } = Setup::start().await;
+    } = Setup::start(&guest("aws_provider")).await;
     create_aws_class(&client, "default", &moto).await;
     let spawn = || {
         KillOnDrop(
@@ -483,7 +449,7 @@ async fn runs_with_only_the_shipped_rbac() {
         client,
         moto,
         providers,
-    } = Setup::start().await;
+    } = Setup::start(&guest("aws_provider")).await;
     let deploy = testenv::kubernetes_dir().join("deploy");
     for file in ["namespace.yaml", "serviceaccount.yaml", "rbac.yaml"] {
         cp.kubectl_run([

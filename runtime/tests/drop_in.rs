@@ -15,28 +15,23 @@ use machine_api::{Machine, MachinePhase};
 use moto_support::*;
 use support::*;
 
+/// The shared controller set-up plus the controller's log file.
 struct Setup {
-    cp: testenv::ControlPlane,
-    client: kube::Client,
-    moto: Moto,
-    providers: tempfile::TempDir,
+    base: ControllerSetup,
     log: tempfile::NamedTempFile,
+}
+
+impl std::ops::Deref for Setup {
+    type Target = ControllerSetup;
+    fn deref(&self) -> &ControllerSetup {
+        &self.base
+    }
 }
 
 impl Setup {
     async fn start() -> Setup {
-        mcm_wasm::controller::install_crypto_provider();
-        let cp = testenv::ControlPlane::start().expect("control plane (run `just controlplane`)");
-        cp.apply_crds().unwrap();
-        let client = cp.client().await.unwrap();
-        let moto = Moto::start();
-        let providers = tempfile::tempdir().unwrap();
-        std::fs::copy(guest("aws_provider"), providers.path().join("aws.wasm")).unwrap();
         Setup {
-            cp,
-            client,
-            moto,
-            providers,
+            base: ControllerSetup::start(&guest("aws_provider")).await,
             log: tempfile::NamedTempFile::new().unwrap(),
         }
     }
@@ -99,15 +94,6 @@ impl Setup {
             .create(&PostParams::default(), &class)
             .await
             .unwrap();
-    }
-}
-
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
     }
 }
 

@@ -690,3 +690,41 @@ pub async fn create_machine(client: &kube::Client, ns: &str, name: &str) {
         .await
         .unwrap();
 }
+
+/// A control plane with the CRDs, an admin client, moto, and a providers directory holding the
+/// AWS provider: what every controller process test starts from.
+pub struct ControllerSetup {
+    pub cp: testenv::ControlPlane,
+    pub client: kube::Client,
+    pub moto: Moto,
+    pub providers: tempfile::TempDir,
+}
+
+impl ControllerSetup {
+    /// `aws_provider`: the built component (tests: `support::guest("aws_provider")`).
+    pub async fn start(aws_provider: &std::path::Path) -> ControllerSetup {
+        mcm_wasm::controller::install_crypto_provider();
+        let cp = testenv::ControlPlane::start().expect("control plane (run `just controlplane`)");
+        cp.apply_crds().unwrap();
+        let client = cp.client().await.unwrap();
+        let moto = Moto::start();
+        let providers = tempfile::tempdir().unwrap();
+        std::fs::copy(aws_provider, providers.path().join("aws.wasm")).unwrap();
+        ControllerSetup {
+            cp,
+            client,
+            moto,
+            providers,
+        }
+    }
+}
+
+/// A child process killed (and reaped) when the test ends, passing or not.
+pub struct KillOnDrop(pub std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
