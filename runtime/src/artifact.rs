@@ -108,9 +108,8 @@ pub enum LoadError {
     },
     #[error(
         "{path}: imports {import}, which the sandbox does not provide; a provider may import only \
-         the contract's capabilities (mcm:driver/http, log, context, credentials) and WASI's \
-         cli, io, clocks and random interfaces (use mcm:driver/http for network access; \
-         providers have no files)"
+         {} (use mcm:driver/http for network access; providers have no files)",
+        crate::sandbox::wasi::allowed_summary()
     )]
     ForbiddenImport { path: String, import: String },
     #[error("{path}: invalid {METADATA_SECTION} metadata section: {reason}")]

@@ -483,3 +483,39 @@ async fn shutdown_signal() {
         _ = term.recv() => {}
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::{Args as _, FromArgMatches as _};
+
+    use super::CompatFlags;
+
+    /// `CompatFlags::given` names each flag by hand: it must name exactly the flags clap
+    /// defines, so that a flag added to the struct is also warned about.
+    #[test]
+    fn given_names_every_compat_flag() {
+        let cmd = CompatFlags::augment_args(clap::Command::new("t"));
+        let mut longs: Vec<String> = cmd
+            .get_arguments()
+            .filter_map(|a| a.get_long().map(|l| format!("--{l}")))
+            .collect();
+        let argv: Vec<String> = std::iter::once("t".to_string())
+            .chain(cmd.get_arguments().filter_map(|a| {
+                let long = a.get_long()?;
+                // Optional-value flags are the booleans; the rest take a duration or text.
+                let bool_flag = a.get_num_args().is_some_and(|n| n.min_values() == 0);
+                Some(format!(
+                    "--{long}={}",
+                    if bool_flag { "true" } else { "1m" }
+                ))
+            }))
+            .collect();
+        let matches = cmd.clone().try_get_matches_from(&argv).unwrap();
+        let flags = CompatFlags::from_arg_matches(&matches).unwrap();
+        let mut given: Vec<String> = flags.given().into_iter().map(String::from).collect();
+        longs.sort();
+        given.sort();
+        assert_eq!(given, longs);
+        assert!(CompatFlags::default().given().is_empty());
+    }
+}

@@ -48,6 +48,24 @@ pub const CONTRACT_IMPORTS: &[&str] = &[
     "mcm:driver/credentials",
 ];
 
+/// The allowed imports in one line, from the two lists above (for error messages), e.g.
+/// `mcm:driver/{types, http, …} and wasi:cli/{environment, …}, wasi:io/{…}, …`.
+pub fn allowed_summary() -> String {
+    let mut families: Vec<(&str, Vec<&str>)> = Vec::new();
+    for name in CONTRACT_IMPORTS.iter().chain(ALLOWED_WASI) {
+        let (package, interface) = name.split_once('/').unwrap_or((name, ""));
+        match families.iter_mut().find(|(p, _)| *p == package) {
+            Some((_, interfaces)) => interfaces.push(interface),
+            None => families.push((package, vec![interface])),
+        }
+    }
+    families
+        .iter()
+        .map(|(package, interfaces)| format!("{package}/{{{}}}", interfaces.join(", ")))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Why an import is refused: the first import outside the two lists above.
 pub fn refused_import<'a>(imports: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
     imports.into_iter().find(|import| {
@@ -134,6 +152,22 @@ impl random::insecure::Host for LimitedRandom<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_summary_names_every_allowed_interface() {
+        let summary = allowed_summary();
+        assert!(
+            summary.starts_with(
+                "mcm:driver/{types, http, log, context, credentials}, wasi:cli/{environment, exit,"
+            ),
+            "{summary}"
+        );
+        assert!(
+            summary.contains("wasi:random/{random, insecure, insecure-seed}"),
+            "{summary}"
+        );
+        assert!(!summary.contains("filesystem") && !summary.contains("sockets"));
+    }
 
     #[test]
     fn only_the_subset_and_the_contract_pass() {
