@@ -49,8 +49,8 @@ test: guests
 # Benchmarks: prints tables (see BENCHMARKS.md for recorded figures).
 # `just bench --machines 1000`: the controller benchmark with 1000 machines (default 100).
 bench *args: guests
-    cargo bench -p mcm-wasm --bench sandbox
-    cargo bench -p mcm-wasm --bench aws
+    cargo bench -p mcm-sandbox --bench sandbox
+    cargo bench -p mcm-sandbox --bench aws
     cargo bench -p mcm-wasm --bench controller -- {{args}}
 
 # Build the mcm-wasm binary (release).

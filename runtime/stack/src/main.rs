@@ -218,9 +218,17 @@ async fn run(args: &Args, stack: &mut Stack) -> Result<()> {
         // As a provider-aws deployment points its AWS SDK at another EC2: the AWS provider
         // declares this variable, and the host makes it the provider's endpoint and allowlist.
         .env("AWS_ENDPOINT_URL_EC2", &moto_endpoint)
-        .arg("--simulate-node-join")
         .env("MCM_WASM_LOG", "info");
     let controller = testenv::spawn("mcm-wasm controller", cmd, &log)?;
+    // No kubelet can boot on moto's VMs: the simulated kubelets register each VM's Node
+    // (testenv's NodeSim; moto's VMs are all live, so no cloud is asked).
+    let kubelets = testenv::node_sim::NodeSim {
+        control: client.clone(),
+        target: client.clone(),
+        namespace: NAMESPACE.to_string(),
+        liveness: std::sync::Arc::new(testenv::node_sim::AlwaysLive),
+    };
+    tokio::spawn(kubelets.run(Duration::from_secs(1), std::future::pending()));
     stack.say(format!(
         "controller: mcm-wasm controller (pid {}), metrics http://127.0.0.1:{metrics_port}/metrics, log {}",
         controller.id(),

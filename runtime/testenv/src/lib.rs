@@ -14,7 +14,10 @@
 
 mod binaries;
 mod certs;
+pub mod ec2;
 pub mod moto;
+pub mod node_sim;
+pub mod sample;
 mod process;
 
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};

@@ -1,0 +1,203 @@
+//! The `mcm-wasm` command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+use mcm_sandbox::EgressPolicy;
+use mcm_driver::{MachineDriver as _, Operation, OwnedRequest, SecretData};
+use mcm_sandbox::{Deadlines, Provider, ProviderSettings, Sandbox, SandboxConfig};
+
+#[derive(Parser)]
+#[command(
+    name = "mcm-wasm",
+    version,
+    about = "Gardener MCM machine drivers as sandboxed WebAssembly components"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Show a provider's name, versions, exported operations, size and digest.
+    Inspect {
+        /// The provider component (.wasm).
+        file: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Call one driver operation in the sandbox and print its JSON result.
+    Call {
+        /// The provider component (.wasm).
+        file: PathBuf,
+        /// The operation: create-machine, initialize-machine, delete-machine,
+        /// get-machine-status, list-machines, get-volume-ids, validate-machine-class,
+        /// metrics-labels (or MCM's names, e.g. CreateMachine).
+        operation: String,
+        /// The request as JSON, e.g. '{"machine":{"name":"m1"},"machineClass":{"providerSpec":{}}}'.
+        #[arg(long, default_value = "{}")]
+        request: String,
+        /// A secret key for the request (repeatable).
+        #[arg(long = "secret", value_name = "KEY=VALUE")]
+        secrets: Vec<String>,
+        /// Allow outbound HTTP to this host or host:port (repeatable; default: none).
+        #[arg(long = "allow-host", value_name = "HOST[:PORT]")]
+        allow_hosts: Vec<String>,
+        /// The provider's own configuration (JSON).
+        #[arg(long)]
+        config: Option<String>,
+        /// Deadline of the call.
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        deadline: Duration,
+    },
+    /// Run the MCM machine lifecycle against the provider's real backend; print a pass/fail table.
+    Conformance(crate::conformance::ConformanceArgs),
+    /// Run the MCM-compatible machine controller (Machines of the loaded providers).
+    Controller(Box<crate::controller::ControllerArgs>),
+}
+
+/// Exit codes: 0 success, 1 the driver answered with an error, 2 bad input.
+pub async fn run(cli: Cli) -> ExitCode {
+    match cli.command {
+        Command::Inspect { file, json } => inspect(file, json).await,
+        Command::Call {
+            file,
+            operation,
+            request,
+            secrets,
+            allow_hosts,
+            config,
+            deadline,
+        } => {
+            call(
+                file,
+                operation,
+                request,
+                secrets,
+                allow_hosts,
+                config,
+                deadline,
+            )
+            .await
+        }
+        Command::Conformance(args) => crate::conformance::main(args).await,
+        Command::Controller(args) => crate::controller::main(*args).await,
+    }
+}
+
+fn bad_input(message: impl std::fmt::Display) -> ExitCode {
+    eprintln!("error: {message}");
+    ExitCode::from(2)
+}
+
+fn sandbox() -> Result<Arc<Sandbox>, ExitCode> {
+    Sandbox::new(SandboxConfig::default()).map_err(|e| bad_input(format!("{e:#}")))
+}
+
+async fn inspect(file: PathBuf, json: bool) -> ExitCode {
+    let sandbox = match sandbox() {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let provider = match Provider::load(&sandbox, &file, ProviderSettings::default()).await {
+        Ok(p) => p,
+        Err(e) => return bad_input(e),
+    };
+    let info = provider.info();
+    if json {
+        let out = serde_json::json!({
+            "file": file,
+            "name": info.metadata.name,
+            "version": info.metadata.version,
+            "contract": info.contract.to_string(),
+            "metadataSection": info.has_metadata_section,
+            "operations": provider.operations(),
+            "size": info.size,
+            "digest": info.digest,
+        });
+        println!("{}", serde_json::to_string_pretty(&out).expect("json"));
+    } else {
+        println!("file:       {}", file.display());
+        println!(
+            "provider:   {} {}",
+            info.metadata.name, info.metadata.version
+        );
+        println!("contract:   mcm:driver@{}", info.contract);
+        if !info.has_metadata_section {
+            println!("            (no SDK metadata section: name taken from the file name)");
+        }
+        println!("operations: {}", provider.operations().join(", "));
+        println!("size:       {} bytes", info.size);
+        println!("digest:     {}", info.digest);
+    }
+    ExitCode::SUCCESS
+}
+
+async fn call(
+    file: PathBuf,
+    operation: String,
+    request: String,
+    secrets: Vec<String>,
+    allow_hosts: Vec<String>,
+    config: Option<String>,
+    deadline: Duration,
+) -> ExitCode {
+    let Some(op) = Operation::parse(&operation) else {
+        let known: Vec<&str> = Operation::ALL.iter().map(|o| o.wit_name()).collect();
+        return bad_input(format!(
+            "unknown operation {operation:?}; expected one of: {}",
+            known.join(", ")
+        ));
+    };
+    let mut secret = SecretData::new();
+    for s in &secrets {
+        let Some((k, v)) = s.split_once('=') else {
+            return bad_input(format!("--secret {s:?} is not KEY=VALUE"));
+        };
+        secret.insert(k.to_string(), v.as_bytes().to_vec());
+    }
+    let egress = match EgressPolicy::parse(&allow_hosts) {
+        Ok(e) => e,
+        Err(e) => return bad_input(e),
+    };
+    if let Some(c) = &config
+        && let Err(e) = serde_json::from_str::<serde_json::Value>(c)
+    {
+        return bad_input(format!("--config is not valid JSON: {e}"));
+    }
+    let sandbox = match sandbox() {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let settings = ProviderSettings {
+        egress,
+        config,
+        deadlines: Some(Deadlines::all(deadline)),
+        broker_credentials: false,
+    };
+    let provider = match Provider::load(&sandbox, &file, settings).await {
+        Ok(p) => p,
+        Err(e) => return bad_input(e),
+    };
+    let request = match OwnedRequest::from_json(op, &request, &secret) {
+        Ok(r) => r,
+        Err(e) => return bad_input(e),
+    };
+    match provider.call(request.as_request()).await {
+        Ok(answer) => {
+            let value = answer.to_json();
+            println!("{}", serde_json::to_string_pretty(&value).expect("json"));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,754 @@
+//! The creation flow and the health check of a live Machine (MCM `reconcileClusterMachine`,
+//! `triggerCreationFlow`, `reconcileMachineHealth`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::{NodeAddress, NodeCondition, Secret};
+use kube::ResourceExt as _;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
+use machine_api::{
+    Machine, MachineOperationType as Op, MachinePhase as Phase, MachineState as State,
+    MachineStatus, NODE_LABEL_KEY,
+};
+
+use super::machine::Job;
+use super::retry::{self, Retry};
+use super::{Error, secrets, status};
+use mcm_driver::{Code, DriverError, Operation};
+
+/// The annotation MCM's scale-down order reads; the MC sets it to "3" when missing.
+pub const PRIORITY_ANNOTATION: &str = "machinepriority.machine.sapcloud.io";
+/// The Node taint that keeps a Pending machine from Running.
+pub const CRITICAL_COMPONENTS_TAINT: &str = "node.gardener.cloud/critical-components-not-ready";
+
+/// Reconcile a live (not deleting) machine: health first when it has a node, then the
+/// creation flow when it has no VM yet.
+pub async fn reconcile(job: &Job, machine: Arc<Machine>) -> Result<Action, Error> {
+    let phase = machine.phase().cloned();
+    let has_node = machine.node_name().is_some_and(|n| !n.is_empty());
+    if has_node
+        && phase.is_some()
+        && let Some(action) = health(job, &machine).await?
+    {
+        return Ok(action);
+    }
+    let phase = machine.phase().cloned();
+    if machine.spec.provider_id.is_empty()
+        || phase.is_none()
+        || phase == Some(Phase::CrashLoopBackOff)
+    {
+        return creation_flow(job, &machine).await;
+    }
+    Ok(Action::requeue(Retry::Long.period()))
+}
+
+fn effective(spec: &Option<String>, flag: Duration) -> Duration {
+    spec.as_deref()
+        .and_then(|t| machine_api::parse_duration(t).ok())
+        .unwrap_or(flag)
+}
+
+fn age(machine: &Machine) -> Duration {
+    machine
+        .metadata
+        .creation_timestamp
+        .as_ref()
+        .and_then(|t| {
+            let now = k8s_openapi::jiff::Timestamp::now();
+            Duration::try_from(now.duration_since(t.0)).ok()
+        })
+        .unwrap_or_default()
+}
+
+fn since(t: Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>) -> Duration {
+    t.and_then(|t| Duration::try_from(k8s_openapi::jiff::Timestamp::now().duration_since(t.0)).ok())
+        .unwrap_or_default()
+}
+
+/// MCM's `isHealthy`: conditions present, Ready True, every configured bad condition False.
+pub fn is_healthy(conditions: &[NodeCondition], bad: &[String]) -> bool {
+    !conditions.is_empty()
+        && conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True")
+        && conditions
+            .iter()
+            .filter(|c| bad.contains(&c.type_))
+            .all(|c| c.status == "False")
+}
+
+/// Go's `%+v` of node conditions, close enough for a human reading lastOperation.
+fn conditions_text(conditions: &[NodeCondition]) -> String {
+    let items: Vec<String> = conditions
+        .iter()
+        .map(|c| {
+            format!(
+                "{{Type:{} Status:{} Reason:{} Message:{}}}",
+                c.type_,
+                c.status,
+                c.reason.as_deref().unwrap_or(""),
+                c.message.as_deref().unwrap_or("")
+            )
+        })
+        .collect();
+    format!("[{}]", items.join(" "))
+}
+
+fn same_conditions(a: &[NodeCondition], b: &[NodeCondition]) -> bool {
+    let key = |v: &[NodeCondition]| {
+        let mut k: Vec<(String, String)> = v
+            .iter()
+            .map(|c| (c.type_.clone(), c.status.clone()))
+            .collect();
+        k.sort();
+        k
+    };
+    key(a) == key(b)
+}
+
+/// The phase transitions driven by the Node (MCM `reconcileMachineHealth`). Returns the
+/// requeue when the pass ends here.
+async fn health(job: &Job, machine: &Machine) -> Result<Option<Action>, Error> {
+    let ctx = &job.ctx;
+    let Some(nodes) = ctx.nodes() else {
+        return Ok(None);
+    };
+    let node_name = machine.node_name().unwrap_or_default().to_string();
+    let node = nodes.get_opt(&node_name).await?;
+    let mut st = machine.status.clone().unwrap_or_default();
+    let phase = st.current_status.phase.clone().unwrap_or(Phase::Pending);
+    if matches!(phase, Phase::InPlaceUpdating | Phase::InPlaceUpdateFailed) {
+        return Ok(None);
+    }
+    if let Some(n) = &node {
+        sync_node(&nodes, n, &job.name).await?;
+    }
+    let mut changed = false;
+    if let Some(n) = &node {
+        let conditions = n
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.clone())
+            .unwrap_or_default();
+        if !same_conditions(&conditions, &st.conditions) {
+            st.conditions = conditions;
+            changed = true;
+        }
+    }
+    let name = &job.name;
+    let healthy = node.is_some() && is_healthy(&st.conditions, &ctx.config.node_conditions);
+    let preserve = st.current_status.preserve_expiry_time.clone();
+    let previous_type = st.last_operation.type_.clone().unwrap_or(Op::HealthCheck);
+    if healthy && phase != Phase::Running {
+        let critical = node
+            .as_ref()
+            .and_then(|n| n.spec.as_ref())
+            .and_then(|s| s.taints.as_ref())
+            .is_some_and(|t| {
+                t.iter()
+                    .any(|t| t.key == CRITICAL_COMPONENTS_TAINT && t.effect == "NoSchedule")
+            });
+        if !(phase == Phase::Pending && critical) {
+            let first_join = st.last_operation.type_ == Some(Op::Create)
+                && st.last_operation.state != Some(State::Successful);
+            st.last_operation = if first_join {
+                status::last_op(
+                    format!("Machine {name} successfully joined the cluster"),
+                    State::Successful,
+                    Op::Create,
+                    "",
+                )
+            } else {
+                status::last_op(
+                    format!("Machine {name} successfully re-joined the cluster"),
+                    State::Successful,
+                    Op::HealthCheck,
+                    "",
+                )
+            };
+            st.current_status = status::current(Phase::Running, preserve);
+            changed = true;
+            if first_join {
+                delete_bootstrap_token(job, name).await;
+            }
+        }
+    } else if !healthy && phase == Phase::Running {
+        st.last_operation = match &node {
+            None => status::last_op(
+                format!(
+                    "Node object went missing. Machine {name} is unhealthy - changing MachinePhase to Unknown"
+                ),
+                State::Processing,
+                Op::HealthCheck,
+                "",
+            ),
+            Some(_) => status::last_op(
+                format!(
+                    "Machine {name} is unhealthy - changing MachinePhase to Unknown. Node conditions: {}",
+                    conditions_text(&st.conditions)
+                ),
+                State::Processing,
+                Op::HealthCheck,
+                "",
+            ),
+        };
+        st.current_status = status::current(Phase::Unknown, preserve);
+        changed = true;
+    } else if !healthy && phase == Phase::Pending {
+        let timeout = effective(
+            &machine.spec.configuration.creation_timeout,
+            ctx.config.creation_timeout,
+        );
+        if age(machine) > timeout {
+            st.last_operation = status::last_op(
+                format!(
+                    "Machine {name} failed to join the cluster in {} minutes.",
+                    machine_api::format_duration(timeout)
+                ),
+                State::Failed,
+                previous_type,
+                "",
+            );
+            st.current_status = status::current(Phase::Failed, preserve);
+            changed = true;
+        }
+    } else if !healthy
+        && phase == Phase::Unknown
+        && machine.spec.configuration.disable_health_timeout != Some(true)
+    {
+        let timeout = effective(
+            &machine.spec.configuration.health_timeout,
+            ctx.config.health_timeout,
+        );
+        if since(st.current_status.last_update_time.as_ref()) > timeout {
+            st.last_operation = status::last_op(
+                format!(
+                    "Machine {name} health checks failing since last {} minutes. Updating machine phase to Failed. Node Conditions: {}",
+                    machine_api::format_duration(timeout),
+                    conditions_text(&st.conditions)
+                ),
+                State::Failed,
+                previous_type,
+                "",
+            );
+            st.current_status = status::current(Phase::Failed, preserve);
+            changed = true;
+        }
+    }
+    if changed {
+        let new_phase = st.current_status.phase.clone();
+        status::write(&job.api, name, &st).await?;
+        if new_phase != Some(phase.clone()) {
+            tracing::info!(machine = %name, from = phase.as_str(), to = ?new_phase.as_ref().map(|p| p.as_str()), "phase changed");
+        }
+    }
+    match st.current_status.phase {
+        Some(Phase::Pending) | Some(Phase::Unknown) => {
+            Ok(Some(Action::requeue(ctx.config.health_check_interval)))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// The label on a Node that names its Machine (MCM `syncMachineNameToNode`).
+pub const MACHINE_NAME_NODE_LABEL: &str = "node.gardener.cloud/machine-name";
+
+/// What the machine controller keeps on a Node with a backing Machine: the machine-name label
+/// and the finalizer `node.machine.sapcloud.io/machine-controller` (MCM's node controller).
+async fn sync_node(
+    nodes: &Api<k8s_openapi::api::core::v1::Node>,
+    node: &k8s_openapi::api::core::v1::Node,
+    machine: &str,
+) -> Result<(), kube::Error> {
+    if node
+        .annotations()
+        .contains_key("node.machine.sapcloud.io/not-managed-by-mcm")
+        || node.metadata.deletion_timestamp.is_some()
+    {
+        return Ok(());
+    }
+    let has_label = node
+        .labels()
+        .get(MACHINE_NAME_NODE_LABEL)
+        .map(String::as_str)
+        == Some(machine);
+    let has_finalizer = node
+        .finalizers()
+        .iter()
+        .any(|f| f == machine_api::MC_NODE_FINALIZER);
+    if has_label && has_finalizer {
+        return Ok(());
+    }
+    let mut finalizers = node.finalizers().to_vec();
+    if !has_finalizer {
+        finalizers.push(machine_api::MC_NODE_FINALIZER.to_string());
+    }
+    let patch = serde_json::json!({
+        "metadata": {
+            "labels": { MACHINE_NAME_NODE_LABEL: machine },
+            "finalizers": finalizers,
+            "resourceVersion": node.resource_version(),
+        }
+    });
+    nodes
+        .patch(
+            &node.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await?;
+    Ok(())
+}
+
+/// MCM `getCreateFailurePhase`.
+fn failure_phase(job: &Job, machine: &Machine) -> Phase {
+    let timeout = effective(
+        &machine.spec.configuration.creation_timeout,
+        job.ctx.config.creation_timeout,
+    );
+    if age(machine) > timeout {
+        Phase::Failed
+    } else {
+        Phase::CrashLoopBackOff
+    }
+}
+
+/// MCM `machineCreateErrorHandler`: status {Cloud provider message - <err>, code, Failed,
+/// Create}, phase CrashLoopBackOff (Failed after the creation timeout), requeue by code.
+async fn create_error(
+    job: &Job,
+    machine: &Machine,
+    err: &DriverError,
+    description: String,
+) -> Result<Action, Error> {
+    let mut st = machine.status.clone().unwrap_or_default();
+    st.last_operation = status::last_op(
+        description.clone(),
+        State::Failed,
+        Op::Create,
+        err.code.name(),
+    );
+    st.current_status = status::current(
+        failure_phase(job, machine),
+        st.current_status.preserve_expiry_time.clone(),
+    );
+    if !retry::create_error_keeps_last_known_state(err.code) {
+        st.last_known_state = String::new();
+    }
+    status::write(&job.api, &job.name, &st).await?;
+    let after = retry::after_create_error(err.code, job.ctx.config.resource_exhausted_retry);
+    Err(Error::retry(after, description))
+}
+
+/// The creation flow (MCM `triggerCreationFlow`).
+async fn creation_flow(job: &Job, machine: &Machine) -> Result<Action, Error> {
+    let ctx = &job.ctx;
+    let name = job.name.as_str();
+    let provider = &job.provider;
+    let mut secret = job.secret().await?;
+    let Some(user_data) = secret.get(secrets::USER_DATA_KEY).cloned() else {
+        let msg = format!("userdata field not found in secret for machine {name:?}");
+        job.event(
+            machine,
+            EventType::Warning,
+            "MissingUserData",
+            "CreateMachine",
+            msg.clone(),
+        )
+        .await;
+        return Err(Error::retry(Retry::Short.period(), msg));
+    };
+    let token = match &ctx.target {
+        Some(target) => Some(bootstrap_token(job, target, name).await?),
+        None => None,
+    };
+    let (filled, missing) = secrets::fill_user_data(&user_data, token.as_deref(), name);
+    for placeholder in missing {
+        tracing::warn!(machine = %name, "userData has no {placeholder} placeholder");
+    }
+    secret.insert(secrets::USER_DATA_KEY.to_string(), filled);
+    let req = job.request(machine, secret);
+
+    let got = job
+        .timed(
+            Operation::GetMachineStatus,
+            provider.get_machine_status(&req),
+        )
+        .await;
+    job.driver_event(machine, Operation::GetMachineStatus, &got, "")
+        .await;
+    let mut last_known_state = machine
+        .status
+        .as_ref()
+        .map(|s| s.last_known_state.clone())
+        .unwrap_or_default();
+    let (node_name, provider_id, addresses, uninitialized) = match got {
+        Ok(r) => (r.node_name, r.provider_id, r.addresses, false),
+        Err(e)
+            if matches!(e.code, Code::NotFound | Code::Unimplemented)
+                && !machine.spec.provider_id.is_empty() =>
+        {
+            // The VM was created before; never create a second one. Only the creation
+            // timeout fails the machine if the VM is really gone.
+            (
+                machine.node_name().unwrap_or_default().to_string(),
+                machine.spec.provider_id.clone(),
+                Vec::new(),
+                false,
+            )
+        }
+        Err(e)
+            if matches!(
+                e.code,
+                Code::NotFound | Code::Unimplemented | Code::Uninitialized
+            ) =>
+        {
+            // Uninitialized carries no response in our contract; CreateMachine is idempotent
+            // per machine and answers the existing VM's ids.
+            let created = job
+                .timed(Operation::CreateMachine, provider.create_machine(&req))
+                .await;
+            let detail = created
+                .as_ref()
+                .map(|r| format!(": providerID {}, node {}", r.provider_id, r.node_name));
+            job.driver_event(
+                machine,
+                Operation::CreateMachine,
+                &created,
+                detail.as_deref().unwrap_or(""),
+            )
+            .await;
+            let r = match created {
+                Ok(r) => r,
+                Err(e) => {
+                    return create_error(job, machine, &e, format!("Cloud provider message - {e}"))
+                        .await;
+                }
+            };
+            if !r.last_known_state.is_empty() {
+                last_known_state = r.last_known_state.clone();
+            }
+            if let Some(nodes) = ctx.nodes()
+                && r.node_name != name
+                && !r.node_name.is_empty()
+                && nodes.get_opt(&r.node_name).await?.is_some()
+            {
+                return old_node_obj(job, machine, &req, &r.node_name).await;
+            }
+            (r.node_name, r.provider_id, r.addresses, true)
+        }
+        Err(e) => {
+            return create_error(job, machine, &e, format!("Cloud provider message - {e}")).await;
+        }
+    };
+    if provider_id.is_empty() || (ctx.target.is_some() && node_name.is_empty()) {
+        let e = DriverError::new(
+            Code::Internal,
+            format!(
+                "provider answered providerID {provider_id:?} and nodeName {node_name:?}: both are required"
+            ),
+        );
+        job.event(
+            machine,
+            EventType::Warning,
+            "CreateMachineInternal",
+            "CreateMachine",
+            e.to_string(),
+        )
+        .await;
+        return Err(Error::retry(Retry::Medium.period(), e.to_string()));
+    }
+    update_labels(job, machine, &node_name, &provider_id).await?;
+    if uninitialized {
+        let init = job
+            .timed(
+                Operation::InitializeMachine,
+                provider.initialize_machine(&req),
+            )
+            .await;
+        if !matches!(&init, Err(e) if e.code == Code::Unimplemented) {
+            job.driver_event(machine, Operation::InitializeMachine, &init, "")
+                .await;
+        }
+        if let Err(e) = init
+            && e.code != Code::Unimplemented
+        {
+            let description = format!("Provider error: {e}. Initialize VM Instance");
+            let mut st = machine.status.clone().unwrap_or_default();
+            st.last_operation = status::last_op(
+                description.clone(),
+                State::Failed,
+                Op::Create,
+                e.code.name(),
+            );
+            st.current_status = status::current(
+                failure_phase(job, machine),
+                st.current_status.preserve_expiry_time.clone(),
+            );
+            status::write(&job.api, name, &st).await?;
+            return Err(Error::retry(Retry::Short.period(), description));
+        }
+    }
+    let phase = machine.phase().cloned();
+    if phase.is_none() || phase == Some(Phase::CrashLoopBackOff) {
+        let mut st: MachineStatus = machine.status.clone().unwrap_or_default();
+        let preserve = st.current_status.preserve_expiry_time.clone();
+        st.last_known_state = last_known_state;
+        if ctx.target.is_some() {
+            st.last_operation = status::last_op(
+                "Creating machine on cloud provider",
+                State::Processing,
+                Op::Create,
+                "",
+            );
+            st.current_status = status::current(Phase::Pending, preserve);
+        } else {
+            st.last_operation = status::last_op(
+                "Created machine on cloud provider",
+                State::Successful,
+                Op::Create,
+                "",
+            );
+            st.current_status = status::current(Phase::Available, preserve);
+            st.addresses = addresses_with_hostname(addresses, &node_name);
+        }
+        status::write(&job.api, name, &st).await?;
+        tracing::info!(machine = %name, %provider_id, node = %node_name, "machine created on cloud provider");
+    }
+    Ok(Action::requeue(Retry::Short.period()))
+}
+
+/// Driver addresses plus {Hostname: node}, deduplicated and sorted.
+fn addresses_with_hostname(
+    addresses: Vec<mcm_driver::NodeAddress>,
+    node_name: &str,
+) -> Vec<NodeAddress> {
+    let mut out: Vec<NodeAddress> = addresses
+        .into_iter()
+        .map(|a| NodeAddress {
+            type_: a.kind,
+            address: a.address,
+        })
+        .collect();
+    if !node_name.is_empty() {
+        out.push(NodeAddress {
+            type_: "Hostname".into(),
+            address: node_name.into(),
+        });
+    }
+    out.sort_by(|a, b| (&a.type_, &a.address).cmp(&(&b.type_, &b.address)));
+    out.dedup();
+    out
+}
+
+/// A Node of another name already exists for the new VM: delete the VM, fail the machine.
+async fn old_node_obj(
+    job: &Job,
+    machine: &Machine,
+    req: &mcm_driver::MachineRequest,
+    node: &str,
+) -> Result<Action, Error> {
+    let deleted = job
+        .timed(Operation::DeleteMachine, job.provider.delete_machine(req))
+        .await;
+    job.driver_event(
+        machine,
+        Operation::DeleteMachine,
+        &deleted,
+        &format!(" (VM uses the old node object {node})"),
+    )
+    .await;
+    let mut st = machine.status.clone().unwrap_or_default();
+    st.last_operation = status::last_op("VM using old node obj", State::Failed, Op::Create, "");
+    st.current_status = status::current(
+        Phase::Failed,
+        st.current_status.preserve_expiry_time.clone(),
+    );
+    status::write(&job.api, &job.name, &st).await?;
+    Err(Error::retry(Retry::Short.period(), "VM using old node obj"))
+}
+
+/// MCM `updateLabels`: the `node` label (with a target cluster), the priority annotation and
+/// spec.providerID.
+async fn update_labels(
+    job: &Job,
+    machine: &Machine,
+    node_name: &str,
+    provider_id: &str,
+) -> Result<(), Error> {
+    let with_target = job.ctx.target.is_some();
+    let label_missing = with_target && machine.node_name().is_none_or(str::is_empty);
+    let priority_missing = machine
+        .annotations()
+        .get(PRIORITY_ANNOTATION)
+        .is_none_or(|v| v.is_empty());
+    if !(label_missing || priority_missing || machine.spec.provider_id.is_empty()) {
+        return Ok(());
+    }
+    let mut patch = serde_json::json!({ "spec": { "providerID": provider_id } });
+    if with_target {
+        patch["metadata"]["labels"] = serde_json::json!({ NODE_LABEL_KEY: node_name });
+    }
+    if priority_missing {
+        patch["metadata"]["annotations"] = serde_json::json!({ PRIORITY_ANNOTATION: "3" });
+    }
+    job.api
+        .patch(&job.name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    Ok(())
+}
+
+fn random_token_secret() -> String {
+    const ALPHABET: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    let mut bytes = [0u8; 16];
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        use std::io::Read as _;
+        let _ = f.read_exact(&mut bytes);
+    }
+    bytes
+        .iter()
+        .map(|b| ALPHABET[(*b as usize) % ALPHABET.len()] as char)
+        .collect()
+}
+
+/// Create or reuse the machine's bootstrap token (`kube-system/bootstrap-token-<id>`);
+/// returns `<id>.<secret>`.
+async fn bootstrap_token(job: &Job, target: &kube::Client, machine: &str) -> Result<String, Error> {
+    let Some(id) = secrets::bootstrap_token_id(machine) else {
+        return Err(Error::retry(
+            Retry::Long.period(),
+            format!("machine name {machine:?} is too short for a bootstrap token id"),
+        ));
+    };
+    let api: Api<Secret> = Api::namespaced(target.clone(), "kube-system");
+    let secret_name = format!("bootstrap-token-{id}");
+    if let Some(existing) = api.get_opt(&secret_name).await? {
+        let data = existing.data.unwrap_or_default();
+        let part = |k: &str| {
+            data.get(k)
+                .map(|v| String::from_utf8_lossy(&v.0).into_owned())
+                .unwrap_or_default()
+        };
+        return Ok(format!("{}.{}", part("token-id"), part("token-secret")));
+    }
+    let token_secret = random_token_secret();
+    let expiration = k8s_openapi::jiff::Timestamp::now()
+        + k8s_openapi::jiff::SignedDuration::try_from(job.ctx.config.creation_timeout)
+            .unwrap_or_default();
+    let data: std::collections::BTreeMap<String, ByteString> = [
+        ("token-id", id.clone()),
+        ("token-secret", token_secret.clone()),
+        (
+            "expiration",
+            expiration.strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
+        ),
+        ("usage-bootstrap-authentication", "true".into()),
+        ("usage-bootstrap-signing", "true".into()),
+        (
+            "auth-extra-groups",
+            job.ctx.config.bootstrap_token_auth_extra_groups.clone(),
+        ),
+        (
+            "description",
+            format!(
+                "A bootstrap token for machine {machine:?} generated by MachineControllerManager."
+            ),
+        ),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), ByteString(v.into_bytes())))
+    .collect();
+    let secret = Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some(secret_name),
+            namespace: Some("kube-system".into()),
+            ..Default::default()
+        },
+        type_: Some("bootstrap.kubernetes.io/token".into()),
+        data: Some(data),
+        ..Default::default()
+    };
+    match api.create(&PostParams::default(), &secret).await {
+        Ok(_) => Ok(format!("{id}.{token_secret}")),
+        Err(kube::Error::Api(s)) if s.code == 409 => Err(Error::retry(
+            Retry::Conflict.period(),
+            "bootstrap token created concurrently",
+        )),
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn delete_bootstrap_token(job: &Job, machine: &str) {
+    let (Some(target), Some(id)) = (&job.ctx.target, secrets::bootstrap_token_id(machine)) else {
+        return;
+    };
+    let api: Api<Secret> = Api::namespaced(target.clone(), "kube-system");
+    match api
+        .delete(&format!("bootstrap-token-{id}"), &Default::default())
+        .await
+    {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 404 => {}
+        Err(e) => tracing::warn!(%machine, "cannot delete the bootstrap token: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cond(t: &str, s: &str) -> NodeCondition {
+        NodeCondition {
+            type_: t.into(),
+            status: s.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn health_rule() {
+        let bad = vec!["DiskPressure".to_string()];
+        assert!(!is_healthy(&[], &bad));
+        assert!(is_healthy(&[cond("Ready", "True")], &bad));
+        assert!(is_healthy(
+            &[cond("Ready", "True"), cond("DiskPressure", "False")],
+            &bad
+        ));
+        assert!(!is_healthy(
+            &[cond("Ready", "True"), cond("DiskPressure", "True")],
+            &bad
+        ));
+        assert!(!is_healthy(
+            &[cond("Ready", "True"), cond("DiskPressure", "Unknown")],
+            &bad
+        ));
+        assert!(!is_healthy(&[cond("Ready", "False")], &bad));
+    }
+
+    #[test]
+    fn hostname_address_added_sorted_unique() {
+        let a = vec![
+            mcm_driver::NodeAddress {
+                kind: "InternalIP".into(),
+                address: "10.0.0.1".into(),
+            },
+            mcm_driver::NodeAddress {
+                kind: "Hostname".into(),
+                address: "ip-10-0-0-1".into(),
+            },
+        ];
+        let out = addresses_with_hostname(a, "ip-10-0-0-1");
+        let got: Vec<(&str, &str)> = out
+            .iter()
+            .map(|a| (a.type_.as_str(), a.address.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            [("Hostname", "ip-10-0-0-1"), ("InternalIP", "10.0.0.1")]
+        );
+    }
+}

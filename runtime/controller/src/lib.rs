@@ -1,0 +1,538 @@
+//! The MCM-compatible machine controller: the "machine controller" half of Gardener's split,
+//! on kube-runtime. It serves the Machines whose MachineClass names a provider loaded in the
+//! [`Registry`], drives the driver calls through it, and keeps phases, `lastOperation`,
+//! finalizers and the node link exactly as Gardener's machine-controller-manager expects, so
+//! that MCM's MachineSet / MachineDeployment controllers run on top of it unchanged.
+//!
+//! One module per concern: [`machine`] (per-machine context, driver requests, events),
+//! [`create`] (creation flow and health), [`delete`] (deletion state machine), [`drain`],
+//! [`secrets`] (merge + userData), [`status`] (status writes), [`retry`] (MCM's periods),
+//! [`node_sim`] (a kubelet stand-in for tests and `just run`), [`orphans`] (orphan-VM
+//! collection), [`finalizers`] (class and secret finalizers), [`leader`] (Lease election),
+//! [`metrics`] (`/metrics`, `/healthz`, `/readyz`), [`command`] (`mcm-wasm controller`).
+//!
+//! Deliberate differences from Gardener's MC (v0.62.1):
+//! - a deletion step that succeeds goes straight on to the next step in the same reconcile
+//!   (MCM requeues after 5 s in between); every step still writes MCM's description first;
+//! - after InitializeMachine succeeds the machine goes to Pending in the same pass;
+//! - `Uninitialized` from GetMachineStatus carries no ids in our contract: CreateMachine
+//!   (idempotent per machine) is called to learn them, then InitializeMachine;
+//! - Kubernetes Events are recorded for every driver outcome (MCM records none).
+//!
+//! Not yet: the Unknown→Failed rate limit per
+//! MachineDeployment; the "similar status" write skip; nodeTemplate / virtual capacity sync;
+//! preservation and in-place updates; the API-server safety freeze; drain's PV detach /
+//! reattach waits and misconfigured-PDB detection; orphan Node annotation.
+
+pub mod create;
+pub mod delete;
+pub mod drain;
+pub mod finalizers;
+pub mod leader;
+pub mod machine;
+pub mod metrics;
+pub mod orphans;
+pub mod retry;
+pub mod secrets;
+pub mod status;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt as _;
+use k8s_openapi::api::core::v1::Node;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::{WatchStreamExt as _, reflector, watcher};
+use kube::{Client, ResourceExt as _};
+use machine_api::{MCM_FINALIZER, Machine, MachineClass};
+
+use mcm_driver::ProviderLookup;
+use retry::Retry;
+
+/// The controller's settings (MCM's flags where the meaning is the same).
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// `--namespace`: Machines, MachineClasses and Secrets are served in this namespace only.
+    pub namespace: String,
+    /// `--machine-creation-timeout`.
+    pub creation_timeout: Duration,
+    /// `--machine-health-timeout`.
+    pub health_timeout: Duration,
+    /// `--machine-drain-timeout`.
+    pub drain_timeout: Duration,
+    /// `--machine-max-evict-retries`: evictions refused by a disruption budget (20 s apart)
+    /// before the pod is deleted.
+    pub max_evict_retries: u32,
+    /// `--machine-safety-orphan-vms-period`.
+    pub safety_orphan_vms_period: Duration,
+    /// `--resource-exhausted-retry`.
+    pub resource_exhausted_retry: Duration,
+    /// `--concurrent-syncs`.
+    pub concurrent_syncs: u16,
+    /// `--node-conditions`: condition types that make a node unhealthy when not False.
+    pub node_conditions: Vec<String>,
+    /// `--bootstrap-token-auth-extra-groups`.
+    pub bootstrap_token_auth_extra_groups: String,
+    /// How often Pending and Unknown machines are re-checked (MCM: 1 min).
+    pub health_check_interval: Duration,
+    /// This controller holds its namespace's `machine-controller` Lease (leader election on),
+    /// so no other machine controller serves the namespace: Machines of unserved classes get
+    /// an event.
+    pub sole_machine_controller: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            namespace: "default".into(),
+            creation_timeout: Duration::from_secs(20 * 60),
+            health_timeout: Duration::from_secs(10 * 60),
+            drain_timeout: Duration::from_secs(2 * 3600),
+            max_evict_retries: 360,
+            safety_orphan_vms_period: Duration::from_secs(15 * 60),
+            resource_exhausted_retry: Retry::Long.period(),
+            concurrent_syncs: 50,
+            node_conditions: [
+                "KernelDeadlock",
+                "ReadonlyFilesystem",
+                "DiskPressure",
+                "NetworkUnavailable",
+            ]
+            .map(String::from)
+            .to_vec(),
+            bootstrap_token_auth_extra_groups: String::new(),
+            health_check_interval: Duration::from_secs(60),
+            sole_machine_controller: false,
+        }
+    }
+}
+
+/// What every reconcile shares.
+pub struct Context {
+    /// The cluster that holds Machines, MachineClasses and their Secrets.
+    pub control: Client,
+    /// The cluster whose Nodes the machines become; `None` = `--target-kubeconfig none`.
+    pub target: Option<Client>,
+    pub registry: Arc<dyn ProviderLookup>,
+    pub recorder: Recorder,
+    pub config: Config,
+    pub metrics: metrics::Metrics,
+    /// (class, provider) pairs already reported as not served.
+    unserved_classes: std::sync::Mutex<std::collections::HashSet<(String, String)>>,
+    /// Machines already given a ProviderNotServed event.
+    unserved_machines: std::sync::Mutex<std::collections::HashSet<String>>,
+}
+
+impl Context {
+    pub fn new(
+        control: Client,
+        target: Option<Client>,
+        registry: Arc<dyn ProviderLookup>,
+        config: Config,
+    ) -> Arc<Context> {
+        let recorder = Recorder::new(
+            control.clone(),
+            Reporter {
+                controller: "mcm-wasm".into(),
+                instance: None,
+            },
+        );
+        Arc::new(Context {
+            control,
+            target,
+            registry,
+            recorder,
+            config,
+            metrics: Default::default(),
+            unserved_classes: Default::default(),
+            unserved_machines: Default::default(),
+        })
+    }
+
+    pub fn machines(&self) -> Api<Machine> {
+        Api::namespaced(self.control.clone(), &self.config.namespace)
+    }
+
+    pub fn classes(&self) -> Api<MachineClass> {
+        Api::namespaced(self.control.clone(), &self.config.namespace)
+    }
+
+    pub fn nodes(&self) -> Option<Api<Node>> {
+        self.target.as_ref().map(|c| Api::all(c.clone()))
+    }
+}
+
+/// Why a reconcile did not finish. `Retry` is not a failure: it is MCM's "requeue after this
+/// period" (a deletion step that is not done yet, a driver error with its retry period).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{reason} (retry in {})", machine_api::format_duration(*after))]
+    Retry { after: Duration, reason: String },
+    #[error("kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("finalizer: {0}")]
+    Finalizer(String),
+}
+
+impl Error {
+    pub fn retry(after: Duration, reason: impl Into<String>) -> Error {
+        Error::Retry {
+            after,
+            reason: reason.into(),
+        }
+    }
+
+    /// The label of this error in metrics.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::Retry { .. } => "retry",
+            Error::Kube(_) => "kube",
+            Error::Finalizer(_) => "finalizer",
+        }
+    }
+}
+
+/// Install the ring TLS provider once (reqwest and kube both link rustls; with two providers
+/// compiled in, rustls wants one chosen).
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// One reconcile of one Machine.
+pub async fn reconcile(machine: Arc<Machine>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let name = machine.name_any();
+    // Only the machines of our providers: find the class and its provider first, before the
+    // finalizer says "this machine is ours".
+    let class_name = machine.spec.class.name.clone();
+    if class_name.is_empty() || machine.spec.class.kind.is_empty() {
+        tracing::warn!(machine = %name, "spec.class.kind and spec.class.name must be set");
+        return Ok(Action::requeue(Retry::Long.period()));
+    }
+    let Some(class) = ctx.classes().get_opt(&class_name).await? else {
+        tracing::info!(machine = %name, class = %class_name, "MachineClass not found");
+        return Ok(Action::requeue(Retry::Long.period()));
+    };
+    let Some(provider) = ctx.registry.get(&class.spec.provider) else {
+        unserved(&ctx, &machine, &class).await;
+        return Ok(Action::requeue(Retry::Long.period()));
+    };
+    machine::ensure_class_finalizers(&ctx, &class).await?;
+    // Adding the finalizer changes no generation, so no watch event brings the machine back:
+    // requeue at once, as MCM retries after adding it.
+    let adding_finalizer = machine.metadata.deletion_timestamp.is_none()
+        && !machine.finalizers().iter().any(|f| f == MCM_FINALIZER);
+    let api = ctx.machines();
+    let job = machine::Job {
+        ctx: ctx.clone(),
+        api: api.clone(),
+        class: Arc::new(class),
+        provider,
+        name,
+    };
+    finalizer(&api, MCM_FINALIZER, machine, |event| async {
+        match event {
+            FinalizerEvent::Apply(m) => create::reconcile(&job, m).await,
+            FinalizerEvent::Cleanup(m) => delete::reconcile(&job, m).await,
+        }
+    })
+    .await
+    .map_err(|e| match e {
+        kube::runtime::finalizer::Error::ApplyFailed(e)
+        | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
+        kube::runtime::finalizer::Error::AddFinalizer(e)
+        | kube::runtime::finalizer::Error::RemoveFinalizer(e) => Error::Kube(e),
+        other => Error::Finalizer(other.to_string()),
+    })
+    .map(|action| {
+        if adding_finalizer {
+            Action::requeue(Retry::Conflict.period())
+        } else {
+            action
+        }
+    })
+}
+
+/// The requeue after a failed reconcile.
+pub fn error_policy(_machine: Arc<Machine>, error: &Error, _ctx: Arc<Context>) -> Action {
+    match error {
+        Error::Retry { after, .. } => Action::requeue(*after),
+        Error::Kube(kube::Error::Api(s)) if s.code == 409 => {
+            Action::requeue(Retry::Conflict.period())
+        }
+        _ => Action::requeue(Retry::Short.period()),
+    }
+}
+
+/// The annotation that preserves a machine (MCM re-reconciles when it changes).
+pub const PRESERVE_ANNOTATION: &str = "node.machine.sapcloud.io/preserve";
+
+/// What makes a Machine update worth a reconcile (MCM `updateMachine`): its generation, its
+/// deletion mark, its preserve annotation.
+pub fn machine_trigger(m: &Machine) -> Option<u64> {
+    use std::hash::{Hash as _, Hasher as _};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    m.metadata.generation.hash(&mut h);
+    m.metadata.deletion_timestamp.is_some().hash(&mut h);
+    m.annotations().get(PRESERVE_ANNOTATION).hash(&mut h);
+    Some(h.finish())
+}
+
+/// Machines to reconcile when a Node changes: those whose `node` label names it.
+fn machines_of_node(store: &Store<Machine>, node: &Node) -> Vec<ObjectRef<Machine>> {
+    let node_name = node.name_any();
+    store
+        .state()
+        .iter()
+        .filter(|m| m.node_name() == Some(node_name.as_str()))
+        .map(|m| ObjectRef::from_obj(m.as_ref()))
+        .collect()
+}
+
+/// Run the machine controller until `shutdown` resolves (then reconciles in flight finish).
+pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + Sync + 'static) {
+    // Like MCM, only changes of the spec (generation; the deletion mark bumps it too) or of
+    // the preserve annotation trigger a reconcile: status writes, ours included, do not.
+    let (store, writer) = reflector::store();
+    let machines = watcher(ctx.machines(), watcher::Config::default())
+        .default_backoff()
+        .inspect({
+            // Ready once the first full list of Machines is in the cache.
+            let ctx = ctx.clone();
+            move |event| {
+                if let Ok(watcher::Event::InitDone) = event {
+                    ctx.metrics.set_ready();
+                }
+            }
+        })
+        .reflect(writer)
+        .applied_objects()
+        .predicate_filter(machine_trigger, Default::default());
+    let controller = Controller::for_stream(machines, store.clone())
+        .with_config(ControllerConfig::default().concurrency(ctx.config.concurrent_syncs));
+    let controller = match ctx.nodes() {
+        Some(nodes) => {
+            let store = store.clone();
+            controller.watches(nodes, watcher::Config::default(), move |node| {
+                machines_of_node(&store, &node)
+            })
+        }
+        None => controller,
+    };
+    // A provider that loads or is replaced may serve machines that waited for it.
+    let loaded = futures::stream::unfold(ctx.registry.subscribe_loaded(), |mut rx| async move {
+        loop {
+            match rx.recv().await {
+                Ok(_) => return Some(((), rx)),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    });
+    ctx.metrics.set_machines(store.clone());
+    let node_deletions = ctx.nodes().map(|nodes| {
+        tokio::spawn(delete_machines_of_deleted_nodes(
+            ctx.clone(),
+            nodes,
+            store.clone(),
+        ))
+    });
+    let metrics_ctx = ctx.clone();
+    controller
+        .reconcile_all_on(loaded)
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| {
+            let ctx = metrics_ctx.clone();
+            async move {
+                match result {
+                    Ok(_) => {}
+                    Err(kube::runtime::controller::Error::ReconcilerFailed(e, obj)) => {
+                        ctx.metrics.reconcile_error(e.metric_label());
+                        match e {
+                            Error::Retry { reason, after } => {
+                                tracing::debug!(machine = %obj.name, "{reason} (requeue in {after:?})")
+                            }
+                            e => tracing::warn!(machine = %obj.name, "reconcile failed: {e}"),
+                        }
+                    }
+                    Err(e) => tracing::warn!("controller: {e}"),
+                }
+            }
+        })
+        .await;
+    if let Some(task) = node_deletions {
+        task.abort();
+    }
+}
+
+/// MCM's node controller: a Node that is deleted (or marked for deletion) takes its Machine
+/// with it (`triggerMachineDeletion`). Nodes annotated not-managed-by-mcm are ignored.
+async fn delete_machines_of_deleted_nodes(
+    ctx: Arc<Context>,
+    nodes: Api<Node>,
+    store: Store<Machine>,
+) {
+    let events = watcher(nodes, watcher::Config::default()).default_backoff();
+    futures::pin_mut!(events);
+    while let Some(event) = events.next().await {
+        let node = match event {
+            Ok(watcher::Event::Delete(n)) => n,
+            Ok(watcher::Event::Apply(n)) | Ok(watcher::Event::InitApply(n))
+                if n.metadata.deletion_timestamp.is_some() =>
+            {
+                n
+            }
+            _ => continue,
+        };
+        if node
+            .annotations()
+            .contains_key("node.machine.sapcloud.io/not-managed-by-mcm")
+        {
+            continue;
+        }
+        for machine in machines_of_node(&store, &node) {
+            let Some(m) = store.get(&machine) else {
+                continue;
+            };
+            if m.metadata.deletion_timestamp.is_some() {
+                continue;
+            }
+            tracing::info!(machine = %machine.name, node = %node.name_any(), "node deleted: deleting its machine");
+            if let Err(e) = ctx
+                .machines()
+                .delete(&machine.name, &Default::default())
+                .await
+            {
+                tracing::warn!(machine = %machine.name, "deleting the machine of a deleted node: {e}");
+            }
+        }
+    }
+}
+
+/// A Machine whose class names a provider nothing here serves: never silently skipped. The
+/// class is logged once (at info, naming the loaded providers and their aliases). When this
+/// controller is the only machine controller of its namespace, the Machine also gets a Warning
+/// event once. How that is decided: every MCM machine controller, provider-aws's included,
+/// runs only while holding the Lease `machine-controller` in its namespace, so with leader
+/// election on (`--leader-elect`, the default) a reconciling controller holds that Lease and no
+/// other machine controller is active there; with it off, nothing can be known and only the
+/// log line is written (another controller may be serving that class).
+async fn unserved(ctx: &Context, machine: &Machine, class: &MachineClass) {
+    let provider = &class.spec.provider;
+    let first_for_class = ctx
+        .unserved_classes
+        .lock()
+        .expect("unserved lock")
+        .insert((class.name_any(), provider.clone()));
+    let loaded = ctx.registry.served_names();
+    let why = format!(
+        "MachineClass {:?} names provider {provider:?}, which no loaded provider serves (loaded: {})",
+        class.name_any(),
+        if loaded.is_empty() {
+            "none".to_string()
+        } else {
+            loaded.join(", ")
+        }
+    );
+    if first_for_class {
+        tracing::info!(class = %class.name_any(), %provider, "{why}; its machines are left to another controller");
+    }
+    if !ctx.config.sole_machine_controller {
+        return;
+    }
+    let first_for_machine = ctx
+        .unserved_machines
+        .lock()
+        .expect("unserved lock")
+        .insert(machine.uid().unwrap_or_else(|| machine.name_any()));
+    if first_for_machine {
+        machine::publish_event(
+            ctx,
+            machine,
+            kube::runtime::events::EventType::Warning,
+            "ProviderNotServed",
+            "Reconcile",
+            format!("{why}: this machine is not being served"),
+        )
+        .await;
+    }
+}
+
+/// Add a finalizer only when it is missing, with a merge patch guarded by the resourceVersion.
+/// A conflict (many reconciles of one class's machines racing to add it, each from its own
+/// copy) is resolved quietly: read the object again and stop if another one added it, else
+/// try once more. Returns whether this call added it.
+pub(crate) async fn add_finalizer<K>(
+    api: &Api<K>,
+    obj: &K,
+    finalizer: &str,
+) -> Result<bool, kube::Error>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let mut fresh: Option<K> = None;
+    for _ in 0..5 {
+        let current = fresh.as_ref().unwrap_or(obj);
+        if current.finalizers().iter().any(|f| f == finalizer) {
+            return Ok(false);
+        }
+        let mut finalizers = current.finalizers().to_vec();
+        finalizers.push(finalizer.to_string());
+        let patch = serde_json::json!({
+            "metadata": { "finalizers": finalizers, "resourceVersion": current.resource_version() }
+        });
+        match api
+            .patch(
+                &obj.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await
+        {
+            Ok(_) => return Ok(true),
+            Err(kube::Error::Api(s)) if s.code == 409 => {
+                tracing::debug!(object = %obj.name_any(), finalizer, "finalizer patch conflicted; re-reading");
+                match api.get_opt(&obj.name_any()).await? {
+                    Some(latest) => fresh = Some(latest),
+                    None => return Ok(false), // gone meanwhile
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    // Five conflicts in a row: leave it to the next reconcile (quietly; it requeues).
+    Ok(false)
+}
+
+/// Remove a finalizer (merge patch guarded by the resourceVersion).
+pub(crate) async fn remove_finalizer<K>(
+    api: &Api<K>,
+    obj: &K,
+    finalizer: &str,
+) -> Result<bool, kube::Error>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    if !obj.finalizers().iter().any(|f| f == finalizer) {
+        return Ok(false);
+    }
+    let finalizers: Vec<&String> = obj
+        .finalizers()
+        .iter()
+        .filter(|f| *f != finalizer)
+        .collect();
+    let patch = serde_json::json!({
+        "metadata": { "finalizers": finalizers, "resourceVersion": obj.resource_version() }
+    });
+    api.patch(
+        &obj.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(&patch),
+    )
+    .await?;
+    Ok(true)
+}

@@ -1,0 +1,293 @@
+//! Prometheus metrics (`prometheus-client`) and the `/metrics`, `/healthz`, `/readyz`
+//! endpoints (axum).
+//!
+//! Families: `mcm_wasm_driver_calls_total{provider,operation,code}`,
+//! `mcm_wasm_driver_call_duration_seconds{provider,operation}` (histogram),
+//! `mcm_wasm_reconcile_errors_total{error}`, and MCM's `mcm_machine_items_total` and
+//! `mcm_machine_current_status_phase{name,namespace}` (Terminating −4, Failed −3,
+//! CrashLoopBackOff −2, Unknown −1, Pending 0, Running 1, other 0), `mcm_machine_info` (labels
+//! as MCM's) and `mcm_machine_status_condition{name,namespace,condition}` (True 1, False 0,
+//! Unknown 2). The machine families are read from the controller's Machine cache at each
+//! scrape (a collector), so they never go stale. Driver calls are counted here only (one path:
+//! `machine::Job::timed`), whatever serves them.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use kube::ResourceExt as _;
+use kube::runtime::reflector::Store;
+use machine_api::{Machine, MachinePhase};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric as _};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+use mcm_driver::{Code, Operation};
+
+const BUCKETS: [f64; 12] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CallLabels {
+    provider: String,
+    operation: &'static str,
+    code: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DurationLabels {
+    provider: String,
+    operation: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ErrorLabels {
+    error: &'static str,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    calls: Family<CallLabels, Counter>,
+    durations: Family<DurationLabels, Histogram, fn() -> Histogram>,
+    reconcile_errors: Family<ErrorLabels, Counter>,
+    machines: Arc<MachineFamilies>,
+    ready: AtomicBool,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::default();
+        let calls = Family::<CallLabels, Counter>::default();
+        registry.register(
+            "mcm_wasm_driver_calls",
+            "Driver calls by provider, operation and outcome code",
+            calls.clone(),
+        );
+        let durations = Family::<DurationLabels, Histogram>::new_with_constructor(
+            (|| Histogram::new(BUCKETS)) as fn() -> Histogram,
+        );
+        registry.register(
+            "mcm_wasm_driver_call_duration_seconds",
+            "Duration of driver calls",
+            durations.clone(),
+        );
+        let reconcile_errors = Family::<ErrorLabels, Counter>::default();
+        registry.register(
+            "mcm_wasm_reconcile_errors",
+            "Reconciles that ended in an error, by error kind",
+            reconcile_errors.clone(),
+        );
+        let machines = Arc::new(MachineFamilies::default());
+        registry.register_collector(Box::new(machines.clone()));
+        Metrics {
+            registry,
+            calls,
+            durations,
+            reconcile_errors,
+            machines,
+            ready: AtomicBool::new(false),
+        }
+    }
+}
+
+impl Metrics {
+    /// One driver call's outcome (`None` = OK) and duration.
+    pub fn observe(&self, provider: &str, op: Operation, outcome: Option<Code>, elapsed: Duration) {
+        self.calls
+            .get_or_create(&CallLabels {
+                provider: provider.to_string(),
+                operation: op.go_name(),
+                code: outcome.map_or("OK", Code::name),
+            })
+            .inc();
+        self.durations
+            .get_or_create(&DurationLabels {
+                provider: provider.to_string(),
+                operation: op.go_name(),
+            })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    pub fn reconcile_error(&self, label: &'static str) {
+        self.reconcile_errors
+            .get_or_create(&ErrorLabels { error: label })
+            .inc();
+    }
+
+    /// The controller's Machine cache (for the machine families).
+    pub fn set_machines(&self, store: Store<Machine>) {
+        let _ = self.machines.store.set(store);
+    }
+
+    pub fn set_ready(&self) {
+        self.ready.store(true, Ordering::Relaxed);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+
+    /// The exposition (OpenMetrics text).
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}
+
+/// MCM's machine families, from the Machine cache at scrape time.
+#[derive(Default)]
+struct MachineFamilies {
+    store: OnceLock<Store<Machine>>,
+}
+
+impl std::fmt::Debug for MachineFamilies {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MachineFamilies").finish_non_exhaustive()
+    }
+}
+
+type Labels = Vec<(&'static str, String)>;
+
+fn gauge(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    rows: impl IntoIterator<Item = (Labels, i64)>,
+) -> Result<(), std::fmt::Error> {
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    for (labels, value) in rows {
+        ConstGauge::new(value).encode(family.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+impl Collector for MachineFamilies {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Some(store) = self.store.get() else {
+            return Ok(());
+        };
+        let machines = store.state();
+        let id = |m: &Machine| -> Labels {
+            vec![
+                ("name", m.name_any()),
+                ("namespace", m.namespace().unwrap_or_default()),
+            ]
+        };
+        gauge(
+            &mut encoder,
+            "mcm_machine_items_total",
+            "Count of machines currently managed by the mcm.",
+            [(Labels::new(), machines.len() as i64)],
+        )?;
+        gauge(
+            &mut encoder,
+            "mcm_machine_current_status_phase",
+            "Current status phase of the Machines currently managed by the mcm.",
+            machines.iter().map(|m| (id(m), phase_value(m.phase()))),
+        )?;
+        gauge(
+            &mut encoder,
+            "mcm_machine_info",
+            "Information of the Machines currently managed by the mcm.",
+            machines.iter().map(|m| (machine_info(m), 1)),
+        )?;
+        gauge(
+            &mut encoder,
+            "mcm_machine_status_condition",
+            "Machine status conditions.",
+            machines.iter().flat_map(|m| {
+                m.status.iter().flat_map(|s| &s.conditions).map(move |c| {
+                    let mut labels = id(m);
+                    labels.push(("condition", c.type_.clone()));
+                    let value = match c.status.as_str() {
+                        "True" => 1,
+                        "False" => 0,
+                        _ => 2,
+                    };
+                    (labels, value)
+                })
+            }),
+        )
+    }
+}
+
+/// MCM's numbers for phases.
+fn phase_value(phase: Option<&MachinePhase>) -> i64 {
+    match phase {
+        Some(MachinePhase::Terminating) => -4,
+        Some(MachinePhase::Failed) => -3,
+        Some(MachinePhase::CrashLoopBackOff) => -2,
+        Some(MachinePhase::Unknown) => -1,
+        Some(MachinePhase::Running) => 1,
+        _ => 0,
+    }
+}
+
+/// MCM's `mcm_machine_info` labels of one machine (the value is always 1).
+fn machine_info(m: &Machine) -> Labels {
+    let created = m
+        .metadata
+        .creation_timestamp
+        .as_ref()
+        .map_or(0, |t| t.0.as_second());
+    let class = &m.spec.class;
+    vec![
+        ("name", m.name_any()),
+        ("namespace", m.namespace().unwrap_or_default()),
+        ("createdAt", created.to_string()),
+        ("spec_provider_id", m.spec.provider_id.clone()),
+        ("spec_class_api_group", class.api_group.clone()),
+        ("spec_class_kind", class.kind.clone()),
+        ("spec_class_name", class.name.clone()),
+        ("node_name", m.node_name().unwrap_or_default().to_string()),
+    ]
+}
+
+/// Serve `/metrics`, `/healthz` and `/readyz` on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    ctx: Arc<super::Context>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
+    use axum::http::{StatusCode, header};
+    use axum::routing::get;
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            get(|axum::extract::State(ctx): axum::extract::State<Arc<super::Context>>| async move {
+                (
+                    [(
+                        header::CONTENT_TYPE,
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )],
+                    ctx.metrics.render(),
+                )
+            }),
+        )
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(|axum::extract::State(ctx): axum::extract::State<Arc<super::Context>>| async move {
+                if ctx.metrics.is_ready() {
+                    (StatusCode::OK, "ok")
+                } else {
+                    (StatusCode::SERVICE_UNAVAILABLE, "machine cache not synced yet")
+                }
+            }),
+        )
+        .with_state(ctx);
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+    {
+        tracing::warn!("metrics server stopped: {e}");
+    }
+}

@@ -1,0 +1,122 @@
+//! The `http` capability: one shared HTTP client (rustls, pooled connections). Each request is
+//! checked against the provider's allowlist, clamped to the call's remaining deadline, and its
+//! response body is capped.
+
+use std::time::Duration;
+
+use super::egress::EgressPolicy;
+use crate::bindings::mcm::driver::http::{Error, Request, Response};
+
+#[derive(Clone)]
+pub(crate) struct HttpClient {
+    client: reqwest::Client,
+    max_body: u64,
+}
+
+impl HttpClient {
+    pub(crate) fn new(max_body: u64) -> anyhow::Result<Self> {
+        let client = reqwest::Client::builder()
+            // A redirect could lead outside the allowlist: the guest sees 3xx and decides.
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build()?;
+        Ok(HttpClient { client, max_body })
+    }
+
+    pub(crate) async fn send(
+        &self,
+        provider: &str,
+        egress: &EgressPolicy,
+        req: Request,
+        remaining: Duration,
+    ) -> Result<Response, Error> {
+        let url: reqwest::Url = req
+            .url
+            .parse()
+            .map_err(|e| Error::InvalidRequest(format!("invalid URL {:?}: {e}", req.url)))?;
+        if let Err(why) = egress.check(&url) {
+            tracing::warn!(provider, url = %redact(&url), "egress denied: {why}");
+            return Err(Error::Denied(why));
+        }
+        if remaining.is_zero() {
+            return Err(Error::Timeout);
+        }
+        let method = reqwest::Method::from_bytes(req.method.as_bytes())
+            .map_err(|_| Error::InvalidRequest(format!("invalid method {:?}", req.method)))?;
+        let mut builder = self
+            .client
+            .request(method, url.clone())
+            .timeout(remaining)
+            .body(req.body);
+        for (name, value) in &req.headers {
+            builder = builder.header(name.as_str(), value.as_str());
+        }
+        let request = builder
+            .build()
+            .map_err(|e| Error::InvalidRequest(e.to_string()))?;
+        tracing::debug!(provider, method = %request.method(), url = %redact(&url), "outbound request");
+
+        let response = self
+            .client
+            .execute(request)
+            .await
+            .map_err(transport_error)?;
+        let status = response.status().as_u16();
+        let headers = response
+            .headers()
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.as_str().to_string(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
+            .collect();
+        if response.content_length().is_some_and(|n| n > self.max_body) {
+            return Err(Error::TooLarge(self.max_body));
+        }
+        // Read the body in chunks and stop as soon as it passes the cap.
+        let mut body = Vec::new();
+        let mut response = response;
+        while let Some(chunk) = response.chunk().await.map_err(transport_error)? {
+            if body.len() as u64 + chunk.len() as u64 > self.max_body {
+                return Err(Error::TooLarge(self.max_body));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(Response {
+            status,
+            headers,
+            body,
+        })
+    }
+}
+
+fn transport_error(e: reqwest::Error) -> Error {
+    if e.is_timeout() {
+        Error::Timeout
+    } else if e.is_connect() {
+        Error::Connect(error_chain(&e))
+    } else {
+        Error::Other(error_chain(&e))
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+/// URLs in logs lose their query (it may carry signatures or tokens).
+fn redact(url: &reqwest::Url) -> String {
+    let mut url = url.clone();
+    url.set_query(None);
+    url.to_string()
+}

@@ -1,0 +1,149 @@
+//! Outcome mapping: every way a call can fail becomes a machine code, classified by type
+//! (trap kind, limiter record, pool error, limit error), never by matching error text.
+//!
+//! | what happened                                              | code              |
+//! |------------------------------------------------------------|-------------------|
+//! | instance pool full (`PoolConcurrencyLimitError`)           | Unavailable       |
+//! | the memory/table limiter refused growth (recorded)         | ResourceExhausted |
+//! | hostcall fuel exhausted while lifting a guest value        | ResourceExhausted |
+//! | WASI handle table full (`ResourceTableError::Full`)        | ResourceExhausted |
+//! | a sandbox limit refused a request (`LimitExceeded`)        | ResourceExhausted |
+//! | the guest reported its own failure before trapping (SDK)   | the reported code |
+//! | epoch deadline (`Trap::Interrupt`) / the call's timeout    | DeadlineExceeded  |
+//! | stack overflow, any other trap or error                    | Internal          |
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use wasmtime::component::ResourceTableError;
+use wasmtime::{PoolConcurrencyLimitError, Trap};
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+
+use super::limits::{LimitExceeded, is_hostcall_fuel_exhausted};
+use super::{CallRecord, SandboxConfig};
+use mcm_driver::{Code, DriverError};
+
+pub(crate) enum Failure {
+    Instantiate(wasmtime::Error),
+    Trap(wasmtime::Error),
+}
+
+pub(crate) fn classify(
+    failure: Failure,
+    record: &CallRecord,
+    stderr: &MemoryOutputPipe,
+    config: &SandboxConfig,
+) -> DriverError {
+    let (err, instantiating) = match failure {
+        Failure::Instantiate(e) => (e, true),
+        Failure::Trap(e) => (e, false),
+    };
+    if err.downcast_ref::<PoolConcurrencyLimitError>().is_some() {
+        return DriverError::new(
+            Code::Unavailable,
+            format!("sandbox is at its concurrency limit, retry later: {err}"),
+        );
+    }
+    let reported = record.reported.lock().expect("call record lock").take();
+    if record.memory_refused.load(Ordering::Relaxed) {
+        let mut message = String::from("guest exceeded its memory or table limit");
+        if let Some(reported) = &reported {
+            message = format!("{message}: {}", reported.message);
+        }
+        return DriverError::new(Code::ResourceExhausted, with_stderr(message, stderr));
+    }
+    if is_hostcall_fuel_exhausted(&err) {
+        return DriverError::new(
+            Code::ResourceExhausted,
+            with_stderr(
+                format!(
+                    "guest passed more than {} bytes to the host in one call, the sandbox's limit (a result, log \
+                     message or request that large is refused)",
+                    config.max_hostcall_bytes
+                ),
+                stderr,
+            ),
+        );
+    }
+    if let Some(ResourceTableError::Full) = err.downcast_ref::<ResourceTableError>() {
+        return DriverError::new(
+            Code::ResourceExhausted,
+            with_stderr(
+                format!(
+                    "guest holds more than {} WASI handles at once",
+                    config.max_handles
+                ),
+                stderr,
+            ),
+        );
+    }
+    if let Some(limit) = err.downcast_ref::<LimitExceeded>() {
+        return DriverError::new(
+            Code::ResourceExhausted,
+            with_stderr(limit.to_string(), stderr),
+        );
+    }
+    let what = if instantiating {
+        "instantiation failed"
+    } else {
+        "guest trapped"
+    };
+    // The guest said why before it trapped (the SDK's panic hook): its code, the trap named.
+    if let Some(reported) = reported
+        && !matches!(err.downcast_ref::<Trap>(), Some(Trap::Interrupt))
+    {
+        let trap = err
+            .downcast_ref::<Trap>()
+            .map_or_else(|| format!("{err:#}"), |t| t.to_string());
+        return DriverError::new(
+            reported.code,
+            format!("{} ({what}: {trap})", reported.message),
+        );
+    }
+    match err.downcast_ref::<Trap>() {
+        Some(Trap::Interrupt) => DriverError::new(
+            Code::DeadlineExceeded,
+            with_stderr(
+                "guest ran past its deadline and was interrupted".into(),
+                stderr,
+            ),
+        ),
+        Some(Trap::StackOverflow) => DriverError::new(
+            Code::Internal,
+            with_stderr(
+                format!("{what}: stack overflow (unbounded recursion?)"),
+                stderr,
+            ),
+        ),
+        Some(trap) => DriverError::new(
+            Code::Internal,
+            with_stderr(format!("{what}: {trap}"), stderr),
+        ),
+        None => DriverError::new(
+            Code::Internal,
+            with_stderr(format!("{what}: {err:#}"), stderr),
+        ),
+    }
+}
+
+pub(crate) fn deadline_exceeded(deadline: Duration, stderr: &MemoryOutputPipe) -> DriverError {
+    DriverError::new(
+        Code::DeadlineExceeded,
+        with_stderr(
+            format!("call did not finish within its deadline of {deadline:?}"),
+            stderr,
+        ),
+    )
+}
+
+/// Append what the guest wrote to stderr (a Rust panic message lands there).
+fn with_stderr(message: String, stderr: &MemoryOutputPipe) -> String {
+    let bytes = stderr.contents();
+    let text = String::from_utf8_lossy(&bytes);
+    let text = text.trim();
+    if text.is_empty() {
+        message
+    } else {
+        format!("{message}; guest stderr: {text}")
+    }
+}

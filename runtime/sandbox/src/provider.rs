@@ -1,0 +1,333 @@
+//! A loaded provider: a verified, compiled component plus the operator's settings for it. It
+//! implements [`MachineDriver`]: every operation goes through one [`MachineDriver::call`]
+//! (span, deadline, credential brokering, sandbox, result-size cap).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tracing::Instrument as _;
+
+use crate::artifact::{self, ArtifactInfo, LoadError};
+use crate::cache::CacheHit;
+use crate::capability::credentials::{self, Brokered};
+use crate::capability::egress::EgressPolicy;
+use crate::bindings;
+use crate::engine::{self, CallContext, Sandbox};
+use mcm_driver::*;
+
+/// What the operator decides for a provider: where it may connect, its own config, deadlines.
+#[derive(Clone, Debug, Default)]
+pub struct ProviderSettings {
+    /// Egress allowlist (default: deny everything).
+    pub egress: EgressPolicy,
+    /// The provider's own configuration, JSON text handed to the guest (`{}` when unset).
+    pub config: Option<String>,
+    /// Per-operation deadlines; `None` uses the sandbox defaults.
+    pub deadlines: Option<Deadlines>,
+    /// Host-brokered credentials: the secret's cloud credential keys never enter the sandbox;
+    /// the host signs the provider's requests with them (`capability::credentials`).
+    pub broker_credentials: bool,
+}
+
+/// A provider ready to serve calls. Cheap to share (`Arc`); calls run concurrently.
+pub struct Provider {
+    info: ArtifactInfo,
+    path: PathBuf,
+    pre: bindings::ProviderPre<engine::CallState>,
+    sandbox: Arc<Sandbox>,
+    settings: ProviderSettings,
+    call_ctx: CallContextTemplate,
+    operations: Vec<String>,
+    /// How the compiled code was obtained, and how long loading took.
+    pub load_stats: LoadStats,
+}
+
+#[derive(Clone, Copy, Debug, serde::Serialize)]
+pub struct LoadStats {
+    pub cache: CacheHit,
+    pub elapsed: Duration,
+}
+
+#[derive(Clone)]
+struct CallContextTemplate {
+    provider: Arc<str>,
+    egress: Arc<EgressPolicy>,
+    config_json: Arc<str>,
+}
+
+impl Provider {
+    /// Read, verify, compile (or load from cache), link and smoke-instantiate a provider.
+    pub async fn load(
+        sandbox: &Arc<Sandbox>,
+        path: &Path,
+        settings: ProviderSettings,
+    ) -> Result<Provider, LoadError> {
+        let bytes = tokio::fs::read(path)
+            .await
+            .map_err(|source| LoadError::Io {
+                path: path.display().to_string(),
+                source,
+            })?;
+        Self::from_bytes(sandbox, path, &bytes, settings).await
+    }
+
+    /// Like [`Provider::load`], from bytes already read; `path` names the artifact in errors.
+    pub(crate) async fn from_bytes(
+        sandbox: &Arc<Sandbox>,
+        path: &Path,
+        bytes: &[u8],
+        settings: ProviderSettings,
+    ) -> Result<Provider, LoadError> {
+        let started = Instant::now();
+        let p = || path.display().to_string();
+        let info = artifact::inspect(path, bytes)?;
+        // Compiling takes tens of milliseconds of CPU: keep it off the async workers.
+        let (component, cache) = {
+            let sandbox = sandbox.clone();
+            let bytes = bytes.to_vec();
+            tokio::task::spawn_blocking(move || sandbox.compile(&bytes))
+                .await
+                .map_err(|e| LoadError::Compile {
+                    path: p(),
+                    reason: e.to_string(),
+                })?
+                .map_err(|e| LoadError::Compile {
+                    path: p(),
+                    reason: format!("{e:#}"),
+                })?
+        };
+        let operations = exported_operations(sandbox.engine(), &component);
+        let pre = sandbox
+            .linker
+            .instantiate_pre(&component)
+            .and_then(bindings::ProviderPre::new)
+            .map_err(|e| LoadError::Link {
+                path: p(),
+                reason: format!("{e:#}"),
+            })?;
+        let call_ctx = CallContextTemplate {
+            provider: Arc::from(info.metadata.name.as_str()),
+            egress: Arc::new(settings.egress.clone()),
+            config_json: Arc::from(settings.config.as_deref().unwrap_or("{}")),
+        };
+        let provider = Provider {
+            info,
+            path: path.to_path_buf(),
+            pre,
+            sandbox: sandbox.clone(),
+            settings,
+            call_ctx,
+            operations,
+            load_stats: LoadStats {
+                cache,
+                elapsed: Duration::ZERO,
+            },
+        };
+        provider.smoke().await.map_err(|e| LoadError::Smoke {
+            path: p(),
+            reason: e.message,
+        })?;
+        Ok(Provider {
+            load_stats: LoadStats {
+                cache,
+                elapsed: started.elapsed(),
+            },
+            ..provider
+        })
+    }
+
+    /// Instantiate once without calling anything: start functions and data segments run, and
+    /// the memory limits apply, before the provider is allowed to serve.
+    async fn smoke(&self) -> Result<(), DriverError> {
+        let ctx = self.call_context(Operation::MetricsLabels, None);
+        self.sandbox
+            .call(
+                &self.pre,
+                ctx,
+                Duration::from_secs(5),
+                async |_store, _instance| Ok(Ok(())),
+            )
+            .await
+    }
+
+    /// The same compiled provider with other settings (no recompilation).
+    pub fn with_settings(&self, settings: ProviderSettings) -> Provider {
+        Provider {
+            info: self.info.clone(),
+            path: self.path.clone(),
+            pre: self.pre.clone(),
+            sandbox: self.sandbox.clone(),
+            call_ctx: CallContextTemplate {
+                provider: self.call_ctx.provider.clone(),
+                egress: Arc::new(settings.egress.clone()),
+                config_json: Arc::from(settings.config.as_deref().unwrap_or("{}")),
+            },
+            settings,
+            operations: self.operations.clone(),
+            load_stats: self.load_stats,
+        }
+    }
+
+    pub fn info(&self) -> &ArtifactInfo {
+        &self.info
+    }
+
+    /// The functions of the exported driver interface.
+    pub fn operations(&self) -> &[String] {
+        &self.operations
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn settings(&self) -> &ProviderSettings {
+        &self.settings
+    }
+
+    fn call_context(&self, operation: Operation, brokered: Option<Arc<Brokered>>) -> CallContext {
+        CallContext {
+            provider: self.call_ctx.provider.clone(),
+            operation,
+            egress: self.call_ctx.egress.clone(),
+            config_json: self.call_ctx.config_json.clone(),
+            http: self.sandbox.http.clone(),
+            brokered,
+        }
+    }
+
+    /// The part of `secret` the guest sees, and what the host keeps when it brokers the
+    /// credentials.
+    fn broker<'s>(
+        &self,
+        secret: &'s SecretData,
+    ) -> (std::borrow::Cow<'s, SecretData>, Option<Arc<Brokered>>) {
+        if !self.settings.broker_credentials {
+            return (std::borrow::Cow::Borrowed(secret), None);
+        }
+        let (visible, brokered) = credentials::withhold(secret);
+        (std::borrow::Cow::Owned(visible), Some(Arc::new(brokered)))
+    }
+
+    fn deadline(&self, op: Operation) -> Duration {
+        self.settings
+            .deadlines
+            .as_ref()
+            .unwrap_or(&self.sandbox.config.deadlines)
+            .get(op)
+    }
+
+    /// A guest cannot push more than `max_result_bytes` into the host.
+    fn check_result_size(&self, value: Response) -> Result<Response, DriverError> {
+        let limit = self.sandbox.config.max_result_bytes;
+        let mut counter = ByteCounter(0);
+        serde_json::to_writer(&mut counter, &value).expect("driver types serialize");
+        if counter.0 > limit {
+            return Err(DriverError::new(
+                Code::ResourceExhausted,
+                format!(
+                    "provider returned a result of {} bytes; the limit is {limit} bytes",
+                    counter.0
+                ),
+            ));
+        }
+        Ok(value)
+    }
+
+    /// Benchmark floor: get-machine-status with only store + instance + call (see
+    /// `Sandbox::floor_call`); the difference to [`MachineDriver::get_machine_status`] is what
+    /// the runtime's own layers cost.
+    #[doc(hidden)]
+    pub async fn floor_get_machine_status(&self, req: &MachineRequest) -> bool {
+        let wreq = engine::machine_request(req, &req.secret);
+        self.sandbox
+            .floor_call(
+                &self.pre,
+                self.call_context(Operation::GetMachineStatus, None),
+                &wreq,
+            )
+            .await
+    }
+}
+
+#[async_trait::async_trait]
+impl MachineDriver for Provider {
+    fn name(&self) -> &str {
+        &self.info.metadata.name
+    }
+
+    fn version(&self) -> &str {
+        &self.info.metadata.version
+    }
+
+    /// One driver call: span, deadline, brokering, sandbox, result-size cap.
+    async fn call(&self, request: Request<'_>) -> Result<Response, DriverError> {
+        let op = request.operation();
+        let span = tracing::info_span!(
+            "driver_call",
+            provider = self.name(),
+            version = self.version(),
+            operation = op.wit_name(),
+            machine = request.machine_name(),
+            outcome = tracing::field::Empty,
+            duration_us = tracing::field::Empty,
+        );
+        let no_secret = SecretData::new();
+        let (visible, brokered) = self.broker(request.secret().unwrap_or(&no_secret));
+        let wreq = engine::wit_request(&request, &visible);
+        let started = Instant::now();
+        let result = self
+            .sandbox
+            .call(
+                &self.pre,
+                self.call_context(op, brokered),
+                self.deadline(op),
+                async move |store, guest| engine::dispatch(store, guest, wreq).await,
+            )
+            .instrument(span.clone())
+            .await
+            .and_then(|value| self.check_result_size(value));
+        let elapsed = started.elapsed();
+        let outcome = result.as_ref().err().map(|e| e.code);
+        span.record("outcome", outcome.map_or("OK", Code::name));
+        span.record("duration_us", elapsed.as_micros() as u64);
+        match &result {
+            Ok(_) => tracing::debug!(parent: &span, "driver call succeeded"),
+            Err(e) => {
+                tracing::info!(parent: &span, code = %e.code, "driver call failed: {}", e.message)
+            }
+        }
+        result
+    }
+}
+
+fn exported_operations(
+    engine: &wasmtime::Engine,
+    component: &wasmtime::component::Component,
+) -> Vec<String> {
+    use wasmtime::component::types::ComponentItem;
+    let ty = component.component_type();
+    ty.exports(engine)
+        .filter(|(name, _)| name.starts_with(artifact::DRIVER_INTERFACE))
+        .flat_map(|(_, item)| match item.ty {
+            ComponentItem::ComponentInstance(instance) => instance
+                .exports(engine)
+                .map(|(name, _)| name.to_string())
+                .collect::<Vec<_>>(),
+            _ => Vec::new(),
+        })
+        .collect()
+}
+
+struct ByteCounter(usize);
+
+impl std::io::Write for ByteCounter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.len();
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}

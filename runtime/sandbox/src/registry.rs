@@ -1,0 +1,440 @@
+//! The provider registry: providers by name, loaded from a directory of `.wasm` files and
+//! hot-swapped when the directory changes.
+//!
+//! The providers and the operator's settings are one immutable state behind an `ArcSwap`:
+//! lookups never lock, and every change (a load, an unload, new settings) is one swap made
+//! under a writer lock, so a settings change cannot be lost to a load in flight (a loaded
+//! provider takes the settings current at its swap, not those of when it started compiling).
+//!
+//! A swap compiles and smoke-instantiates the new artifact off the hot path, then replaces the
+//! map entry atomically. Calls already running hold an `Arc` to the old version and finish on
+//! it. A broken artifact is rejected and the old version keeps serving; a removed file unloads
+//! its provider.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use mcm_driver::{MachineDriver, ProviderLoaded, ProviderLookup};
+use notify::Watcher as _;
+use tokio::sync::broadcast;
+
+use crate::artifact::LoadError;
+use crate::engine::Sandbox;
+use crate::provider::{Provider, ProviderSettings};
+
+/// What happened to the registry's providers (for logs, Kubernetes events, tests).
+#[derive(Clone, Debug)]
+pub enum RegistryEvent {
+    Loaded {
+        name: String,
+        version: String,
+        digest: String,
+        path: PathBuf,
+        replaced: Option<String>,
+        elapsed: Duration,
+    },
+    Rejected {
+        path: PathBuf,
+        error: String,
+    },
+    Unloaded {
+        name: String,
+        path: PathBuf,
+    },
+}
+
+/// What the registry last saw in a file: its digest (to skip unchanged files, good or bad) and
+/// the provider it holds, if it ever loaded.
+#[derive(Clone)]
+struct FileState {
+    digest: String,
+    provider: Option<String>,
+}
+
+/// What serves calls: the providers by name and the operator's settings by provider name.
+#[derive(Clone, Default)]
+struct State {
+    providers: HashMap<String, Arc<Provider>>,
+    settings: HashMap<String, ProviderSettings>,
+}
+
+pub struct Registry {
+    sandbox: Arc<Sandbox>,
+    state: ArcSwap<State>,
+    /// Serializes changes of `state` (readers never wait).
+    writer: Mutex<()>,
+    files: Mutex<HashMap<PathBuf, FileState>>,
+    events: broadcast::Sender<RegistryEvent>,
+    loaded: broadcast::Sender<ProviderLoaded>,
+    /// One directory scan at a time.
+    scan_lock: tokio::sync::Mutex<()>,
+}
+
+impl Registry {
+    pub fn new(sandbox: Arc<Sandbox>) -> Arc<Registry> {
+        Arc::new(Registry {
+            sandbox,
+            state: ArcSwap::default(),
+            writer: Mutex::new(()),
+            files: Mutex::default(),
+            events: broadcast::channel(256).0,
+            loaded: broadcast::channel(256).0,
+            scan_lock: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// One change of the state, made atomically with respect to every other change.
+    fn update<R>(&self, change: impl FnOnce(&mut State) -> R) -> R {
+        let _writer = self.writer.lock().expect("registry writer lock");
+        let mut next = State::clone(&self.state.load());
+        let out = change(&mut next);
+        self.state.store(Arc::new(next));
+        out
+    }
+
+    pub fn sandbox(&self) -> &Arc<Sandbox> {
+        &self.sandbox
+    }
+
+    /// The provider serving `name`: its own name, or one of the aliases it declares (a
+    /// MachineClass written for provider-aws says `AWS`).
+    pub fn get(&self, name: &str) -> Option<Arc<Provider>> {
+        let state = self.state.load();
+        let providers = &state.providers;
+        providers.get(name).cloned().or_else(|| {
+            providers
+                .values()
+                .find(|p| p.info().metadata.serves(name))
+                .cloned()
+        })
+    }
+
+    /// The provider values a MachineClass may use: each loaded provider's name with its
+    /// aliases, e.g. `aws (alias AWS)`, sorted.
+    pub fn served_names(&self) -> Vec<String> {
+        let state = self.state.load();
+        let mut names: Vec<String> = state
+            .providers
+            .values()
+            .map(|p| {
+                let meta = &p.info().metadata;
+                if meta.aliases.is_empty() {
+                    meta.name.clone()
+                } else {
+                    format!("{} (alias {})", meta.name, meta.aliases.join(", "))
+                }
+            })
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// Names of the loaded providers, sorted.
+    pub fn names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.state.load().providers.keys().cloned().collect();
+        names.sort();
+        names
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<RegistryEvent> {
+        self.events.subscribe()
+    }
+
+    /// Set the operator's settings for a provider (by name); applies to the loaded version at
+    /// once and to every later version.
+    pub fn set_settings(&self, name: &str, settings: ProviderSettings) {
+        self.update(|state| {
+            state.settings.insert(name.to_string(), settings.clone());
+            if let Some(current) = state.providers.get(name) {
+                let settings = with_endpoint_env(&current.info().metadata, settings);
+                let updated = Arc::new(current.with_settings(settings));
+                state.providers.insert(name.to_string(), updated);
+            }
+        })
+    }
+
+    fn settings_for(&self, name: &str) -> ProviderSettings {
+        self.state
+            .load()
+            .settings
+            .get(name)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Load (or reload) one file; on success the provider is swapped in atomically.
+    pub async fn load_file(&self, path: &Path) -> Result<Arc<Provider>, LoadError> {
+        let bytes = tokio::fs::read(path)
+            .await
+            .map_err(|source| LoadError::Io {
+                path: path.display().to_string(),
+                source,
+            })?;
+        let result = self.load_bytes(path, &bytes).await;
+        if let Err(e) = &result {
+            tracing::warn!(path = %path.display(), "provider rejected, the previous version (if any) keeps serving: {e}");
+            // Remember the rejected content so an unchanged bad file is not retried.
+            let mut files = self.files.lock().expect("files lock");
+            let provider = files.get(path).and_then(|f| f.provider.clone());
+            files.insert(
+                path.to_path_buf(),
+                FileState {
+                    digest: crate::artifact::digest(&bytes),
+                    provider,
+                },
+            );
+            drop(files);
+            let _ = self.events.send(RegistryEvent::Rejected {
+                path: path.to_path_buf(),
+                error: e.to_string(),
+            });
+        }
+        result
+    }
+
+    async fn load_bytes(&self, path: &Path, bytes: &[u8]) -> Result<Arc<Provider>, LoadError> {
+        let info = crate::artifact::inspect(path, bytes)?;
+        let name = info.metadata.name.clone();
+        let settings = with_endpoint_env(&info.metadata, self.settings_for(&name));
+        let compiled = Provider::from_bytes(&self.sandbox, path, bytes, settings).await?;
+        let (provider, replaced) = self.update(|state| {
+            // The settings current now, not those of when compiling started.
+            let current = state.settings.get(&name).cloned().unwrap_or_default();
+            let provider = Arc::new(
+                compiled.with_settings(with_endpoint_env(&compiled.info().metadata, current)),
+            );
+            if let Some(other) = state.providers.get(&name).filter(|p| p.path() != path) {
+                tracing::warn!(provider = %name, "{} replaces the same provider from {}", path.display(), other.path().display());
+            }
+            let replaced = state
+                .providers
+                .insert(name.clone(), provider.clone())
+                .map(|old| old.version().to_string());
+            (provider, replaced)
+        });
+        self.files.lock().expect("files lock").insert(
+            path.to_path_buf(),
+            FileState {
+                digest: provider.info().digest.clone(),
+                provider: Some(name.clone()),
+            },
+        );
+        tracing::info!(
+            provider = %name, version = provider.version(), digest = %provider.info().digest,
+            cache = ?provider.load_stats.cache, elapsed = ?provider.load_stats.elapsed,
+            "provider loaded{}", replaced.as_ref().map(|v| format!(" (replaces version {v})")).unwrap_or_default()
+        );
+        let _ = self.loaded.send(ProviderLoaded { name: name.clone() });
+        let _ = self.events.send(RegistryEvent::Loaded {
+            name,
+            version: provider.version().to_string(),
+            digest: provider.info().digest.clone(),
+            path: path.to_path_buf(),
+            replaced,
+            elapsed: provider.load_stats.elapsed,
+        });
+        Ok(provider)
+    }
+
+    /// Bring the registry in line with a directory: load new and changed `.wasm` files, unload
+    /// providers whose file is gone. Returns the errors of rejected files.
+    pub async fn sync_dir(&self, dir: &Path) -> Vec<LoadError> {
+        let _scan = self.scan_lock.lock().await;
+        let mut present = Vec::new();
+        let mut errors = Vec::new();
+        match std::fs::read_dir(dir) {
+            Ok(entries) => {
+                for entry in entries.flatten() {
+                    let path = entry.path();
+                    if path.extension().is_some_and(|e| e == "wasm") && path.is_file() {
+                        present.push(path);
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(dir = %dir.display(), "cannot read providers directory: {e}"),
+        }
+        present.sort();
+        for path in &present {
+            let known = self.files.lock().expect("files lock").get(path).cloned();
+            if let Some(known) = known {
+                // Unchanged content (same digest) needs no reload.
+                match std::fs::read(path) {
+                    Ok(bytes) if crate::artifact::digest(&bytes) == known.digest => continue,
+                    _ => {}
+                }
+            }
+            if let Err(e) = self.load_file(path).await {
+                errors.push(e);
+            }
+        }
+        let gone: Vec<(PathBuf, FileState)> = self
+            .files
+            .lock()
+            .expect("files lock")
+            .iter()
+            .filter(|(p, _)| p.starts_with(dir) && !present.contains(p))
+            .map(|(p, l)| (p.clone(), l.clone()))
+            .collect();
+        for (path, state) in gone {
+            self.files.lock().expect("files lock").remove(&path);
+            let Some(name) = state.provider else { continue };
+            let removed = self.update(|state| {
+                let ours = state.providers.get(&name).is_some_and(|p| p.path() == path);
+                ours && state.providers.remove(&name).is_some()
+            });
+            if removed {
+                tracing::info!(provider = %name, path = %path.display(), "provider unloaded: file removed");
+                let _ = self.events.send(RegistryEvent::Unloaded { name, path });
+            }
+        }
+        errors
+    }
+
+    /// Load a directory now and keep watching it: every change triggers a rescan (debounced),
+    /// and a periodic rescan catches anything the file watcher missed. The task ends when the
+    /// registry is dropped.
+    pub async fn watch_dir(
+        self: &Arc<Self>,
+        dir: PathBuf,
+        rescan_every: Duration,
+    ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+        for e in self.sync_dir(&dir).await {
+            tracing::warn!("{e}");
+        }
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut watcher =
+            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+                if event.is_ok() {
+                    let _ = tx.send(());
+                }
+            })?;
+        watcher.watch(&dir, notify::RecursiveMode::NonRecursive)?;
+        let weak = Arc::downgrade(self);
+        Ok(tokio::spawn(async move {
+            let _watcher = watcher; // lives as long as the task
+            loop {
+                let changed = tokio::time::timeout(rescan_every, rx.recv()).await;
+                if matches!(changed, Ok(None)) {
+                    break;
+                }
+                // Debounce: a copy in progress fires many events; wait until it settles.
+                tokio::time::sleep(Duration::from_millis(30)).await;
+                while rx.try_recv().is_ok() {}
+                let Some(registry) = weak.upgrade() else {
+                    break;
+                };
+                registry.sync_dir(&dir).await;
+            }
+        }))
+    }
+}
+
+impl ProviderLookup for Registry {
+    fn get(&self, name: &str) -> Option<Arc<dyn MachineDriver>> {
+        Registry::get(self, name).map(|p| p as Arc<dyn MachineDriver>)
+    }
+
+    fn served_names(&self) -> Vec<String> {
+        Registry::served_names(self)
+    }
+
+    fn subscribe_loaded(&self) -> broadcast::Receiver<ProviderLoaded> {
+        self.loaded.subscribe()
+    }
+}
+
+/// The endpoint variable a provider declares (`endpointEnv`, e.g. `AWS_ENDPOINT_URL_EC2`), read
+/// from the controller's environment: when set, it becomes the provider config's `endpoint`
+/// (unless the operator's config already names one) and its host:port joins the allowlist. The
+/// guest still sees no environment; only the value, as config.
+fn with_endpoint_env(meta: &crate::Metadata, settings: ProviderSettings) -> ProviderSettings {
+    let Some(var) = &meta.endpoint_env else {
+        return settings;
+    };
+    let Some(value) = std::env::var(var).ok().filter(|v| !v.trim().is_empty()) else {
+        return settings;
+    };
+    match endpoint_settings(var, value.trim(), settings.clone()) {
+        Ok(updated) => {
+            tracing::info!(provider = %meta.name, variable = %var, endpoint = %value.trim(), "provider endpoint from the environment");
+            updated
+        }
+        Err(e) => {
+            tracing::warn!(provider = %meta.name, variable = %var, "ignoring the endpoint variable: {e}");
+            settings
+        }
+    }
+}
+
+/// Pure part of [`with_endpoint_env`].
+fn endpoint_settings(
+    var: &str,
+    endpoint: &str,
+    mut settings: ProviderSettings,
+) -> Result<ProviderSettings, String> {
+    let url: reqwest::Url = endpoint
+        .parse()
+        .map_err(|e| format!("{var}={endpoint:?} is not a URL: {e}"))?;
+    let host = url
+        .host_str()
+        .ok_or_else(|| format!("{var}={endpoint:?} has no host"))?;
+    let port = url
+        .port_or_known_default()
+        .ok_or_else(|| format!("{var}={endpoint:?} has no port"))?;
+    let mut config: serde_json::Map<String, serde_json::Value> = match settings.config.as_deref() {
+        Some(text) => serde_json::from_str(text).map_err(|e| format!("provider config: {e}"))?,
+        None => serde_json::Map::new(),
+    };
+    if config.contains_key("endpoint") {
+        return Ok(settings); // the operator's own config wins
+    }
+    config.insert("endpoint".into(), endpoint.trim_end_matches('/').into());
+    settings.config = Some(serde_json::Value::Object(config).to_string());
+    let mut rules: Vec<String> = settings.egress.rules().map(|r| r.to_string()).collect();
+    rules.push(format!("{host}:{port}"));
+    settings.egress = crate::EgressPolicy::parse(&rules).map_err(|e| e.to_string())?;
+    Ok(settings)
+}
+
+#[cfg(test)]
+mod endpoint_tests {
+    use super::*;
+
+    #[test]
+    fn the_endpoint_variable_sets_config_and_allowlist() {
+        let s = endpoint_settings(
+            "AWS_ENDPOINT_URL_EC2",
+            "http://127.0.0.1:5000/",
+            ProviderSettings::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            s.config.as_deref(),
+            Some(r#"{"endpoint":"http://127.0.0.1:5000"}"#)
+        );
+        assert!(
+            s.egress
+                .check(&"http://127.0.0.1:5000/x".parse().unwrap())
+                .is_ok()
+        );
+        assert!(
+            s.egress
+                .check(&"http://127.0.0.1:5001/x".parse().unwrap())
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn the_operators_config_wins() {
+        let given = ProviderSettings {
+            config: Some(r#"{"endpoint":"http://127.0.0.1:7000"}"#.into()),
+            ..Default::default()
+        };
+        let s = endpoint_settings("X", "http://127.0.0.1:5000", given.clone()).unwrap();
+        assert_eq!(s.config, given.config);
+        assert!(endpoint_settings("X", "not a url", ProviderSettings::default()).is_err());
+    }
+}

@@ -1,0 +1,134 @@
+//! The http capability against a real local HTTP server.
+
+
+use std::time::{Duration, Instant};
+
+use mcm_driver::Code;
+use mcm_sandbox::{EgressPolicy, ProviderSettings};
+use crate::support::*;
+use tracing_test::traced_test;
+
+fn allow(addr: std::net::SocketAddr) -> ProviderSettings {
+    ProviderSettings {
+        egress: EgressPolicy::parse(&[addr.to_string()]).unwrap(),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn allowed_call_keeps_method_headers_and_body() {
+    let addr = test_server().await;
+    let sandbox = sandbox(Duration::from_secs(5));
+    let probe = load(&sandbox, "test_http_probe", allow(addr)).await;
+    let spec = serde_json::json!({
+        "method": "PUT",
+        "url": format!("http://{addr}/echo"),
+        "headers": [["x-custom", "value 1"], ["content-type", "text/plain"]],
+        "body": "hello from the guest ✓",
+    });
+    let answer = probe
+        .create_machine(&machine_request("m1", spec))
+        .await
+        .unwrap();
+    assert_eq!(answer.provider_id, "probe:///201");
+    assert_eq!(answer.node_name, "hello from the guest ✓");
+    let state: serde_json::Value = serde_json::from_str(&answer.last_known_state).unwrap();
+    let headers: Vec<(String, String)> = serde_json::from_value(state["headers"].clone()).unwrap();
+    let header = |name: &str| {
+        headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    };
+    assert_eq!(header("x-echo-method").as_deref(), Some("PUT"));
+    let sent: Vec<(String, String)> =
+        serde_json::from_str(&header("x-echo-headers").unwrap()).unwrap();
+    assert!(
+        sent.contains(&("x-custom".into(), "value 1".into())),
+        "{sent:?}"
+    );
+    assert!(
+        sent.contains(&("content-type".into(), "text/plain".into())),
+        "{sent:?}"
+    );
+}
+
+#[tokio::test]
+#[traced_test]
+async fn denied_host_is_denied_to_the_guest_and_logged() {
+    let addr = test_server().await;
+    let sandbox = sandbox(Duration::from_secs(5));
+    // Allowed: another port only.
+    let settings = ProviderSettings {
+        egress: EgressPolicy::parse(&["127.0.0.1:1"]).unwrap(),
+        ..Default::default()
+    };
+    let probe = load(&sandbox, "test_http_probe", settings).await;
+    let spec = serde_json::json!({"method": "GET", "url": format!("http://{addr}/echo")});
+    let err = probe
+        .create_machine(&machine_request("m1", spec))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code, Code::PermissionDenied, "{err}");
+    assert!(
+        err.message
+            .contains("not in the provider's egress allowlist"),
+        "{err}"
+    );
+    assert!(logs_contain("egress denied"));
+    assert!(logs_contain(&format!("127.0.0.1:{}", addr.port())));
+}
+
+#[tokio::test]
+async fn slow_server_is_cut_at_the_call_deadline() {
+    let addr = test_server().await;
+    let deadline = Duration::from_millis(700);
+    let sandbox = sandbox(deadline);
+    let probe = load(&sandbox, "test_http_probe", allow(addr)).await;
+    let spec = serde_json::json!({"method": "GET", "url": format!("http://{addr}/slow")});
+    let started = Instant::now();
+    let err = probe
+        .create_machine(&machine_request("m1", spec))
+        .await
+        .unwrap_err();
+    let elapsed = started.elapsed();
+    assert_eq!(err.code, Code::DeadlineExceeded, "{err}");
+    assert!(
+        elapsed >= deadline - Duration::from_millis(50)
+            && elapsed < deadline + Duration::from_millis(400),
+        "{elapsed:?}"
+    );
+}
+
+#[tokio::test]
+async fn oversized_body_is_refused() {
+    let addr = test_server().await;
+    let sandbox = sandbox_with(Duration::from_secs(10), |c| c.max_http_body_bytes = 4 << 20);
+    let probe = load(&sandbox, "test_http_probe", allow(addr)).await;
+    let spec = serde_json::json!({"method": "GET", "url": format!("http://{addr}/huge")});
+    let err = probe
+        .create_machine(&machine_request("m1", spec))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code, Code::ResourceExhausted, "{err}");
+    assert!(err.message.contains("4194304"), "{err}");
+}
+
+#[tokio::test]
+async fn redirects_are_not_followed_by_the_host() {
+    // A redirect could lead outside the allowlist, so the guest sees the 3xx itself.
+    use axum::response::Redirect;
+    let addr = serve(axum::Router::new().route(
+        "/r",
+        axum::routing::get(|| async { Redirect::temporary("http://127.0.0.2:9/x") }),
+    ))
+    .await;
+    let sandbox = sandbox(Duration::from_secs(5));
+    let probe = load(&sandbox, "test_http_probe", allow(addr)).await;
+    let spec = serde_json::json!({"method": "GET", "url": format!("http://{addr}/r")});
+    let answer = probe
+        .create_machine(&machine_request("m1", spec))
+        .await
+        .unwrap();
+    assert_eq!(answer.provider_id, "probe:///307");
+}
