@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
-use mcm_sandbox::EgressPolicy;
 use mcm_driver::{MachineDriver as _, Operation, OwnedRequest, SecretData};
+use mcm_sandbox::EgressPolicy;
 use mcm_sandbox::{Deadlines, Provider, ProviderSettings, Sandbox, SandboxConfig};
 
 #[derive(Parser)]

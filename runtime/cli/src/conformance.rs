@@ -474,7 +474,8 @@ pub fn load_secret(path: &Path) -> Result<SecretData, InputError> {
 
 fn read_json(path: &Path) -> Result<serde_json::Value, InputError> {
     let p = || path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|source| InputError::Read { path: p(), source })?;
+    let text =
+        std::fs::read_to_string(path).map_err(|source| InputError::Read { path: p(), source })?;
     serde_json::from_str(&text).map_err(|source| InputError::Json { path: p(), source })
 }
 
@@ -574,7 +575,12 @@ mod tests {
             p.check(&"https://ec2.eu-west-1.amazonaws.com/".parse().unwrap())
                 .is_err()
         );
-        assert!(default_egress(None).unwrap().check(&"https://x/".parse().unwrap()).is_err());
+        assert!(
+            default_egress(None)
+                .unwrap()
+                .check(&"https://x/".parse().unwrap())
+                .is_err()
+        );
         assert!(default_egress(Some("{")).is_err());
     }
 
@@ -597,7 +603,12 @@ mod tests {
         assert_eq!(s["a"], b"wins");
         assert_eq!(s["b"], b"text");
         std::fs::write(&secret, r#"{"kind":"Secret"}"#).unwrap();
-        assert!(load_secret(&secret).unwrap_err().to_string().contains("stringData"));
+        assert!(
+            load_secret(&secret)
+                .unwrap_err()
+                .to_string()
+                .contains("stringData")
+        );
         std::fs::write(&secret, r#"{"data":{"a":"not base64!"}}"#).unwrap();
         let err = load_secret(&secret).unwrap_err().to_string();
         assert!(err.contains("base64"), "{err}");

@@ -220,8 +220,8 @@ impl ControllerArgs {
     pub fn log_filter(&self) -> Option<&'static str> {
         self.verbosity.map(|v| match v {
             0..=2 => "info",
-            3..=5 => "info,mcm_wasm=debug",
-            _ => "info,mcm_wasm=trace",
+            3..=5 => "info,mcm_wasm=debug,mcm_controller=debug,mcm_sandbox=debug",
+            _ => "info,mcm_wasm=trace,mcm_controller=trace,mcm_sandbox=trace",
         })
     }
 }
@@ -267,9 +267,9 @@ impl ControllerArgs {
         }
         let mut hosts: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for item in &self.provider_allow_hosts {
-            let (name, host) = item
-                .split_once('=')
-                .ok_or_else(|| anyhow::anyhow!("--provider-allow-host {item:?} is not NAME=HOST[:PORT]"))?;
+            let (name, host) = item.split_once('=').ok_or_else(|| {
+                anyhow::anyhow!("--provider-allow-host {item:?} is not NAME=HOST[:PORT]")
+            })?;
             hosts
                 .entry(name.to_string())
                 .or_default()
@@ -308,17 +308,20 @@ pub struct ApiLimit {
 
 async fn client(kubeconfig: &str, limit: ApiLimit) -> anyhow::Result<kube::Client> {
     let config = match kubeconfig {
-        "" => kube::Config::infer().await.map_err(|e| anyhow::anyhow!("{e}"))?,
+        "" => kube::Config::infer()
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?,
         "inClusterConfig" => kube::Config::incluster().map_err(|e| anyhow::anyhow!("{e}"))?,
         path => {
-            let kc =
-                kube::config::Kubeconfig::read_from(path).map_err(|e| anyhow::anyhow!("{path}: {e}"))?;
+            let kc = kube::config::Kubeconfig::read_from(path)
+                .map_err(|e| anyhow::anyhow!("{path}: {e}"))?;
             kube::Config::from_custom_kubeconfig(kc, &Default::default())
                 .await
                 .map_err(|e| anyhow::anyhow!("{path}: {e}"))?
         }
     };
-    let builder = kube::client::ClientBuilder::try_from(config).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let builder =
+        kube::client::ClientBuilder::try_from(config).map_err(|e| anyhow::anyhow!("{e}"))?;
     if limit.qps <= 0.0 {
         return Ok(builder.build());
     }
@@ -400,14 +403,16 @@ async fn run(args: ControllerArgs) -> anyhow::Result<()> {
             stopped(stop_rx.clone()),
         )))
     };
-    let leader = args.leader_elect.then(|| mcm_controller::leader::LeaderConfig {
-        namespace: args.namespace.clone(),
-        name: "machine-controller".into(),
-        identity: mcm_controller::leader::default_identity(),
-        lease_duration: args.leader_elect_lease_duration,
-        renew_deadline: args.leader_elect_renew_deadline,
-        retry_period: args.leader_elect_retry_period,
-    });
+    let leader = args
+        .leader_elect
+        .then(|| mcm_controller::leader::LeaderConfig {
+            namespace: args.namespace.clone(),
+            name: "machine-controller".into(),
+            identity: mcm_controller::leader::default_identity(),
+            lease_duration: args.leader_elect_lease_duration,
+            renew_deadline: args.leader_elect_renew_deadline,
+            retry_period: args.leader_elect_retry_period,
+        });
     if let Some(cfg) = &leader {
         tokio::select! {
             _ = mcm_controller::leader::acquire(&ctx.control, cfg) => {}

@@ -110,6 +110,127 @@ fn same_conditions(a: &[NodeCondition], b: &[NodeCondition]) -> bool {
     key(a) == key(b)
 }
 
+/// What the health sub-reconciler decides from (read from the Machine and its Node).
+#[derive(Clone, Debug)]
+pub struct HealthObserved<'a> {
+    pub name: &'a str,
+    pub phase: Phase,
+    pub node_present: bool,
+    /// The node exists and none of `--node-conditions` is set (and Ready is True).
+    pub healthy: bool,
+    /// The node carries `node.machine.sapcloud.io/critical-components-not-ready:NoSchedule`.
+    pub critical_taint: bool,
+    /// `lastOperation` (type, state).
+    pub last_operation: (Option<Op>, Option<State>),
+    /// The node's conditions as MCM prints them.
+    pub conditions: String,
+    pub age: Duration,
+    pub creation_timeout: Duration,
+    /// How long the machine has been in its phase.
+    pub unknown_for: Duration,
+    /// `None`: `disableHealthTimeout`.
+    pub health_timeout: Option<Duration>,
+}
+
+/// A phase change: the new phase and the `lastOperation` that says why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Transition {
+    pub phase: Phase,
+    pub description: String,
+    pub state: State,
+    pub operation: Op,
+    /// The first join after create (its bootstrap token is deleted).
+    pub first_join: bool,
+}
+
+/// MCM's health check (`reconcileMachineHealth`) as a pure decision: Pending/Unknown →
+/// Running when the node is healthy (not while a Pending machine's node has the
+/// critical-components taint), Running → Unknown when the node is gone or unhealthy,
+/// Pending → Failed after the creation timeout, Unknown → Failed after the health timeout.
+/// `None`: the phase stays.
+pub fn decide_health(o: &HealthObserved) -> Option<Transition> {
+    let name = o.name;
+    let previous_type = o.last_operation.0.clone().unwrap_or(Op::HealthCheck);
+    let to = |phase, description: String, state, operation, first_join| Transition {
+        phase,
+        description,
+        state,
+        operation,
+        first_join,
+    };
+    match o.phase {
+        Phase::InPlaceUpdating | Phase::InPlaceUpdateFailed => None,
+        Phase::Running if o.healthy => None,
+        _ if o.healthy => {
+            if o.phase == Phase::Pending && o.critical_taint {
+                return None;
+            }
+            let first_join = o.last_operation.0 == Some(Op::Create)
+                && o.last_operation.1 != Some(State::Successful);
+            Some(if first_join {
+                to(
+                    Phase::Running,
+                    format!("Machine {name} successfully joined the cluster"),
+                    State::Successful,
+                    Op::Create,
+                    true,
+                )
+            } else {
+                to(
+                    Phase::Running,
+                    format!("Machine {name} successfully re-joined the cluster"),
+                    State::Successful,
+                    Op::HealthCheck,
+                    false,
+                )
+            })
+        }
+        Phase::Running => Some(to(
+            Phase::Unknown,
+            if o.node_present {
+                format!(
+                    "Machine {name} is unhealthy - changing MachinePhase to Unknown. Node conditions: {}",
+                    o.conditions
+                )
+            } else {
+                format!(
+                    "Node object went missing. Machine {name} is unhealthy - changing MachinePhase to Unknown"
+                )
+            },
+            State::Processing,
+            Op::HealthCheck,
+            false,
+        )),
+        Phase::Pending if o.age > o.creation_timeout => Some(to(
+            Phase::Failed,
+            format!(
+                "Machine {name} failed to join the cluster in {} minutes.",
+                machine_api::format_duration(o.creation_timeout)
+            ),
+            State::Failed,
+            previous_type,
+            false,
+        )),
+        Phase::Unknown => {
+            let timeout = o.health_timeout?;
+            (o.unknown_for > timeout).then(|| {
+                to(
+                    Phase::Failed,
+                    format!(
+                        "Machine {name} health checks failing since last {} minutes. Updating machine phase to Failed. Node Conditions: {}",
+                        machine_api::format_duration(timeout),
+                        o.conditions
+                    ),
+                    State::Failed,
+                    previous_type,
+                    false,
+                )
+            })
+        }
+        _ => None,
+    }
+}
+
 /// The phase transitions driven by the Node (MCM `reconcileMachineHealth`). Returns the
 /// requeue when the pass ends here.
 async fn health(job: &Job, machine: &Machine) -> Result<Option<Action>, Error> {
@@ -141,102 +262,39 @@ async fn health(job: &Job, machine: &Machine) -> Result<Option<Action>, Error> {
     }
     let name = &job.name;
     let healthy = node.is_some() && is_healthy(&st.conditions, &ctx.config.node_conditions);
-    let preserve = st.current_status.preserve_expiry_time.clone();
-    let previous_type = st.last_operation.type_.clone().unwrap_or(Op::HealthCheck);
-    if healthy && phase != Phase::Running {
-        let critical = node
-            .as_ref()
-            .and_then(|n| n.spec.as_ref())
-            .and_then(|s| s.taints.as_ref())
-            .is_some_and(|t| {
-                t.iter()
-                    .any(|t| t.key == CRITICAL_COMPONENTS_TAINT && t.effect == "NoSchedule")
-            });
-        if !(phase == Phase::Pending && critical) {
-            let first_join = st.last_operation.type_ == Some(Op::Create)
-                && st.last_operation.state != Some(State::Successful);
-            st.last_operation = if first_join {
-                status::last_op(
-                    format!("Machine {name} successfully joined the cluster"),
-                    State::Successful,
-                    Op::Create,
-                    "",
-                )
-            } else {
-                status::last_op(
-                    format!("Machine {name} successfully re-joined the cluster"),
-                    State::Successful,
-                    Op::HealthCheck,
-                    "",
-                )
-            };
-            st.current_status = status::current(Phase::Running, preserve);
-            changed = true;
-            if first_join {
-                delete_bootstrap_token(job, name).await;
-            }
-        }
-    } else if !healthy && phase == Phase::Running {
-        st.last_operation = match &node {
-            None => status::last_op(
-                format!(
-                    "Node object went missing. Machine {name} is unhealthy - changing MachinePhase to Unknown"
-                ),
-                State::Processing,
-                Op::HealthCheck,
-                "",
-            ),
-            Some(_) => status::last_op(
-                format!(
-                    "Machine {name} is unhealthy - changing MachinePhase to Unknown. Node conditions: {}",
-                    conditions_text(&st.conditions)
-                ),
-                State::Processing,
-                Op::HealthCheck,
-                "",
-            ),
-        };
-        st.current_status = status::current(Phase::Unknown, preserve);
+    let critical_taint = node
+        .as_ref()
+        .and_then(|n| n.spec.as_ref())
+        .and_then(|s| s.taints.as_ref())
+        .is_some_and(|t| {
+            t.iter()
+                .any(|t| t.key == CRITICAL_COMPONENTS_TAINT && t.effect == "NoSchedule")
+        });
+    let config = &machine.spec.configuration;
+    let observed = HealthObserved {
+        name,
+        phase: phase.clone(),
+        node_present: node.is_some(),
+        healthy,
+        critical_taint,
+        last_operation: (
+            st.last_operation.type_.clone(),
+            st.last_operation.state.clone(),
+        ),
+        conditions: conditions_text(&st.conditions),
+        age: age(machine),
+        creation_timeout: effective(&config.creation_timeout, ctx.config.creation_timeout),
+        unknown_for: since(st.current_status.last_update_time.as_ref()),
+        health_timeout: (config.disable_health_timeout != Some(true))
+            .then(|| effective(&config.health_timeout, ctx.config.health_timeout)),
+    };
+    if let Some(t) = decide_health(&observed) {
+        let preserve = st.current_status.preserve_expiry_time.clone();
+        st.last_operation = status::last_op(t.description, t.state, t.operation, "");
+        st.current_status = status::current(t.phase, preserve);
         changed = true;
-    } else if !healthy && phase == Phase::Pending {
-        let timeout = effective(
-            &machine.spec.configuration.creation_timeout,
-            ctx.config.creation_timeout,
-        );
-        if age(machine) > timeout {
-            st.last_operation = status::last_op(
-                format!(
-                    "Machine {name} failed to join the cluster in {} minutes.",
-                    machine_api::format_duration(timeout)
-                ),
-                State::Failed,
-                previous_type,
-                "",
-            );
-            st.current_status = status::current(Phase::Failed, preserve);
-            changed = true;
-        }
-    } else if !healthy
-        && phase == Phase::Unknown
-        && machine.spec.configuration.disable_health_timeout != Some(true)
-    {
-        let timeout = effective(
-            &machine.spec.configuration.health_timeout,
-            ctx.config.health_timeout,
-        );
-        if since(st.current_status.last_update_time.as_ref()) > timeout {
-            st.last_operation = status::last_op(
-                format!(
-                    "Machine {name} health checks failing since last {} minutes. Updating machine phase to Failed. Node Conditions: {}",
-                    machine_api::format_duration(timeout),
-                    conditions_text(&st.conditions)
-                ),
-                State::Failed,
-                previous_type,
-                "",
-            );
-            st.current_status = status::current(Phase::Failed, preserve);
-            changed = true;
+        if t.first_join {
+            delete_bootstrap_token(job, name).await;
         }
     }
     if changed {
@@ -602,17 +660,30 @@ async fn update_labels(
     Ok(())
 }
 
-fn random_token_secret() -> String {
+/// A bootstrap token secret: 16 characters of `[0-9a-z]` from the OS's CSPRNG, unbiased
+/// (bytes of 252 and above are drawn again: 252 = 7 × 36). A failing CSPRNG is an error, never
+/// a predictable token.
+pub fn random_token_secret() -> Result<String, getrandom::Error> {
+    token_from(getrandom::fill)
+}
+
+fn token_from(
+    mut fill: impl FnMut(&mut [u8]) -> Result<(), getrandom::Error>,
+) -> Result<String, getrandom::Error> {
     const ALPHABET: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyz";
-    let mut bytes = [0u8; 16];
-    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
-        use std::io::Read as _;
-        let _ = f.read_exact(&mut bytes);
+    const LIMIT: u8 = (256 / ALPHABET.len() * ALPHABET.len()) as u8; // 252
+    let mut out = String::with_capacity(16);
+    let mut buf = [0u8; 32];
+    while out.len() < 16 {
+        fill(&mut buf)?;
+        for b in buf.iter().copied().filter(|b| *b < LIMIT) {
+            if out.len() == 16 {
+                break;
+            }
+            out.push(ALPHABET[usize::from(b) % ALPHABET.len()] as char);
+        }
     }
-    bytes
-        .iter()
-        .map(|b| ALPHABET[(*b as usize) % ALPHABET.len()] as char)
-        .collect()
+    Ok(out)
 }
 
 /// Create or reuse the machine's bootstrap token (`kube-system/bootstrap-token-<id>`);
@@ -635,7 +706,7 @@ async fn bootstrap_token(job: &Job, target: &kube::Client, machine: &str) -> Res
         };
         return Ok(format!("{}.{}", part("token-id"), part("token-secret")));
     }
-    let token_secret = random_token_secret();
+    let token_secret = random_token_secret().map_err(Error::Random)?;
     let expiration = k8s_openapi::jiff::Timestamp::now()
         + k8s_openapi::jiff::SignedDuration::try_from(job.ctx.config.creation_timeout)
             .unwrap_or_default();
@@ -750,5 +821,175 @@ mod tests {
             got,
             [("Hostname", "ip-10-0-0-1"), ("InternalIP", "10.0.0.1")]
         );
+    }
+}
+
+#[cfg(test)]
+mod token_tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_16_unbiased_characters_of_the_alphabet() {
+        let t = random_token_secret().unwrap();
+        assert_eq!(t.len(), 16);
+        assert!(
+            t.bytes()
+                .all(|b| b.is_ascii_digit() || b.is_ascii_lowercase()),
+            "{t}"
+        );
+        assert_ne!(t, random_token_secret().unwrap());
+        // Bytes >= 252 are dropped, not folded onto the first letters.
+        let mut calls = 0;
+        let t = token_from(|buf| {
+            calls += 1;
+            buf.fill(if calls == 1 { 255 } else { 37 });
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!((t.as_str(), calls), ("1111111111111111", 2));
+    }
+
+    #[test]
+    fn a_failing_random_source_is_an_error() {
+        let failed = token_from(|_| Err(getrandom::Error::UNSUPPORTED));
+        assert!(failed.is_err());
+    }
+}
+
+#[cfg(test)]
+mod health_tests {
+    //! Every phase transition of MCM's health check (../shared/mcm-controller-facts.md), as a
+    //! pure decision: no API server, no sandbox.
+    use super::*;
+
+    const MIN: Duration = Duration::from_secs(60);
+
+    fn observed(phase: Phase, healthy: bool) -> HealthObserved<'static> {
+        HealthObserved {
+            name: "m1",
+            phase,
+            node_present: true,
+            healthy,
+            critical_taint: false,
+            last_operation: (Some(Op::HealthCheck), Some(State::Successful)),
+            conditions: "KernelDeadlock:True".into(),
+            age: MIN,
+            creation_timeout: 20 * MIN,
+            unknown_for: MIN,
+            health_timeout: Some(10 * MIN),
+        }
+    }
+
+    #[test]
+    fn pending_with_a_healthy_node_after_create_is_the_first_join() {
+        let mut o = observed(Phase::Pending, true);
+        o.last_operation = (Some(Op::Create), Some(State::Processing));
+        let t = decide_health(&o).unwrap();
+        assert_eq!(
+            (t.phase, t.state, t.operation, t.first_join),
+            (Phase::Running, State::Successful, Op::Create, true)
+        );
+        assert_eq!(t.description, "Machine m1 successfully joined the cluster");
+    }
+
+    #[test]
+    fn a_critical_components_taint_keeps_a_pending_machine_pending() {
+        let mut o = observed(Phase::Pending, true);
+        o.critical_taint = true;
+        assert_eq!(decide_health(&o), None);
+        // ...but not an Unknown one: it re-joins.
+        o.phase = Phase::Unknown;
+        assert_eq!(decide_health(&o).unwrap().phase, Phase::Running);
+    }
+
+    #[test]
+    fn unknown_with_a_healthy_node_rejoins() {
+        let t = decide_health(&observed(Phase::Unknown, true)).unwrap();
+        assert_eq!(
+            (t.phase, t.operation, t.first_join),
+            (Phase::Running, Op::HealthCheck, false)
+        );
+        assert_eq!(
+            t.description,
+            "Machine m1 successfully re-joined the cluster"
+        );
+    }
+
+    #[test]
+    fn running_and_healthy_stays() {
+        assert_eq!(decide_health(&observed(Phase::Running, true)), None);
+    }
+
+    #[test]
+    fn running_with_unhealthy_conditions_goes_unknown() {
+        let t = decide_health(&observed(Phase::Running, false)).unwrap();
+        assert_eq!((t.phase, t.state), (Phase::Unknown, State::Processing));
+        assert!(
+            t.description
+                .ends_with("Node conditions: KernelDeadlock:True"),
+            "{}",
+            t.description
+        );
+    }
+
+    #[test]
+    fn running_without_its_node_goes_unknown() {
+        let mut o = observed(Phase::Running, false);
+        o.node_present = false;
+        let t = decide_health(&o).unwrap();
+        assert_eq!(t.phase, Phase::Unknown);
+        assert!(t.description.starts_with("Node object went missing."));
+    }
+
+    #[test]
+    fn pending_fails_after_the_creation_timeout_only() {
+        let mut o = observed(Phase::Pending, false);
+        assert_eq!(decide_health(&o), None);
+        o.age = 21 * MIN;
+        o.last_operation = (Some(Op::Create), Some(State::Processing));
+        let t = decide_health(&o).unwrap();
+        assert_eq!(
+            (t.phase, t.state, t.operation),
+            (Phase::Failed, State::Failed, Op::Create)
+        );
+        assert_eq!(
+            t.description,
+            "Machine m1 failed to join the cluster in 20m0s minutes."
+        );
+    }
+
+    #[test]
+    fn unknown_fails_after_the_health_timeout_unless_disabled() {
+        let mut o = observed(Phase::Unknown, false);
+        assert_eq!(decide_health(&o), None);
+        o.unknown_for = 11 * MIN;
+        let t = decide_health(&o).unwrap();
+        assert_eq!((t.phase, t.operation), (Phase::Failed, Op::HealthCheck));
+        assert!(
+            t.description
+                .contains("health checks failing since last 10m0s minutes")
+        );
+        o.health_timeout = None;
+        assert_eq!(decide_health(&o), None);
+    }
+
+    #[test]
+    fn in_place_updates_and_terminal_phases_are_left_alone() {
+        for phase in [
+            Phase::InPlaceUpdating,
+            Phase::InPlaceUpdateFailed,
+            Phase::Failed,
+            Phase::Terminating,
+        ] {
+            for healthy in [true, false] {
+                let mut o = observed(phase.clone(), healthy);
+                o.unknown_for = 100 * MIN;
+                o.age = 100 * MIN;
+                if matches!(phase, Phase::Failed | Phase::Terminating) && healthy {
+                    continue; // not reached: the reconcile routes these elsewhere
+                }
+                assert_eq!(decide_health(&o), None, "{phase:?} healthy={healthy}");
+            }
+        }
     }
 }

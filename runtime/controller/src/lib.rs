@@ -7,9 +7,11 @@
 //! One module per concern: [`machine`] (per-machine context, driver requests, events),
 //! [`create`] (creation flow and health), [`delete`] (deletion state machine), [`drain`],
 //! [`secrets`] (merge + userData), [`status`] (status writes), [`retry`] (MCM's periods),
-//! [`node_sim`] (a kubelet stand-in for tests and `just run`), [`orphans`] (orphan-VM
-//! collection), [`finalizers`] (class and secret finalizers), [`leader`] (Lease election),
-//! [`metrics`] (`/metrics`, `/healthz`, `/readyz`), [`command`] (`mcm-wasm controller`).
+//! [`orphans`] (orphan-VM collection), [`finalizers`] (class and secret finalizers),
+//! [`leader`] (Lease election), [`metrics`] (`/metrics`, `/healthz`, `/readyz`). Providers
+//! are reached only through `mcm_driver`'s `ProviderLookup` and `MachineDriver` (no wasm
+//! here); the `mcm-wasm` binary wires in the sandbox. The health check's phase transitions
+//! are a pure decision (`create::decide_health`), unit-tested without an API server.
 //!
 //! Deliberate differences from Gardener's MC (v0.62.1):
 //! - a deletion step that succeeds goes straight on to the next step in the same reconcile
@@ -22,7 +24,7 @@
 //! Not yet: the Unknown→Failed rate limit per
 //! MachineDeployment; the "similar status" write skip; nodeTemplate / virtual capacity sync;
 //! preservation and in-place updates; the API-server safety freeze; drain's PV detach /
-//! reattach waits and misconfigured-PDB detection; orphan Node annotation.
+//! reattach waits; orphan Node annotation.
 
 pub mod create;
 pub mod delete;
@@ -174,8 +176,12 @@ pub enum Error {
     Retry { after: Duration, reason: String },
     #[error("kubernetes API: {0}")]
     Kube(#[from] kube::Error),
+    /// The finalizer helper refused (an object without a name, an invalid finalizer name);
+    /// kept typed.
     #[error("finalizer: {0}")]
-    Finalizer(String),
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+    #[error("the OS random source failed (no bootstrap token made): {0}")]
+    Random(getrandom::Error),
 }
 
 impl Error {
@@ -192,6 +198,7 @@ impl Error {
             Error::Retry { .. } => "retry",
             Error::Kube(_) => "kube",
             Error::Finalizer(_) => "finalizer",
+            Error::Random(_) => "random",
         }
     }
 }
@@ -245,7 +252,7 @@ pub async fn reconcile(machine: Arc<Machine>, ctx: Arc<Context>) -> Result<Actio
         | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
         kube::runtime::finalizer::Error::AddFinalizer(e)
         | kube::runtime::finalizer::Error::RemoveFinalizer(e) => Error::Kube(e),
-        other => Error::Finalizer(other.to_string()),
+        other => Error::Finalizer(Box::new(other)),
     })
     .map(|action| {
         if adding_finalizer {

@@ -10,8 +10,8 @@ use kube::{Resource as _, ResourceExt as _};
 use machine_api::{MC_SECRET_FINALIZER, MCM_FINALIZER, Machine, MachineClass};
 
 use super::{Context, add_finalizer, secrets};
-use mcm_driver::{self, DriverError, MachineRequest, Operation, SecretData};
 use mcm_driver::MachineDriver;
+use mcm_driver::{self, DriverError, MachineRequest, Operation, SecretData};
 
 /// Everything a reconcile of one machine needs.
 pub struct Job {
@@ -80,7 +80,8 @@ impl Job {
             Ok(_) => format!("{}Succeeded", op.go_name()),
             Err(e) => format!("{}{}", op.go_name(), e.code.name()),
         };
-        self.event(machine, type_, &reason, op.go_name(), note).await;
+        self.event(machine, type_, &reason, op.go_name(), note)
+            .await;
     }
 
     pub async fn event(

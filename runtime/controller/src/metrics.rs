@@ -164,6 +164,11 @@ fn gauge(
 ) -> Result<(), std::fmt::Error> {
     let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
     for (labels, value) in rows {
+        if labels.is_empty() {
+            // Without labels: `name value`, not `name{} value`.
+            ConstGauge::new(value).encode(family)?;
+            return Ok(());
+        }
         ConstGauge::new(value).encode(family.encode_family(&labels)?)?;
     }
     Ok(())
@@ -262,26 +267,33 @@ pub async fn serve(
     let app = axum::Router::new()
         .route(
             "/metrics",
-            get(|axum::extract::State(ctx): axum::extract::State<Arc<super::Context>>| async move {
-                (
-                    [(
-                        header::CONTENT_TYPE,
-                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    )],
-                    ctx.metrics.render(),
-                )
-            }),
+            get(
+                |axum::extract::State(ctx): axum::extract::State<Arc<super::Context>>| async move {
+                    (
+                        [(
+                            header::CONTENT_TYPE,
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
+                        ctx.metrics.render(),
+                    )
+                },
+            ),
         )
         .route("/healthz", get(|| async { "ok" }))
         .route(
             "/readyz",
-            get(|axum::extract::State(ctx): axum::extract::State<Arc<super::Context>>| async move {
-                if ctx.metrics.is_ready() {
-                    (StatusCode::OK, "ok")
-                } else {
-                    (StatusCode::SERVICE_UNAVAILABLE, "machine cache not synced yet")
-                }
-            }),
+            get(
+                |axum::extract::State(ctx): axum::extract::State<Arc<super::Context>>| async move {
+                    if ctx.metrics.is_ready() {
+                        (StatusCode::OK, "ok")
+                    } else {
+                        (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "machine cache not synced yet",
+                        )
+                    }
+                },
+            ),
         )
         .with_state(ctx);
     if let Err(e) = axum::serve(listener, app)

@@ -55,7 +55,9 @@ impl Request<'_> {
             | Request::DeleteMachine(r)
             | Request::GetMachineStatus(r) => &r.machine.name,
             Request::MetricsLabels(r) => &r.machine.name,
-            Request::ListMachines(_) | Request::GetVolumeIds(_) | Request::ValidateMachineClass(_) => "",
+            Request::ListMachines(_)
+            | Request::GetVolumeIds(_)
+            | Request::ValidateMachineClass(_) => "",
         }
     }
 
@@ -128,8 +130,12 @@ impl OwnedRequest {
                 req.secret = secret.clone();
                 OwnedRequest::Class(op, req)
             }
-            Operation::GetVolumeIds => OwnedRequest::Volumes(serde_json::from_str(json).map_err(bad)?),
-            Operation::MetricsLabels => OwnedRequest::Labels(serde_json::from_str(json).map_err(bad)?),
+            Operation::GetVolumeIds => {
+                OwnedRequest::Volumes(serde_json::from_str(json).map_err(bad)?)
+            }
+            Operation::MetricsLabels => {
+                OwnedRequest::Labels(serde_json::from_str(json).map_err(bad)?)
+            }
         })
     }
 

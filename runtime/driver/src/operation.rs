@@ -35,14 +35,62 @@ const fn secs(n: u64) -> Duration {
 
 /// In the order of [`Operation`]'s variants (checked by a test).
 const TABLE: [Row; 8] = [
-    Row { op: Operation::CreateMachine, wit: "create-machine", go: "CreateMachine", key: "createMachine", deadline: secs(60) },
-    Row { op: Operation::InitializeMachine, wit: "initialize-machine", go: "InitializeMachine", key: "initializeMachine", deadline: secs(60) },
-    Row { op: Operation::DeleteMachine, wit: "delete-machine", go: "DeleteMachine", key: "deleteMachine", deadline: secs(60) },
-    Row { op: Operation::GetMachineStatus, wit: "get-machine-status", go: "GetMachineStatus", key: "getMachineStatus", deadline: secs(30) },
-    Row { op: Operation::ListMachines, wit: "list-machines", go: "ListMachines", key: "listMachines", deadline: secs(60) },
-    Row { op: Operation::GetVolumeIds, wit: "get-volume-ids", go: "GetVolumeIDs", key: "getVolumeIds", deadline: secs(10) },
-    Row { op: Operation::ValidateMachineClass, wit: "validate-machine-class", go: "ValidateMachineClass", key: "validateMachineClass", deadline: secs(5) },
-    Row { op: Operation::MetricsLabels, wit: "metrics-labels", go: "MetricsLabels", key: "metricsLabels", deadline: secs(1) },
+    Row {
+        op: Operation::CreateMachine,
+        wit: "create-machine",
+        go: "CreateMachine",
+        key: "createMachine",
+        deadline: secs(60),
+    },
+    Row {
+        op: Operation::InitializeMachine,
+        wit: "initialize-machine",
+        go: "InitializeMachine",
+        key: "initializeMachine",
+        deadline: secs(60),
+    },
+    Row {
+        op: Operation::DeleteMachine,
+        wit: "delete-machine",
+        go: "DeleteMachine",
+        key: "deleteMachine",
+        deadline: secs(60),
+    },
+    Row {
+        op: Operation::GetMachineStatus,
+        wit: "get-machine-status",
+        go: "GetMachineStatus",
+        key: "getMachineStatus",
+        deadline: secs(30),
+    },
+    Row {
+        op: Operation::ListMachines,
+        wit: "list-machines",
+        go: "ListMachines",
+        key: "listMachines",
+        deadline: secs(60),
+    },
+    Row {
+        op: Operation::GetVolumeIds,
+        wit: "get-volume-ids",
+        go: "GetVolumeIDs",
+        key: "getVolumeIds",
+        deadline: secs(10),
+    },
+    Row {
+        op: Operation::ValidateMachineClass,
+        wit: "validate-machine-class",
+        go: "ValidateMachineClass",
+        key: "validateMachineClass",
+        deadline: secs(5),
+    },
+    Row {
+        op: Operation::MetricsLabels,
+        wit: "metrics-labels",
+        go: "MetricsLabels",
+        key: "metricsLabels",
+        deadline: secs(1),
+    },
 ];
 
 impl Operation {
@@ -144,7 +192,9 @@ impl<'de> Deserialize<'de> for Deadlines {
                 ))
             })?;
             let value = humantime::parse_duration(&text).map_err(|e| {
-                D::Error::custom(format!("deadline of {key}: {text:?} is not a duration: {e}"))
+                D::Error::custom(format!(
+                    "deadline of {key}: {text:?} is not a duration: {e}"
+                ))
             })?;
             out.set(row.op, value);
         }
@@ -168,7 +218,10 @@ mod tests {
                 serde_json::json!(op.wit_name())
             );
         }
-        assert_eq!(Operation::parse("getvolumeids"), Some(Operation::GetVolumeIds));
+        assert_eq!(
+            Operation::parse("getvolumeids"),
+            Some(Operation::GetVolumeIds)
+        );
         assert_eq!(Operation::parse("reboot-machine"), None);
     }
 
@@ -180,8 +233,15 @@ mod tests {
         let back: Deadlines = serde_json::from_value(serde_json::to_value(&d).unwrap()).unwrap();
         assert_eq!(back, d);
         let err = serde_json::from_str::<Deadlines>(r#"{"rebootMachine":"1s"}"#).unwrap_err();
-        assert!(err.to_string().contains("unknown operation \"rebootMachine\""), "{err}");
+        assert!(
+            err.to_string()
+                .contains("unknown operation \"rebootMachine\""),
+            "{err}"
+        );
         let err = serde_json::from_str::<Deadlines>(r#"{"listMachines":"soon"}"#).unwrap_err();
-        assert!(err.to_string().contains("deadline of listMachines"), "{err}");
+        assert!(
+            err.to_string().contains("deadline of listMachines"),
+            "{err}"
+        );
     }
 }

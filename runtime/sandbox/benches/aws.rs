@@ -3,7 +3,6 @@
 //! (counted by a loopback proxy), plus moto's own latency for one DescribeInstances without the
 //! sandbox as the baseline. Prints a Markdown table (recorded in BENCHMARKS.md).
 
-
 use std::time::{Duration, Instant};
 
 use mcm_driver::*;

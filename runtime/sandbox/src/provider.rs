@@ -9,10 +9,10 @@ use std::time::{Duration, Instant};
 use tracing::Instrument as _;
 
 use crate::artifact::{self, ArtifactInfo, LoadError};
+use crate::bindings;
 use crate::cache::CacheHit;
 use crate::capability::credentials::{self, Brokered};
 use crate::capability::egress::EgressPolicy;
-use crate::bindings;
 use crate::engine::{self, CallContext, Sandbox};
 use mcm_driver::*;
 

@@ -29,14 +29,23 @@ pub fn guests_dir() -> &'static Path {
         let root = repo_root();
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let status = std::process::Command::new(cargo)
-            .args(["build", "--release", "--target", "wasm32-wasip2", "--manifest-path"])
+            .args([
+                "build",
+                "--release",
+                "--target",
+                "wasm32-wasip2",
+                "--manifest-path",
+            ])
             .arg(root.join("guests/Cargo.toml"))
             // The outer build's flags are for the host, not for wasm32-wasip2.
             .env_remove("CARGO_ENCODED_RUSTFLAGS")
             .env_remove("RUSTFLAGS")
             .status()
             .expect("running cargo to build the guests");
-        assert!(status.success(), "building the guests failed (see cargo's output above)");
+        assert!(
+            status.success(),
+            "building the guests failed (see cargo's output above)"
+        );
         output_dir()
     })
 }

@@ -17,8 +17,8 @@ mod certs;
 pub mod ec2;
 pub mod moto;
 pub mod node_sim;
-pub mod sample;
 mod process;
+pub mod sample;
 
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};

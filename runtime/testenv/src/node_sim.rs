@@ -140,65 +140,73 @@ impl NodeSim {
         Ok(())
     }
 
-/// Register the Node if the VM is live; `Ok(false)` when it is not (yet).
-async fn register(
-    &self,
-    nodes: &Api<Node>,
-    machine: &Machine,
-    class: &MachineClass,
-    node_name: &str,
-) -> Result<bool, kube::Error> {
-    let vm = match self.liveness.vm(machine, class).await {
-        Some(vm) if vm.node_name == node_name && vm.provider_id == machine.spec.provider_id => vm,
-        _ => return Ok(false),
-    };
-    let node = Node {
-        metadata: ObjectMeta {
-            name: Some(node_name.to_string()),
-            labels: Some([("kubernetes.io/hostname".to_string(), node_name.to_string())].into()),
-            annotations: Some([("mcm-wasm.dev/simulated".to_string(), "true".to_string())].into()),
+    /// Register the Node if the VM is live; `Ok(false)` when it is not (yet).
+    async fn register(
+        &self,
+        nodes: &Api<Node>,
+        machine: &Machine,
+        class: &MachineClass,
+        node_name: &str,
+    ) -> Result<bool, kube::Error> {
+        let vm = match self.liveness.vm(machine, class).await {
+            Some(vm) if vm.node_name == node_name && vm.provider_id == machine.spec.provider_id => {
+                vm
+            }
+            _ => return Ok(false),
+        };
+        let node = Node {
+            metadata: ObjectMeta {
+                name: Some(node_name.to_string()),
+                labels: Some(
+                    [("kubernetes.io/hostname".to_string(), node_name.to_string())].into(),
+                ),
+                annotations: Some(
+                    [("mcm-wasm.dev/simulated".to_string(), "true".to_string())].into(),
+                ),
+                ..Default::default()
+            },
+            spec: Some(NodeSpec {
+                provider_id: Some(vm.provider_id.clone()),
+                ..Default::default()
+            }),
             ..Default::default()
-        },
-        spec: Some(NodeSpec {
-            provider_id: Some(vm.provider_id.clone()),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    match nodes.create(&PostParams::default(), &node).await {
-        Ok(_) => {}
-        Err(kube::Error::Api(s)) if s.code == 409 => {}
-        Err(e) => return Err(e),
-    }
-    let mut addresses: Vec<serde_json::Value> = vm
-        .addresses
-        .iter()
-        .map(|(kind, address)| serde_json::json!({ "type": kind, "address": address }))
-        .collect();
-    if !vm.addresses.iter().any(|(kind, _)| kind == "Hostname") {
-        addresses.push(serde_json::json!({ "type": "Hostname", "address": node_name }));
-    }
-    let t = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now());
-    let status = serde_json::json!({
-        "status": {
-            "conditions": [{
-                "type": "Ready",
-                "status": "True",
-                "reason": "KubeletReady",
-                "message": "kubelet is posting ready status (simulated by mcm-wasm)",
-                "lastHeartbeatTime": t,
-                "lastTransitionTime": t,
-            }],
-            "addresses": addresses,
+        };
+        match nodes.create(&PostParams::default(), &node).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 409 => {}
+            Err(e) => return Err(e),
         }
-    });
-    nodes
-        .patch_status(
-            node_name,
-            &PatchParams::default(),
-            &Patch::Strategic(&status),
-        )
-        .await?;
-    Ok(true)
-}
+        let mut addresses: Vec<serde_json::Value> = vm
+            .addresses
+            .iter()
+            .map(|(kind, address)| serde_json::json!({ "type": kind, "address": address }))
+            .collect();
+        if !vm.addresses.iter().any(|(kind, _)| kind == "Hostname") {
+            addresses.push(serde_json::json!({ "type": "Hostname", "address": node_name }));
+        }
+        let t = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            k8s_openapi::jiff::Timestamp::now(),
+        );
+        let status = serde_json::json!({
+            "status": {
+                "conditions": [{
+                    "type": "Ready",
+                    "status": "True",
+                    "reason": "KubeletReady",
+                    "message": "kubelet is posting ready status (simulated by mcm-wasm)",
+                    "lastHeartbeatTime": t,
+                    "lastTransitionTime": t,
+                }],
+                "addresses": addresses,
+            }
+        });
+        nodes
+            .patch_status(
+                node_name,
+                &PatchParams::default(),
+                &Patch::Strategic(&status),
+            )
+            .await?;
+        Ok(true)
+    }
 }

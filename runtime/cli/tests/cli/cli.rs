@@ -1,6 +1,5 @@
 //! The `mcm-wasm` binary: inspect, call, and clear errors with a non-zero exit on bad input.
 
-
 use std::process::{Command, Output};
 
 use crate::support::*;

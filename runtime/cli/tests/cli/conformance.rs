@@ -1,14 +1,13 @@
 //! `mcm-wasm conformance`: the AWS provider against moto and the sample provider against its
 //! backend pass; providers that break the contract fail, with a non-zero exit.
 
-
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use mcm_wasm::conformance::{self, STEPS};
-use mcm_sandbox::{EgressPolicy, ProviderSettings};
 use crate::support::*;
+use mcm_sandbox::{EgressPolicy, ProviderSettings};
+use mcm_wasm::conformance::{self, STEPS};
 
 struct Run {
     code: i32,
@@ -184,9 +183,10 @@ async fn wrong_credentials_fail_with_exit_1_and_say_why() {
 async fn a_provider_that_ignores_the_contract_fails() {
     // The no-op guest answers "OK" to everything: no NotFound before create or after delete.
     let sandbox = sandbox(Duration::from_secs(10));
-    let provider = mcm_sandbox::Provider::load(&sandbox, &guest("test_noop"), ProviderSettings::default())
-        .await
-        .unwrap();
+    let provider =
+        mcm_sandbox::Provider::load(&sandbox, &guest("test_noop"), ProviderSettings::default())
+            .await
+            .unwrap();
     let class = mcm_driver::MachineClass {
         name: "c".into(),
         provider_spec: serde_json::json!({}),

@@ -4,13 +4,12 @@
 //! controller killed mid-create that leaves exactly one instance after its restart, and a
 //! controller with only the RBAC of `kubernetes/deploy/`.
 
-
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::support::*;
 use kube::api::Api;
 use machine_api::{Machine, MachinePhase};
-use crate::support::*;
 
 use crate::support::ControllerSetup as Setup;
 
@@ -86,7 +85,7 @@ async fn runs_a_machine_to_running_and_stops_on_sigterm() {
         client,
         moto,
         providers,
-        ..
+        kubelet: _kubelet,
     } = Setup::start(&guest("aws_provider")).await;
     create_aws_class(&client, "default", &moto).await;
 
@@ -239,7 +238,7 @@ async fn killed_mid_create_then_restarted_leaves_exactly_one_instance() {
         client,
         moto,
         providers,
-        ..
+        kubelet: _kubelet,
     } = Setup::start(&guest("aws_provider")).await;
     let proxy = FaultProxy::start(moto.addr).await;
     create_aws_class(&client, "default", &moto).await;
@@ -346,7 +345,7 @@ async fn leader_election_hands_over_when_the_leader_dies() {
         client,
         moto,
         providers,
-        ..
+        kubelet: _kubelet,
     } = Setup::start(&guest("aws_provider")).await;
     create_aws_class(&client, "default", &moto).await;
     let spawn = || {
@@ -447,7 +446,7 @@ async fn runs_with_only_the_shipped_rbac() {
         client,
         moto,
         providers,
-        ..
+        kubelet: _kubelet,
     } = Setup::start(&guest("aws_provider")).await;
     let deploy = testenv::kubernetes_dir().join("deploy");
     for file in ["namespace.yaml", "serviceaccount.yaml", "rbac.yaml"] {

@@ -2,11 +2,11 @@
 //! server, the real AWS provider component loaded from a providers directory, and the
 //! simulated node join. Everything is checked through the Kubernetes API and moto.
 
-
 use std::time::{Duration, Instant};
 
 use std::sync::Arc;
 
+use crate::support::*;
 use futures::{StreamExt as _, TryStreamExt as _};
 use k8s_openapi::api::core::v1::{Node, Secret};
 use k8s_openapi::api::events::v1::Event;
@@ -17,7 +17,6 @@ use machine_api::{
 };
 use mcm_controller::{Config, Context};
 use mcm_sandbox::{EgressPolicy, ProviderSettings, Registry};
-use crate::support::*;
 
 const NS: &str = "default";
 
@@ -119,7 +118,12 @@ impl World {
             health_check_interval: Duration::from_secs(2),
             ..Config::default()
         };
-        let ctx = Context::new(client.clone(), Some(client.clone()), registry.clone(), config);
+        let ctx = Context::new(
+            client.clone(),
+            Some(client.clone()),
+            registry.clone(),
+            config,
+        );
         let stop = tokio::sync::watch::channel(false).0;
         let mut world = World {
             _cp: cp,
@@ -154,11 +158,12 @@ impl World {
         self.tasks.push(tokio::spawn(
             sim.run(Duration::from_millis(300), stopped(rx.clone())),
         ));
-        self.tasks.push(tokio::spawn(mcm_controller::finalizers::run(
-            ctx.clone(),
-            Duration::from_secs(1),
-            stopped(rx.clone()),
-        )));
+        self.tasks
+            .push(tokio::spawn(mcm_controller::finalizers::run(
+                ctx.clone(),
+                Duration::from_secs(1),
+                stopped(rx.clone()),
+            )));
         if let Some(period) = self.orphan_period {
             self.tasks.push(tokio::spawn(mcm_controller::orphans::run(
                 ctx.clone(),

@@ -4,13 +4,12 @@
 //! (`provider: AWS`, `test` keys with trailing newlines); MCM's client-side API limit; and no
 //! finalizer conflicts logged when 100 machines arrive at once.
 
-
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::support::*;
 use kube::api::{Api, PostParams};
 use machine_api::{Machine, MachinePhase};
-use crate::support::*;
 
 /// The shared controller set-up plus the controller's log file.
 struct Setup {
@@ -262,6 +261,9 @@ async fn kube_api_qps_and_burst_limit_the_controllers_requests() {
         async move { create_machine(&client, "default", &format!("qps-{i}")).await }
     });
     futures::future::join_all(machines).await;
+    // Only the controller's requests count: the simulated kubelets (this process, no limit)
+    // stop registering nodes.
+    s.kubelet.halt();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let window = Duration::from_secs(10);
     let before = apiserver_requests(&s.client).await;

@@ -79,6 +79,11 @@ impl SimulatedKubelet {
         }
     }
 
+    /// Stop registering nodes now (without waiting for the task).
+    pub fn halt(&self) {
+        let _ = self.stop.send(true);
+    }
+
     pub async fn stop(self) {
         let _ = self.stop.send(true);
         self.task.await.unwrap();
@@ -110,7 +115,11 @@ pub struct ProviderLiveness {
 
 #[async_trait::async_trait]
 impl Liveness for ProviderLiveness {
-    async fn vm(&self, machine: &machine_api::Machine, class: &machine_api::MachineClass) -> Option<Vm> {
+    async fn vm(
+        &self,
+        machine: &machine_api::Machine,
+        class: &machine_api::MachineClass,
+    ) -> Option<Vm> {
         let provider = self.providers.get(&class.spec.provider)?;
         let secret = mcm_controller::secrets::merged_secret(&self.client, class, &self.namespace)
             .await
@@ -124,7 +133,11 @@ impl Liveness for ProviderLiveness {
         Some(Vm {
             provider_id: vm.provider_id,
             node_name: vm.node_name,
-            addresses: vm.addresses.into_iter().map(|a| (a.kind, a.address)).collect(),
+            addresses: vm
+                .addresses
+                .into_iter()
+                .map(|a| (a.kind, a.address))
+                .collect(),
         })
     }
 }

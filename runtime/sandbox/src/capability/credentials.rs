@@ -17,8 +17,8 @@ use aws_sigv4::http_request::{SignableBody, SignableRequest, SigningSettings, si
 use aws_sigv4::sign::v4;
 use aws_smithy_runtime_api::client::identity::Identity;
 
-use mcm_driver::SecretData;
 use crate::bindings::mcm::driver::http::Request;
+use mcm_driver::SecretData;
 
 /// Secret keys holding the AWS access key ID (provider-aws's names).
 pub const AWS_ACCESS_KEY_KEYS: [&str; 2] = ["providerAccessKeyId", "accessKeyID"];

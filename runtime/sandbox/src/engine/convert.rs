@@ -45,14 +45,38 @@ pub(crate) async fn dispatch(
     let d = guest.mcm_driver_driver();
     let s = &mut store;
     Ok(match req {
-        WitRequest::CreateMachine(r) => d.call_create_machine(s, &r).await?.map(|a| Response::CreateMachine(a.into())),
-        WitRequest::InitializeMachine(r) => d.call_initialize_machine(s, &r).await?.map(|a| Response::InitializeMachine(a.into())),
-        WitRequest::DeleteMachine(r) => d.call_delete_machine(s, &r).await?.map(|a| Response::DeleteMachine(a.into())),
-        WitRequest::GetMachineStatus(r) => d.call_get_machine_status(s, &r).await?.map(|a| Response::GetMachineStatus(a.into())),
-        WitRequest::ListMachines(r) => d.call_list_machines(s, &r).await?.map(|a| Response::ListMachines(a.into())),
-        WitRequest::GetVolumeIds(r) => d.call_get_volume_ids(s, &r).await?.map(|a| Response::GetVolumeIds(a.into())),
-        WitRequest::ValidateMachineClass(r) => d.call_validate_machine_class(s, &r).await?.map(|()| Response::ValidateMachineClass),
-        WitRequest::MetricsLabels(r) => d.call_metrics_labels(s, &r).await?.map(Response::MetricsLabels),
+        WitRequest::CreateMachine(r) => d
+            .call_create_machine(s, &r)
+            .await?
+            .map(|a| Response::CreateMachine(a.into())),
+        WitRequest::InitializeMachine(r) => d
+            .call_initialize_machine(s, &r)
+            .await?
+            .map(|a| Response::InitializeMachine(a.into())),
+        WitRequest::DeleteMachine(r) => d
+            .call_delete_machine(s, &r)
+            .await?
+            .map(|a| Response::DeleteMachine(a.into())),
+        WitRequest::GetMachineStatus(r) => d
+            .call_get_machine_status(s, &r)
+            .await?
+            .map(|a| Response::GetMachineStatus(a.into())),
+        WitRequest::ListMachines(r) => d
+            .call_list_machines(s, &r)
+            .await?
+            .map(|a| Response::ListMachines(a.into())),
+        WitRequest::GetVolumeIds(r) => d
+            .call_get_volume_ids(s, &r)
+            .await?
+            .map(|a| Response::GetVolumeIds(a.into())),
+        WitRequest::ValidateMachineClass(r) => d
+            .call_validate_machine_class(s, &r)
+            .await?
+            .map(|()| Response::ValidateMachineClass),
+        WitRequest::MetricsLabels(r) => d
+            .call_metrics_labels(s, &r)
+            .await?
+            .map(Response::MetricsLabels),
     })
 }
 

@@ -22,8 +22,8 @@ use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 
 use crate::bindings;
 use crate::capability::http::HttpClient;
-use mcm_driver::{Deadlines, DriverError};
 pub(crate) use convert::*;
+use mcm_driver::{Deadlines, DriverError};
 pub(crate) use state::{CallContext, CallRecord, CallState};
 
 /// Limits and sizing of the sandbox. The defaults suit a controller with MCM's default of 50

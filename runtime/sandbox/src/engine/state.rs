@@ -10,9 +10,9 @@ use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::SandboxConfig;
-use crate::bindings::mcm::driver::{context, credentials, http, log, types};
 use super::limits::escape_for_log;
 use super::wasi::LimitedRandom;
+use crate::bindings::mcm::driver::{context, credentials, http, log, types};
 use crate::capability::credentials::Brokered;
 use crate::capability::egress::EgressPolicy;
 use crate::capability::http::HttpClient;

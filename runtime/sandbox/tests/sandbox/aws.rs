@@ -1,12 +1,11 @@
 //! The AWS provider in the real sandbox against a real moto EC2 server: the whole MCM
 //! lifecycle, checked through the driver's answers and by looking at moto directly.
 
-
 use std::time::Duration;
 
+use crate::support::*;
 use mcm_driver::*;
 use mcm_sandbox::{EgressPolicy, Provider, ProviderSettings};
-use crate::support::*;
 
 struct Env {
     moto: Moto,

@@ -1,12 +1,11 @@
 //! Faults between the runtime and EC2 (moto), injected by a loopback proxy: each maps to the
 //! README's machine code, and retrying the create afterwards leaves exactly one instance.
 
-
 use std::time::Duration;
 
+use crate::support::*;
 use mcm_driver::*;
 use mcm_sandbox::{Deadlines, EgressPolicy, Provider, ProviderSettings};
-use crate::support::*;
 
 struct Env {
     moto: Moto,

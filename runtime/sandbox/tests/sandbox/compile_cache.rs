@@ -2,13 +2,12 @@
 //! (here by another provider's compiled code) is recompiled, not executed; the directory is
 //! private to the runtime's user.
 
-
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
+use crate::support::*;
 use mcm_sandbox::ProviderSettings;
 use mcm_sandbox::cache::CacheHit;
-use crate::support::*;
 
 fn entries(dir: &std::path::Path, ext: &str) -> Vec<std::path::PathBuf> {
     let mut found: Vec<_> = std::fs::read_dir(dir)

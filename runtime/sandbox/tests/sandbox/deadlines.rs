@@ -4,13 +4,12 @@
 //! another provider completes within 50 ms. One test, alone in its binary, so the timings are
 //! not shared with other tests.
 
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::support::*;
 use mcm_driver::Code;
 use mcm_sandbox::{Deadlines, ProviderSettings};
-use crate::support::*;
 
 const OVERSHOOT: Duration = Duration::from_millis(15);
 const NORMAL_CALL: Duration = Duration::from_millis(50);

@@ -3,11 +3,10 @@
 //! peak RSS (VmHWM) growing by less than 64 MiB. Run alone in a child process (`support::alone`), so
 //! nothing else moves the peak.
 
-
-use mcm_sandbox::ProviderSettings;
-use mcm_driver::Code;
-use std::time::Duration;
 use crate::support::*;
+use mcm_driver::Code;
+use mcm_sandbox::ProviderSettings;
+use std::time::Duration;
 
 const MB100: usize = 100_000_000;
 const BUDGET: u64 = 64 << 20;

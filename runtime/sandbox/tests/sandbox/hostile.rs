@@ -1,12 +1,11 @@
 //! Hostile guests in the real sandbox: each ends in its expected machine code within its
 //! deadline, and the same sandbox serves a normal call right after.
 
-
 use std::time::{Duration, Instant};
 
+use crate::support::*;
 use mcm_driver::Code;
 use mcm_sandbox::{LoadError, Provider, ProviderSettings};
-use crate::support::*;
 
 const DEADLINE: Duration = Duration::from_millis(500);
 

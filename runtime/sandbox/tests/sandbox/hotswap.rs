@@ -1,13 +1,12 @@
 //! Hot-swap through a watched directory under load.
 
-
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use mcm_sandbox::{Registry, RegistryEvent};
 use crate::support::*;
+use mcm_sandbox::{Registry, RegistryEvent};
 use tokio::sync::broadcast::Receiver;
 
 /// Copy into the directory the way an operator should: write aside, then rename.
@@ -166,7 +165,10 @@ async fn second_load_comes_from_the_compile_cache() {
     let dir = cache.path().to_path_buf();
     let sandbox = sandbox_with(Duration::from_secs(5), |c| c.cache_dir = Some(dir));
     let first = load(&sandbox, "sample_provider", Default::default()).await;
-    assert_eq!(first.load_stats.cache, mcm_sandbox::cache::CacheHit::Compiled);
+    assert_eq!(
+        first.load_stats.cache,
+        mcm_sandbox::cache::CacheHit::Compiled
+    );
     let second = load(&sandbox, "sample_provider", Default::default()).await;
     assert_eq!(second.load_stats.cache, mcm_sandbox::cache::CacheHit::Disk);
     // One compiled entry and the digest written with it.

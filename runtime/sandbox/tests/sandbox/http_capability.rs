@@ -1,11 +1,10 @@
 //! The http capability against a real local HTTP server.
 
-
 use std::time::{Duration, Instant};
 
+use crate::support::*;
 use mcm_driver::Code;
 use mcm_sandbox::{EgressPolicy, ProviderSettings};
-use crate::support::*;
 use tracing_test::traced_test;
 
 fn allow(addr: std::net::SocketAddr) -> ProviderSettings {

@@ -1,10 +1,9 @@
 //! 1000 hostile calls in a row leave the process's memory flat.
 
-
 use std::time::Duration;
 
-use mcm_sandbox::ProviderSettings;
 use crate::support::*;
+use mcm_sandbox::ProviderSettings;
 
 #[tokio::test]
 async fn thousand_hostile_calls_leave_memory_flat() {

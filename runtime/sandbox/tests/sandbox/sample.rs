@@ -1,12 +1,11 @@
 //! The sample provider (the template for provider authors) in the sandbox against its backend.
 
-
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use crate::support::*;
 use mcm_driver::*;
 use mcm_sandbox::{EgressPolicy, Provider, ProviderSettings};
-use crate::support::*;
 
 const TOKEN: &str = "s3cret";
 

@@ -8,8 +8,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use mcm_driver::*;
 pub use mcm_driver::MachineDriver;
+use mcm_driver::*;
 use mcm_sandbox::{Deadlines, Provider, ProviderSettings, Sandbox, SandboxConfig};
 pub use testenv::ec2::*;
 pub use testenv::sample::SampleBackend;
@@ -135,7 +135,6 @@ pub async fn test_server() -> SocketAddr {
     serve(router).await
 }
 
-
 /// Run the test `name` (its path in this binary) alone in a child process of this binary, for
 /// measurements of the whole process (RSS) that other tests running in parallel would disturb.
 /// Returns `true` in that child (run the body), `false` in the parent once the child passed.
@@ -148,6 +147,9 @@ pub fn alone(name: &str) -> bool {
         .env("MCM_WASM_TEST_ALONE", "1")
         .status()
         .expect("running the test binary again");
-    assert!(status.success(), "{name} failed in its own process (output above)");
+    assert!(
+        status.success(),
+        "{name} failed in its own process (output above)"
+    );
     false
 }
