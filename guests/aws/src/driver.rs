@@ -178,10 +178,10 @@ pub fn create<T: Transport>(
         0 => run_instance(&ec2, &spec, machine, &user_data)?,
         _ => one(&existing, machine)?.clone(),
     };
-    if instance.private_dns_name().is_empty() {
-        if let Some(fresh) = ec2.instance_by_id(&instance.instance_id)? {
-            instance = fresh;
-        }
+    if instance.private_dns_name().is_empty()
+        && let Some(fresh) = ec2.instance_by_id(&instance.instance_id)?
+    {
+        instance = fresh;
     }
     if needs_src_dst_disabled(&spec, &instance) {
         ec2.call(&query::disable_source_dest_check(&instance.instance_id))?;
@@ -388,13 +388,12 @@ pub fn volume_ids(req: &GetVolumeIdsRequest) -> Result<GetVolumeIdsResponse, Dri
             if let Some(v) = ebs_volume_id(id) {
                 volume_ids.push(v);
             }
-        } else if spec["csi"]["driver"] == EBS_CSI_DRIVER {
-            if let Some(h) = spec["csi"]["volumeHandle"]
+        } else if spec["csi"]["driver"] == EBS_CSI_DRIVER
+            && let Some(h) = spec["csi"]["volumeHandle"]
                 .as_str()
                 .filter(|h| !h.is_empty())
-            {
-                volume_ids.push(h.to_string());
-            }
+        {
+            volume_ids.push(h.to_string());
         }
     }
     Ok(GetVolumeIdsResponse { volume_ids })

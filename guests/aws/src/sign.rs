@@ -11,6 +11,7 @@ use crate::spec::Credentials;
 /// The headers to add to the request (`authorization`, `x-amz-date`, and
 /// `x-amz-security-token` with a session token). `headers` are the ones already on the request;
 /// `host` is taken from the URL.
+#[allow(clippy::too_many_arguments)] // one argument per SigV4 input
 pub fn sign_request(
     method: &str,
     url: &str,

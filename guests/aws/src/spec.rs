@@ -174,23 +174,49 @@ pub struct InstanceMarketOptions {
     pub market_type: String,
 }
 
-/// A list of validation failures, each naming its field (`providerSpec.x.y: what`).
+/// One validation failure: the field it concerns (`providerSpec.x.y`, `secret.key`) and what
+/// is wrong with it. Shown as `path: message`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FieldError {
+    pub path: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for FieldError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)
+    }
+}
+
+/// A list of validation failures, shown joined by `; `.
 #[derive(Debug, Default, PartialEq)]
-pub struct Errors(pub Vec<String>);
+pub struct Errors(pub Vec<FieldError>);
 
 impl Errors {
-    fn add(&mut self, field: impl AsRef<str>, what: impl AsRef<str>) {
-        self.0
-            .push(format!("{}: {}", field.as_ref(), what.as_ref()));
+    fn add(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.0.push(FieldError {
+            path: path.into(),
+            message: message.into(),
+        });
     }
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
+    }
+    /// Whether a failure of the field at `path` is already reported.
+    pub fn has(&self, path: &str) -> bool {
+        self.0.iter().any(|e| e.path == path)
     }
 }
 
 impl std::fmt::Display for Errors {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0.join("; "))
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
     }
 }
 
@@ -256,21 +282,21 @@ pub fn validate(spec: &ProviderSpec) -> Errors {
     }
     validate_network_interfaces(&spec.network_interfaces, &mut e);
     if let Some(p) = &spec.placement {
-        if let Some(t) = &p.tenancy {
-            if !["default", "dedicated", "host"].contains(&t.as_str()) {
-                e.add(
-                    f("placement.tenancy"),
-                    format!("unsupported value {t:?}: expected default, dedicated or host"),
-                );
-            }
+        if let Some(t) = &p.tenancy
+            && !["default", "dedicated", "host"].contains(&t.as_str())
+        {
+            e.add(
+                f("placement.tenancy"),
+                format!("unsupported value {t:?}: expected default, dedicated or host"),
+            );
         }
-        if let Some(a) = &p.affinity {
-            if !["default", "host"].contains(&a.as_str()) {
-                e.add(
-                    f("placement.affinity"),
-                    format!("unsupported value {a:?}: expected default or host"),
-                );
-            }
+        if let Some(a) = &p.affinity
+            && !["default", "host"].contains(&a.as_str())
+        {
+            e.add(
+                f("placement.affinity"),
+                format!("unsupported value {a:?}: expected default or host"),
+            );
         }
         if p.host_id.is_some() && p.tenancy.as_deref() != Some("host") {
             e.add(
@@ -282,27 +308,27 @@ pub fn validate(spec: &ProviderSpec) -> Errors {
             e.add(f("placement.partitionNumber"), "must be >= 1");
         }
     }
-    if let Some(m) = &spec.instance_market_options {
-        if ![
+    if let Some(m) = &spec.instance_market_options
+        && ![
             "spot",
             "capacity-block",
             "interruptible-capacity-reservation",
         ]
         .contains(&m.market_type.as_str())
-        {
-            e.add(
-                f("instanceMarketOptions.marketType"),
-                format!(
-                    "unsupported value {:?}: expected spot or capacity-block",
-                    m.market_type
-                ),
-            );
-        }
+    {
+        e.add(
+            f("instanceMarketOptions.marketType"),
+            format!(
+                "unsupported value {:?}: expected spot or capacity-block",
+                m.market_type
+            ),
+        );
     }
-    if let Some(price) = &spec.spot_price {
-        if !price.is_empty() && price.parse::<f64>().map_or(true, |p| p <= 0.0) {
-            e.add(f("spotPrice"), format!("{price:?} is not a positive price"));
-        }
+    if let Some(price) = &spec.spot_price
+        && !price.is_empty()
+        && price.parse::<f64>().map_or(true, |p| p <= 0.0)
+    {
+        e.add(f("spotPrice"), format!("{price:?} is not a positive price"));
     }
     validate_tags(&spec.tags, &mut e);
     if let Some(m) = &spec.instance_metadata_options {
@@ -346,10 +372,10 @@ pub fn validate(spec: &ProviderSpec) -> Errors {
             }
             _ => {}
         }
-        if let Some(s) = &c.amd_sev_snp {
-            if !["enabled", "disabled"].contains(&s.as_str()) {
-                e.add(f("cpuOptions.amdSevSnp"), "must be enabled or disabled");
-            }
+        if let Some(s) = &c.amd_sev_snp
+            && !["enabled", "disabled"].contains(&s.as_str())
+        {
+            e.add(f("cpuOptions.amdSevSnp"), "must be enabled or disabled");
         }
     }
     e
@@ -453,13 +479,13 @@ fn validate_network_interfaces(nics: &[NetworkInterface], e: &mut Errors) {
                 e.add(at(&format!("securityGroupIDs[{j}]")), "must not be blank");
             }
         }
-        if let Some(t) = &n.interface_type {
-            if !["", "interface", "efa", "efa-only"].contains(&t.as_str()) {
-                e.add(
-                    at("interfaceType"),
-                    format!("unsupported value {t:?}: expected interface, efa or efa-only"),
-                );
-            }
+        if let Some(t) = &n.interface_type
+            && !["", "interface", "efa", "efa-only"].contains(&t.as_str())
+        {
+            e.add(
+                at("interfaceType"),
+                format!("unsupported value {t:?}: expected interface, efa or efa-only"),
+            );
         }
         if n.device_index.is_some_and(|x| x < 0) {
             e.add(at("deviceIndex"), "must be >= 0");
@@ -547,6 +573,11 @@ fn get<'a>(secret: &'a [(String, Vec<u8>)], key: &str) -> Option<&'a [u8]> {
         .filter(|v| !v.is_empty())
 }
 
+/// The path that names a secret key in errors.
+fn secret_path(key: &str) -> String {
+    format!("secret.{key}")
+}
+
 /// A key's value as text, surrounding whitespace trimmed as provider-aws does (a trailing
 /// newline from `echo | base64` is the usual one); empty after trimming counts as missing.
 fn text(secret: &[(String, Vec<u8>)], keys: &[&str], errors: &mut Errors) -> Option<String> {
@@ -554,7 +585,7 @@ fn text(secret: &[(String, Vec<u8>)], keys: &[&str], errors: &mut Errors) -> Opt
     match std::str::from_utf8(bytes) {
         Ok(s) => Some(s.trim().to_string()).filter(|s| !s.is_empty()),
         Err(_) => {
-            errors.add(format!("secret.{key}"), "is not UTF-8 text");
+            errors.add(secret_path(key), "is not UTF-8 text");
             None
         }
     }
@@ -577,7 +608,9 @@ pub fn credential_warnings(secret: &[(String, Vec<u8>)]) -> Vec<String> {
             continue;
         }
         if value.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            warnings.push(format!("secret.{key} contains whitespace or control characters"));
+            warnings.push(format!(
+                "secret.{key} contains whitespace or control characters"
+            ));
         }
         if is_access
             && !((16..=128).contains(&value.len())
@@ -590,7 +623,9 @@ pub fn credential_warnings(secret: &[(String, Vec<u8>)]) -> Vec<String> {
             ));
         }
         if is_secret && value.len() < 16 {
-            warnings.push(format!("secret.{key} is shorter than an AWS secret access key"));
+            warnings.push(format!(
+                "secret.{key} is shorter than an AWS secret access key"
+            ));
         }
     }
     warnings
@@ -603,12 +638,7 @@ pub fn credentials(secret: &[(String, Vec<u8>)]) -> Result<Credentials, Errors> 
     let access = text(secret, &ACCESS_KEY_KEYS, &mut e);
     let secret_key = text(secret, &SECRET_KEY_KEYS, &mut e);
     let token = text(secret, &[SESSION_TOKEN_KEY], &mut e);
-    if access.is_none()
-        && !e
-            .0
-            .iter()
-            .any(|m| ACCESS_KEY_KEYS.iter().any(|k| m.contains(k)))
-    {
+    if access.is_none() && !ACCESS_KEY_KEYS.iter().any(|k| e.has(&secret_path(k))) {
         e.add(
             "secret",
             format!(
@@ -617,12 +647,7 @@ pub fn credentials(secret: &[(String, Vec<u8>)]) -> Result<Credentials, Errors> 
             ),
         );
     }
-    if secret_key.is_none()
-        && !e
-            .0
-            .iter()
-            .any(|m| SECRET_KEY_KEYS.iter().any(|k| m.contains(k)))
-    {
+    if secret_key.is_none() && !SECRET_KEY_KEYS.iter().any(|k| e.has(&secret_path(k))) {
         e.add(
             "secret",
             format!(
@@ -892,14 +917,37 @@ pub(crate) mod tests {
         assert_eq!(credentials(&moto).unwrap().access_key_id, "test");
         let warnings = credential_warnings(&moto);
         assert!(
-            warnings[0].contains("secret.providerAccessKeyId does not look like an AWS access key ID"),
+            warnings[0]
+                .contains("secret.providerAccessKeyId does not look like an AWS access key ID"),
             "{warnings:?}"
         );
-        assert!(warnings[1].contains("shorter than an AWS secret access key"), "{warnings:?}");
+        assert!(
+            warnings[1].contains("shorter than an AWS secret access key"),
+            "{warnings:?}"
+        );
         let mut blank = secret();
         blank[0].1 = b" \n".to_vec();
         let msg = credentials(&blank).unwrap_err().to_string();
         assert!(msg.contains("missing key \"providerAccessKeyId\""), "{msg}");
+
+        // A key that is there but not UTF-8 is reported once, under its own path, not also as
+        // missing; a missing key is reported under `secret`.
+        for key in ACCESS_KEY_KEYS {
+            let bad = vec![(key.to_string(), vec![0xff, 0xfe]), secret()[1].clone()];
+            let e = credentials(&bad).unwrap_err();
+            let path = format!("secret.{key}");
+            assert!(e.has(&path) && !e.has("secret"), "{e:?}");
+            assert_eq!(e.0.iter().filter(|f| f.path == path).count(), 1, "{e:?}");
+            assert_eq!(e.to_string(), format!("{path}: is not UTF-8 text"));
+        }
+        let e = credentials(&missing).unwrap_err();
+        assert_eq!(
+            e.0,
+            [FieldError {
+                path: "secret".into(),
+                message: "missing key \"providerSecretAccessKey\" (or \"secretAccessKey\")".into(),
+            }]
+        );
 
         let no_user_data: Vec<_> = secret()
             .into_iter()

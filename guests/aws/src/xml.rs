@@ -164,10 +164,10 @@ pub fn parse<T: serde::de::DeserializeOwned>(body: &str) -> Result<T, String> {
 /// The first error of an EC2 error body (also accepts the `<ErrorResponse><Error>` shape of
 /// other AWS query services); `None` when the body is not such XML.
 pub fn parse_error(body: &str) -> Option<AwsError> {
-    if let Ok(r) = parse::<ErrorResponse>(body) {
-        if let Some(e) = r.errors.error.into_iter().next() {
-            return Some(e);
-        }
+    if let Ok(r) = parse::<ErrorResponse>(body)
+        && let Some(e) = r.errors.error.into_iter().next()
+    {
+        return Some(e);
     }
     #[derive(Deserialize)]
     struct Other {
