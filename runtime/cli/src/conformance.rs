@@ -434,19 +434,11 @@ pub fn load_class(path: &Path) -> Result<MachineClass, InputError> {
     }
     if value.get("kind").is_some() || value.get("metadata").is_some() {
         let class: machine_api::MachineClass =
-            serde_json::from_value(value).map_err(|source| InputError::Shape {
-                path: p(),
-                what: "MachineClass",
-                source,
-            })?;
+            serde_json::from_value(value).map_err(shape(path, "MachineClass"))?;
         return Ok(mcm_controller::machine::driver_class(&class));
     }
     let mut class: MachineClass =
-        serde_json::from_value(value).map_err(|source| InputError::Shape {
-            path: p(),
-            what: "MachineClass",
-            source,
-        })?;
+        serde_json::from_value(value).map_err(shape(path, "MachineClass"))?;
     if class.name.is_empty() {
         class.name = "conformance".into();
     }
@@ -464,12 +456,15 @@ pub fn load_secret(path: &Path) -> Result<SecretData, InputError> {
             message: "a Secret needs \"data\" (base64) or \"stringData\"".into(),
         });
     }
-    let secret: Secret = serde_json::from_value(value).map_err(|source| InputError::Shape {
-        path: p(),
-        what: "Secret (data values must be base64 strings)",
-        source,
-    })?;
+    let secret: Secret = serde_json::from_value(value)
+        .map_err(shape(path, "Secret (data values must be base64 strings)"))?;
     Ok(mcm_controller::secrets::merge([&secret]))
+}
+
+/// The error of a JSON file that is not a `what`.
+fn shape(path: &Path, what: &'static str) -> impl FnOnce(serde_json::Error) -> InputError {
+    let path = path.display().to_string();
+    move |source| InputError::Shape { path, what, source }
 }
 
 fn read_json(path: &Path) -> Result<serde_json::Value, InputError> {

@@ -156,15 +156,6 @@ impl Registry {
         })
     }
 
-    fn settings_for(&self, name: &str) -> ProviderSettings {
-        self.state
-            .load()
-            .settings
-            .get(name)
-            .cloned()
-            .unwrap_or_default()
-    }
-
     /// Load (or reload) one file; on success the provider is swapped in atomically.
     pub async fn load_file(&self, path: &Path) -> Result<Arc<Provider>, LoadError> {
         let bytes = tokio::fs::read(path)
@@ -198,8 +189,10 @@ impl Registry {
     async fn load_bytes(&self, path: &Path, bytes: &[u8]) -> Result<Arc<Provider>, LoadError> {
         let info = crate::artifact::inspect(path, bytes)?;
         let name = info.metadata.name.clone();
-        let settings = with_endpoint_env(&info.metadata, self.settings_for(&name));
-        let compiled = Provider::from_bytes(&self.sandbox, path, bytes, settings).await?;
+        // The smoke instantiation calls no export, so it needs no settings: the operator's
+        // (and the endpoint variable's) are applied once, at the swap.
+        let compiled =
+            Provider::from_bytes(&self.sandbox, path, bytes, ProviderSettings::default()).await?;
         let (provider, replaced) = self.update(|state| {
             // The settings current now, not those of when compiling started.
             let current = state.settings.get(&name).cloned().unwrap_or_default();
