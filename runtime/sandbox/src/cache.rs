@@ -12,7 +12,6 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::Context as _;
 use sha2::{Digest, Sha256};
 use wasmtime::Engine;
 use wasmtime::component::Component;
@@ -62,13 +61,13 @@ impl CompileCache {
         &self,
         engine: &Engine,
         bytes: &[u8],
-    ) -> anyhow::Result<(Component, CacheHit)> {
+    ) -> wasmtime::Result<(Component, CacheHit)> {
         let entry = self
             .entry(engine, bytes)
             .filter(|path| match private_dir(path) {
                 Ok(()) => true,
                 Err(e) => {
-                    tracing::warn!(path = %path.display(), "compile cache disabled: {e:#}");
+                    tracing::warn!(path = %path.display(), "compile cache disabled: {e}");
                     false
                 }
             });
@@ -86,25 +85,42 @@ impl CompileCache {
                     }
                 },
                 Err(e) => {
-                    tracing::warn!(path = %path.display(), "not using cache entry, recompiling: {e:#}")
+                    tracing::warn!(path = %path.display(), "not using cache entry, recompiling: {e}")
                 }
             }
         }
         let started = Instant::now();
-        let compiled = engine
-            .precompile_component(bytes)
-            .map_err(anyhow::Error::msg)?;
+        let compiled = engine.precompile_component(bytes)?;
         tracing::debug!(elapsed = ?started.elapsed(), "compiled component");
         if let Some(path) = &entry
             && let Err(e) = store(path, &compiled)
         {
-            tracing::warn!(path = %path.display(), "cannot write compile cache: {e:#}");
+            tracing::warn!(path = %path.display(), "cannot write compile cache: {e}");
         }
         // SAFETY: the bytes come from `precompile_component` of this engine just now.
-        let component =
-            unsafe { Component::deserialize(engine, &compiled) }.map_err(anyhow::Error::msg)?;
+        let component = unsafe { Component::deserialize(engine, &compiled) }?;
         Ok((component, CacheHit::Compiled))
     }
+}
+
+/// Why a cache entry or the cache directory is not used (logged; the component is compiled).
+#[derive(Debug, thiserror::Error)]
+enum EntryError {
+    #[error("{what} {}: {source}", path.display())]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("its content (sha256 {actual}) does not match the digest written with it ({expected})")]
+    DigestMismatch { actual: String, expected: String },
+    #[error("{} is writable by group or others (mode {mode:o}); make it 0700", dir.display())]
+    NotPrivate { dir: PathBuf, mode: u32 },
+}
+
+fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> EntryError {
+    let path = path.to_path_buf();
+    move |source| EntryError::Io { what, path, source }
 }
 
 fn sidecar(path: &Path) -> PathBuf {
@@ -112,60 +128,70 @@ fn sidecar(path: &Path) -> PathBuf {
 }
 
 /// The entry's bytes, if they match the digest stored beside them.
-fn read_verified(path: &Path) -> anyhow::Result<Vec<u8>> {
-    let compiled = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+fn read_verified(path: &Path) -> Result<Vec<u8>, EntryError> {
+    let compiled = std::fs::read(path).map_err(io("reading", path))?;
     let sidecar = sidecar(path);
-    let expected = std::fs::read_to_string(&sidecar)
-        .with_context(|| format!("reading its digest {}", sidecar.display()))?;
+    let expected = std::fs::read_to_string(&sidecar).map_err(io("reading its digest", &sidecar))?;
     let actual = hex::encode(Sha256::digest(&compiled));
-    anyhow::ensure!(
-        expected.trim() == actual,
-        "its content (sha256 {actual}) does not match the digest written with it ({})",
-        expected.trim()
-    );
+    if expected.trim() != actual {
+        return Err(EntryError::DigestMismatch {
+            actual,
+            expected: expected.trim().to_string(),
+        });
+    }
     Ok(compiled)
 }
 
 /// Create the cache directory `0700`; tighten an existing one to `0700`, and refuse it when
 /// that is not possible (another user's directory that group or others can write).
-fn private_dir(path: &Path) -> anyhow::Result<()> {
+fn private_dir(path: &Path) -> Result<(), EntryError> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-    let dir = path.parent().context("cache path has no parent")?;
+    // Entries are always `dir/name`: `entry` builds them so.
+    let dir = path
+        .parent()
+        .expect("a cache entry is inside the cache directory");
     if !dir.exists() {
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(dir)
-            .with_context(|| format!("creating {}", dir.display()))?;
+            .map_err(io("creating", dir))?;
     }
-    let mode = std::fs::metadata(dir)?.permissions().mode();
-    if mode & 0o077 != 0 {
+    let mode = || {
+        std::fs::metadata(dir)
+            .map(|m| m.permissions().mode())
+            .map_err(io("reading the mode of", dir))
+    };
+    if mode()? & 0o077 != 0 {
         let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
     }
-    let mode = std::fs::metadata(dir)?.permissions().mode();
-    anyhow::ensure!(
-        mode & 0o022 == 0,
-        "{} is writable by group or others (mode {:o}); make it 0700",
-        dir.display(),
-        mode & 0o777
-    );
+    let mode = mode()?;
+    if mode & 0o022 != 0 {
+        return Err(EntryError::NotPrivate {
+            dir: dir.to_path_buf(),
+            mode: mode & 0o777,
+        });
+    }
     Ok(())
 }
 
 /// Write atomically (temp file + rename) so a concurrent reader never sees half a file.
-fn store(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let dir = path.parent().context("cache path has no parent")?;
+fn store(path: &Path, bytes: &[u8]) -> Result<(), EntryError> {
+    let dir = path
+        .parent()
+        .expect("a cache entry is inside the cache directory");
     let name = path
         .file_name()
-        .context("cache path has no file name")?
+        .expect("a cache entry has a file name")
         .to_string_lossy();
     let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    std::fs::write(&tmp, bytes)?;
+    std::fs::write(&tmp, bytes).map_err(io("writing", &tmp))?;
     // The digest first: a reader that sees the new entry also sees its digest (an old digest
     // with a new entry only costs a recompile).
     let digest_tmp = dir.join(format!(".{name}.{}.sha256.tmp", std::process::id()));
-    std::fs::write(&digest_tmp, hex::encode(Sha256::digest(bytes)))?;
-    std::fs::rename(&digest_tmp, sidecar(path))?;
-    std::fs::rename(&tmp, path)?;
+    std::fs::write(&digest_tmp, hex::encode(Sha256::digest(bytes)))
+        .map_err(io("writing", &digest_tmp))?;
+    std::fs::rename(&digest_tmp, sidecar(path)).map_err(io("renaming", &digest_tmp))?;
+    std::fs::rename(&tmp, path).map_err(io("renaming", &tmp))?;
     Ok(())
 }

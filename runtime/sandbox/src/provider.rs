@@ -12,7 +12,7 @@ use crate::artifact::{self, ArtifactInfo, LoadError};
 use crate::bindings;
 use crate::cache::CacheHit;
 use crate::capability::credentials::{self, Brokered};
-use crate::capability::egress::EgressPolicy;
+use crate::capability::egress::{EgressHook, EgressPolicy};
 use crate::engine::{self, CallContext, Sandbox};
 use mcm_driver::*;
 
@@ -190,7 +190,7 @@ impl Provider {
         CallContext {
             provider: self.call_ctx.provider.clone(),
             operation,
-            egress: self.call_ctx.egress.clone(),
+            egress: self.call_ctx.egress.clone() as Arc<dyn EgressHook>,
             config_json: self.call_ctx.config_json.clone(),
             http: self.sandbox.http.clone(),
             brokered,
@@ -216,23 +216,6 @@ impl Provider {
             .as_ref()
             .unwrap_or(&self.sandbox.config.deadlines)
             .get(op)
-    }
-
-    /// A guest cannot push more than `max_result_bytes` into the host.
-    fn check_result_size(&self, value: Response) -> Result<Response, DriverError> {
-        let limit = self.sandbox.config.max_result_bytes;
-        let mut counter = ByteCounter(0);
-        serde_json::to_writer(&mut counter, &value).expect("driver types serialize");
-        if counter.0 > limit {
-            return Err(DriverError::new(
-                Code::ResourceExhausted,
-                format!(
-                    "provider returned a result of {} bytes; the limit is {limit} bytes",
-                    counter.0
-                ),
-            ));
-        }
-        Ok(value)
     }
 
     /// Benchmark floor: get-machine-status with only store + instance + call (see
@@ -287,7 +270,7 @@ impl MachineDriver for Provider {
             )
             .instrument(span.clone())
             .await
-            .and_then(|value| self.check_result_size(value));
+            .and_then(|value| engine::cap_result(value, self.sandbox.config.max_result_bytes));
         let elapsed = started.elapsed();
         let outcome = result.as_ref().err().map(|e| e.code);
         span.record("outcome", outcome.map_or("OK", Code::name));
@@ -318,16 +301,4 @@ fn exported_operations(
             _ => Vec::new(),
         })
         .collect()
-}
-
-struct ByteCounter(usize);
-
-impl std::io::Write for ByteCounter {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0 += buf.len();
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
 }

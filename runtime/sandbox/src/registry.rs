@@ -187,12 +187,11 @@ impl Registry {
     }
 
     async fn load_bytes(&self, path: &Path, bytes: &[u8]) -> Result<Arc<Provider>, LoadError> {
-        let info = crate::artifact::inspect(path, bytes)?;
-        let name = info.metadata.name.clone();
         // The smoke instantiation calls no export, so it needs no settings: the operator's
         // (and the endpoint variable's) are applied once, at the swap.
         let compiled =
             Provider::from_bytes(&self.sandbox, path, bytes, ProviderSettings::default()).await?;
+        let name = compiled.info().metadata.name.clone();
         let (provider, replaced) = self.update(|state| {
             // The settings current now, not those of when compiling started.
             let current = state.settings.get(&name).cloned().unwrap_or_default();
@@ -293,7 +292,7 @@ impl Registry {
         self: &Arc<Self>,
         dir: PathBuf,
         rescan_every: Duration,
-    ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    ) -> Result<tokio::task::JoinHandle<()>, notify::Error> {
         for e in self.sync_dir(&dir).await {
             tracing::warn!("{e}");
         }
@@ -362,23 +361,49 @@ fn with_endpoint_env(meta: &crate::Metadata, settings: ProviderSettings) -> Prov
     }
 }
 
+/// Why the endpoint variable is not used.
+#[derive(Debug, thiserror::Error)]
+enum EndpointError {
+    #[error("{var}={value:?} is not a URL: {reason}")]
+    NotAUrl {
+        var: String,
+        value: String,
+        reason: String,
+    },
+    #[error("{var}={value:?} has no {missing}")]
+    Incomplete {
+        var: String,
+        value: String,
+        missing: &'static str,
+    },
+    #[error("provider config is not a JSON object: {0}")]
+    Config(#[source] serde_json::Error),
+    #[error(transparent)]
+    Rule(#[from] crate::capability::egress::RuleError),
+}
+
 /// Pure part of [`with_endpoint_env`].
 fn endpoint_settings(
     var: &str,
     endpoint: &str,
     mut settings: ProviderSettings,
-) -> Result<ProviderSettings, String> {
-    let url: reqwest::Url = endpoint
-        .parse()
-        .map_err(|e| format!("{var}={endpoint:?} is not a URL: {e}"))?;
-    let host = url
-        .host_str()
-        .ok_or_else(|| format!("{var}={endpoint:?} has no host"))?;
+) -> Result<ProviderSettings, EndpointError> {
+    let incomplete = |missing| EndpointError::Incomplete {
+        var: var.to_string(),
+        value: endpoint.to_string(),
+        missing,
+    };
+    let url: reqwest::Url = endpoint.parse().map_err(|e| EndpointError::NotAUrl {
+        var: var.to_string(),
+        value: endpoint.to_string(),
+        reason: format!("{e}"),
+    })?;
+    let host = url.host_str().ok_or_else(|| incomplete("host"))?;
     let port = url
         .port_or_known_default()
-        .ok_or_else(|| format!("{var}={endpoint:?} has no port"))?;
+        .ok_or_else(|| incomplete("port"))?;
     let mut config: serde_json::Map<String, serde_json::Value> = match settings.config.as_deref() {
-        Some(text) => serde_json::from_str(text).map_err(|e| format!("provider config: {e}"))?,
+        Some(text) => serde_json::from_str(text).map_err(EndpointError::Config)?,
         None => serde_json::Map::new(),
     };
     if config.contains_key("endpoint") {
@@ -388,7 +413,7 @@ fn endpoint_settings(
     settings.config = Some(serde_json::Value::Object(config).to_string());
     let mut rules: Vec<String> = settings.egress.rules().map(|r| r.to_string()).collect();
     rules.push(format!("{host}:{port}"));
-    settings.egress = crate::EgressPolicy::parse(&rules).map_err(|e| e.to_string())?;
+    settings.egress = crate::EgressPolicy::parse(&rules)?;
     Ok(settings)
 }
 

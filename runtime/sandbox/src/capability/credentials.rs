@@ -10,6 +10,9 @@
 //!
 //! Scheme: AWS Signature Version 4, through AWS's `aws-sigv4` crate, with the key names
 //! machine-controller-manager-provider-aws reads (values trimmed, as provider-aws does).
+//!
+//! Its view of a call is borrowed from two units: the withheld credentials (its own state) and
+//! the call's [`HttpCall`], through which a signed request is sent.
 
 use std::time::SystemTime;
 
@@ -17,8 +20,87 @@ use aws_sigv4::http_request::{SignableBody, SignableRequest, SigningSettings, si
 use aws_sigv4::sign::v4;
 use aws_smithy_runtime_api::client::identity::Identity;
 
-use crate::bindings::mcm::driver::http::Request;
+use wasmtime::component::{HasData, Linker};
+
+use super::http::HttpCall;
+use crate::bindings::mcm::driver::credentials as wit;
+use crate::bindings::mcm::driver::http::{Error, Request, Response};
 use mcm_driver::SecretData;
+
+/// Link `mcm:driver/credentials`; `view` borrows the call's withheld credentials and its
+/// [`HttpCall`] out of the store's data.
+pub(crate) fn add_to_linker<T: Send + 'static>(
+    linker: &mut Linker<T>,
+    view: fn(&mut T) -> CredentialsView<'_>,
+) -> wasmtime::Result<()> {
+    wit::add_to_linker::<T, Credentials>(linker, view)
+}
+
+/// What `credentials` sees of one call.
+pub(crate) struct CredentialsView<'a> {
+    /// The credentials the host withheld from the request, when brokering is on.
+    pub brokered: Option<&'a Brokered>,
+    pub http: &'a HttpCall,
+}
+
+struct Credentials;
+
+impl HasData for Credentials {
+    type Data<'a> = CredentialsView<'a>;
+}
+
+impl wit::Host for CredentialsView<'_> {
+    fn withheld_keys(&mut self) -> wasmtime::Result<Vec<String>> {
+        Ok(self
+            .brokered
+            .map(|b| b.withheld.clone())
+            .unwrap_or_default())
+    }
+
+    async fn send_aws_sigv4(
+        &mut self,
+        mut req: Request,
+        region: String,
+        service: String,
+    ) -> wasmtime::Result<Result<Response, Error>> {
+        let Some(brokered) = self.brokered else {
+            return Ok(Err(Error::Denied(format!(
+                "credential brokering is not enabled for provider {}",
+                self.http.provider
+            ))));
+        };
+        // Only requests the egress hook admits are signed (and then sent) at all.
+        if let Ok(url) = req.url.parse::<reqwest::Url>()
+            && let Err(why) = self.http.egress.check(&url)
+        {
+            return Ok(Err(Error::Denied(why.to_string())));
+        }
+        if let Err(why) = brokered.sign_aws_sigv4(&mut req, &region, &service) {
+            return Ok(Err(Error::InvalidRequest(why.to_string())));
+        }
+        Ok(self.http.send(req).await)
+    }
+}
+
+/// Why a request could not be signed.
+#[derive(Debug, thiserror::Error)]
+pub enum SignError {
+    #[error(
+        "the secret has no AWS credentials to sign with (keys {:?} and {:?})",
+        AWS_ACCESS_KEY_KEYS[0],
+        AWS_SECRET_KEY_KEYS[0]
+    )]
+    NoAwsCredentials,
+    #[error("SigV4 {stage}: {reason}")]
+    Signing { stage: &'static str, reason: String },
+}
+
+fn signing<E: std::fmt::Display>(stage: &'static str) -> impl FnOnce(E) -> SignError {
+    move |e| SignError::Signing {
+        stage,
+        reason: e.to_string(),
+    }
+}
 
 /// Secret keys holding the AWS access key ID (provider-aws's names).
 pub const AWS_ACCESS_KEY_KEYS: [&str; 2] = ["providerAccessKeyId", "accessKeyID"];
@@ -82,13 +164,8 @@ impl Brokered {
         req: &mut Request,
         region: &str,
         service: &str,
-    ) -> Result<(), String> {
-        let creds = self.aws.as_ref().ok_or_else(|| {
-            format!(
-                "the secret has no AWS credentials to sign with (keys {:?} and {:?})",
-                AWS_ACCESS_KEY_KEYS[0], AWS_SECRET_KEY_KEYS[0]
-            )
-        })?;
+    ) -> Result<(), SignError> {
+        let creds = self.aws.as_ref().ok_or(SignError::NoAwsCredentials)?;
         let identity: Identity = aws_credential_types::Credentials::new(
             &creds.access_key_id,
             &creds.secret_access_key,
@@ -104,7 +181,7 @@ impl Brokered {
             .time(SystemTime::now())
             .settings(SigningSettings::default())
             .build()
-            .map_err(|e| format!("SigV4 parameters: {e}"))?
+            .map_err(signing("parameters"))?
             .into();
         let signable = SignableRequest::new(
             &req.method,
@@ -112,9 +189,9 @@ impl Brokered {
             req.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())),
             SignableBody::Bytes(&req.body),
         )
-        .map_err(|e| format!("SigV4 request: {e}"))?;
+        .map_err(signing("request"))?;
         let (instructions, _signature) = sign(signable, &params)
-            .map_err(|e| format!("SigV4 signing: {e}"))?
+            .map_err(signing("signing"))?
             .into_parts();
         req.headers.extend(
             instructions
@@ -181,6 +258,7 @@ mod tests {
             body: Vec::new(),
         };
         let err = brokered.sign_aws_sigv4(&mut req, "r", "ec2").unwrap_err();
-        assert!(err.contains("no AWS credentials"), "{err}");
+        assert!(matches!(err, SignError::NoAwsCredentials));
+        assert!(err.to_string().contains("no AWS credentials"), "{err}");
     }
 }

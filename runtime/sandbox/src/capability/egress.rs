@@ -1,6 +1,41 @@
 //! The per-provider egress allowlist: which hosts and ports a provider may call. Default deny.
+//!
+//! The `http` capability asks an [`EgressHook`] before every request (as wasi-http asks its
+//! `WasiHttpHooks`); the answer is a typed [`Denied`], which the capability hands to the guest
+//! as `error::denied` with its text. [`EgressPolicy`] is the hook every provider gets.
 
 use std::fmt;
+
+/// A malformed allowlist rule.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("invalid egress rule {rule:?}: {reason}")]
+pub struct RuleError {
+    pub rule: String,
+    pub reason: &'static str,
+}
+
+/// Why a request may not leave the sandbox.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Denied {
+    #[error("scheme {0:?} is not allowed (http and https only)")]
+    Scheme(String),
+    #[error("URL has no host")]
+    NoHost,
+    #[error("{host}:{port} is not allowed: the provider's egress allowlist is empty")]
+    EmptyAllowlist { host: String, port: u16 },
+    #[error("{host}:{port} is not in the provider's egress allowlist [{}]", allowed.join(", "))]
+    NotAllowed {
+        host: String,
+        port: u16,
+        allowed: Vec<String>,
+    },
+}
+
+/// The policy the `http` capability consults before sending anything.
+pub trait EgressHook: Send + Sync {
+    /// `Ok` to let the request go; otherwise why not.
+    fn check(&self, url: &reqwest::Url) -> Result<(), Denied>;
+}
 
 /// One allowed destination: `host`, `host:port`, `*.suffix` or `*.suffix:port`;
 /// IPv6 literals in brackets (`[::1]:8080`).
@@ -12,11 +47,14 @@ pub struct Rule {
 }
 
 impl std::str::FromStr for Rule {
-    type Err = String;
+    type Err = RuleError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let s = s.trim();
-        let bad = |why: &str| format!("invalid egress rule {s:?}: {why}");
+        let bad = |reason: &'static str| RuleError {
+            rule: s.to_string(),
+            reason,
+        };
         let (host, port) = if let Some(rest) = s.strip_prefix('[') {
             let (host, after) = rest.split_once(']').ok_or_else(|| bad("unclosed '['"))?;
             match after.strip_prefix(':') {
@@ -83,7 +121,7 @@ pub struct EgressPolicy {
 
 impl EgressPolicy {
     /// Parse rules such as `ec2.eu-west-1.amazonaws.com` or `127.0.0.1:5000`.
-    pub fn parse<S: AsRef<str>>(rules: &[S]) -> Result<Self, String> {
+    pub fn parse<S: AsRef<str>>(rules: &[S]) -> Result<Self, RuleError> {
         let rules = rules
             .iter()
             .map(|r| r.as_ref().parse())
@@ -97,16 +135,13 @@ impl EgressPolicy {
     }
 
     /// Is a request to this URL allowed? The error says why not.
-    pub fn check(&self, url: &reqwest::Url) -> Result<(), String> {
+    pub fn check(&self, url: &reqwest::Url) -> Result<(), Denied> {
         if !matches!(url.scheme(), "http" | "https") {
-            return Err(format!(
-                "scheme {:?} is not allowed (http and https only)",
-                url.scheme()
-            ));
+            return Err(Denied::Scheme(url.scheme().to_string()));
         }
         let host = url
             .host_str()
-            .ok_or("URL has no host")?
+            .ok_or(Denied::NoHost)?
             .trim_matches(['[', ']'])
             .to_ascii_lowercase();
         let port = url.port_or_known_default().unwrap_or(0);
@@ -114,20 +149,24 @@ impl EgressPolicy {
             return Ok(());
         }
         if self.rules.is_empty() {
-            Err(format!(
-                "{host}:{port} is not allowed: the provider's egress allowlist is empty"
-            ))
+            Err(Denied::EmptyAllowlist { host, port })
         } else {
-            let allowed: Vec<String> = self.rules.iter().map(|r| r.to_string()).collect();
-            Err(format!(
-                "{host}:{port} is not in the provider's egress allowlist [{}]",
-                allowed.join(", ")
-            ))
+            Err(Denied::NotAllowed {
+                host,
+                port,
+                allowed: self.rules.iter().map(|r| r.to_string()).collect(),
+            })
         }
     }
 
     pub fn rules(&self) -> impl Iterator<Item = &Rule> {
         self.rules.iter()
+    }
+}
+
+impl EgressHook for EgressPolicy {
+    fn check(&self, url: &reqwest::Url) -> Result<(), Denied> {
+        EgressPolicy::check(self, url)
     }
 }
 
@@ -180,6 +219,28 @@ mod tests {
     #[test]
     fn malformed_rules_are_errors() {
         assert!(EgressPolicy::parse(&["http://x/"]).is_err());
-        assert!(EgressPolicy::parse(&["x:notaport"]).is_err());
+        let err = EgressPolicy::parse(&["x:notaport"]).unwrap_err();
+        assert_eq!(err.reason, "port is not a number");
+        assert_eq!(
+            err.to_string(),
+            r#"invalid egress rule "x:notaport": port is not a number"#
+        );
+    }
+
+    #[test]
+    fn denials_are_typed_and_say_what_is_allowed() {
+        let policy = EgressPolicy::parse(&["127.0.0.1:5000"]).unwrap();
+        let denied = policy
+            .check(&"http://10.0.0.1:80/".parse().unwrap())
+            .unwrap_err();
+        assert!(matches!(&denied, Denied::NotAllowed { port: 80, .. }));
+        assert_eq!(
+            denied.to_string(),
+            "10.0.0.1:80 is not in the provider's egress allowlist [127.0.0.1:5000]"
+        );
+        let denied = EgressPolicy::deny_all()
+            .check(&"ftp://x/".parse().unwrap())
+            .unwrap_err();
+        assert_eq!(denied, Denied::Scheme("ftp".into()));
     }
 }

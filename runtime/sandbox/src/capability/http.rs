@@ -1,11 +1,52 @@
-//! The `http` capability: one shared HTTP client (rustls, pooled connections). Each request is
-//! checked against the provider's allowlist, clamped to the call's remaining deadline, and its
-//! response body is capped.
+//! The `http` capability: one shared HTTP client (rustls, pooled connections) for the process,
+//! and per call an [`HttpCall`] (which provider, its egress hook, the call's deadline) that
+//! implements the generated `http::Host`. Each request is checked by the provider's
+//! [`EgressHook`], clamped to the call's remaining deadline, and its response body is capped.
+//!
+//! Shape of wasmtime-wasi-http / Spin's outbound-http factor: process-wide init
+//! ([`HttpClient::new`]), per-call state ([`HttpCall`]), linker registration
+//! ([`add_to_linker`], generic over the store's data, so this module does not know the engine).
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use super::egress::EgressPolicy;
-use crate::bindings::mcm::driver::http::{Error, Request, Response};
+use wasmtime::component::{HasSelf, Linker};
+
+use super::egress::EgressHook;
+use crate::bindings::mcm::driver::http::{self as wit, Error, Request, Response};
+
+/// Link `mcm:driver/http`; `view` borrows the call's [`HttpCall`] out of the store's data.
+pub(crate) fn add_to_linker<T: Send + 'static>(
+    linker: &mut Linker<T>,
+    view: fn(&mut T) -> &mut HttpCall,
+) -> wasmtime::Result<()> {
+    wit::add_to_linker::<T, HasSelf<HttpCall>>(linker, view)
+}
+
+/// The `http` capability's state for one call.
+#[derive(Clone)]
+pub(crate) struct HttpCall {
+    pub client: HttpClient,
+    pub provider: Arc<str>,
+    pub egress: Arc<dyn EgressHook>,
+    pub deadline: Instant,
+}
+
+impl HttpCall {
+    /// Send `req` under this call's egress hook and remaining deadline.
+    pub(crate) async fn send(&self, req: Request) -> Result<Response, Error> {
+        let remaining = self.deadline.saturating_duration_since(Instant::now());
+        self.client
+            .send(&self.provider, &*self.egress, req, remaining)
+            .await
+    }
+}
+
+impl wit::Host for HttpCall {
+    async fn send(&mut self, req: Request) -> wasmtime::Result<Result<Response, Error>> {
+        Ok(HttpCall::send(self, req).await)
+    }
+}
 
 #[derive(Clone)]
 pub(crate) struct HttpClient {
@@ -14,7 +55,7 @@ pub(crate) struct HttpClient {
 }
 
 impl HttpClient {
-    pub(crate) fn new(max_body: u64) -> anyhow::Result<Self> {
+    pub(crate) fn new(max_body: u64) -> Result<Self, reqwest::Error> {
         let client = reqwest::Client::builder()
             // A redirect could lead outside the allowlist: the guest sees 3xx and decides.
             .redirect(reqwest::redirect::Policy::none())
@@ -24,10 +65,10 @@ impl HttpClient {
         Ok(HttpClient { client, max_body })
     }
 
-    pub(crate) async fn send(
+    async fn send(
         &self,
         provider: &str,
-        egress: &EgressPolicy,
+        egress: &dyn EgressHook,
         req: Request,
         remaining: Duration,
     ) -> Result<Response, Error> {
@@ -37,7 +78,7 @@ impl HttpClient {
             .map_err(|e| Error::InvalidRequest(format!("invalid URL {:?}: {e}", req.url)))?;
         if let Err(why) = egress.check(&url) {
             tracing::warn!(provider, url = %redact(&url), "egress denied: {why}");
-            return Err(Error::Denied(why));
+            return Err(Error::Denied(why.to_string()));
         }
         if remaining.is_zero() {
             return Err(Error::Timeout);

@@ -4,10 +4,10 @@
 //! | data from the guest                      | limit (default)              | enforced by                       | excess                        |
 //! |------------------------------------------|------------------------------|-----------------------------------|-------------------------------|
 //! | anything lifted into the host per crossing (an import's arguments, an export's result) | `max_hostcall_bytes` (4 MiB) | wasmtime hostcall fuel, while lifting: nothing bigger is ever copied | ResourceExhausted |
-//! | an operation's result (as JSON)          | `max_result_bytes` (1 MiB)   | `Provider::check_result_size`     | ResourceExhausted             |
+//! | an operation's result (as JSON)          | `max_result_bytes` (1 MiB)   | `outcome::cap_result`             | ResourceExhausted             |
 //! | a `driver-error` message, any error text | `max_error_message_bytes` (4 KiB) | [`cap_message`] at the end of `Sandbox::call` | truncated with a marker, code kept |
-//! | a log message / its fields               | `max_log_bytes` (4 KiB each) | `log::Host` (escaped, truncated)  | truncated with a marker       |
-//! | log calls per call                       | 1000                         | `log::Host`                       | dropped, counted in the last  |
+//! | a log message / its fields               | `max_log_bytes` (4 KiB each) | `capability::log` (escaped, cut)  | truncated with a marker       |
+//! | log calls per call                       | 1000                         | `capability::log`                 | dropped, counted in the last  |
 //! | stderr kept per call                     | `stderr_capture_bytes` (16 KiB) | the in-memory pipe             | the rest is dropped           |
 //! | random bytes per request                 | `max_random_bytes` (64 KiB)  | `wasi::LimitedRandom`             | ResourceExhausted ([`LimitExceeded`]) |
 //! | WASI handles (streams, pollables)        | `max_handles` (10,000)       | the store's resource table        | ResourceExhausted             |
@@ -17,11 +17,9 @@
 //! The hostcall fuel is what keeps the host's memory bounded: without it wasmtime copies up to
 //! 128 MiB per crossing before any of our checks see the value.
 
-use std::borrow::Cow;
 use std::fmt;
 
 pub(crate) use mcm_driver::text::cap_message;
-use mcm_driver::text::{floor_char_boundary, truncated_marker};
 
 /// A guest asked the host for more than a limit allows (typed, so the outcome mapping can
 /// classify it without reading text).
@@ -53,29 +51,6 @@ pub(crate) fn is_hostcall_fuel_exhausted(err: &wasmtime::Error) -> bool {
         .any(|cause| format!("{cause:?}") == "HostcallFuelExhausted")
 }
 
-/// Guest text for the host's text log: control characters (newlines included) escaped, so a
-/// guest cannot forge a log line or a terminal sequence; at most `max` bytes of the input.
-pub(crate) fn escape_for_log(text: &str, max: usize) -> Cow<'_, str> {
-    let cut = floor_char_boundary(text, max.min(text.len()));
-    let head = &text[..cut];
-    let truncated = cut < text.len();
-    if !truncated && !head.chars().any(char::is_control) {
-        return Cow::Borrowed(head);
-    }
-    let mut out = String::with_capacity(head.len() + 16);
-    for c in head.chars() {
-        if c.is_control() {
-            out.extend(c.escape_default());
-        } else {
-            out.push(c);
-        }
-    }
-    if truncated {
-        out.push_str(&truncated_marker(text.len()));
-    }
-    Cow::Owned(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -95,31 +70,5 @@ mod tests {
             "{capped}"
         );
         assert!(capped.starts_with("éé"));
-    }
-
-    #[test]
-    fn log_text_cannot_forge_lines_or_escape_sequences() {
-        let forged = "ok\n2026-12-02T00:00:00Z ERROR mcm_wasm::controller: forged\r\x1b[2J";
-        let escaped = escape_for_log(forged, 4096);
-        assert!(!escaped.contains('\n') && !escaped.contains('\r') && !escaped.contains('\x1b'));
-        assert_eq!(
-            escaped,
-            "ok\\n2026-12-02T00:00:00Z ERROR mcm_wasm::controller: forged\\r\\u{1b}[2J"
-        );
-        assert!(matches!(
-            escape_for_log("plain ünïcode", 4096),
-            Cow::Borrowed(_)
-        ));
-    }
-
-    #[test]
-    fn log_text_is_cut_at_its_limit() {
-        let long = "x".repeat(10_000);
-        let escaped = escape_for_log(&long, 100);
-        assert!(escaped.starts_with(&"x".repeat(100)));
-        assert!(
-            escaped.ends_with("[truncated: 10000 bytes in all]"),
-            "{escaped}"
-        );
     }
 }

@@ -13,7 +13,6 @@ pub mod wasi;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::Context as _;
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{
     Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, UpdateDeadline,
@@ -21,9 +20,10 @@ use wasmtime::{
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 
 use crate::bindings;
-use crate::capability::http::HttpClient;
+use crate::capability::{self, http::HttpClient};
 pub(crate) use convert::*;
 use mcm_driver::{Deadlines, DriverError};
+pub(crate) use outcome::cap_result;
 pub(crate) use state::{CallContext, CallRecord, CallState};
 
 /// Limits and sizing of the sandbox. The defaults suit a controller with MCM's default of 50
@@ -87,6 +87,26 @@ impl Default for SandboxConfig {
     }
 }
 
+/// Why the sandbox could not be set up (at process start; nothing a provider does).
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("creating the wasmtime engine: {0:#}")]
+    Engine(wasmtime::Error),
+    #[error("linking the host capabilities: {0:#}")]
+    Link(wasmtime::Error),
+    #[error("creating the HTTP client: {0}")]
+    HttpClient(#[source] reqwest::Error),
+}
+
+/// The `mcm:driver` capabilities, each lent its own part of the call's state.
+fn link_capabilities(linker: &mut Linker<CallState>) -> wasmtime::Result<()> {
+    bindings::types::add_to_linker::<CallState, HasSelf<CallState>>(linker, |s| s)?;
+    capability::http::add_to_linker(linker, CallState::http)?;
+    capability::log::add_to_linker(linker, CallState::log)?;
+    capability::context::add_to_linker(linker, CallState::context)?;
+    capability::credentials::add_to_linker(linker, CallState::credentials)
+}
+
 /// The engine, linker and shared HTTP client; one per process.
 pub struct Sandbox {
     pub(crate) engine: Engine,
@@ -97,7 +117,7 @@ pub struct Sandbox {
 }
 
 impl Sandbox {
-    pub fn new(config: SandboxConfig) -> anyhow::Result<Arc<Sandbox>> {
+    pub fn new(config: SandboxConfig) -> Result<Arc<Sandbox>, SetupError> {
         let mut pool = PoolingAllocationConfig::default();
         let n = config.max_concurrent_instances;
         pool.total_component_instances(n)
@@ -116,22 +136,16 @@ impl Sandbox {
         wasm.wasm_component_model(true)
             .epoch_interruption(true)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
-        let engine = Engine::new(&wasm)
-            .map_err(anyhow::Error::msg)
-            .context("creating the wasmtime engine")?;
+        let engine = Engine::new(&wasm).map_err(SetupError::Engine)?;
         spawn_epoch_ticker(&engine, config.epoch_tick);
 
         let mut linker = Linker::<CallState>::new(&engine);
         // Rust guests import a few WASI interfaces even when unused; link that subset only,
         // deny-all (no env, no arguments; stderr captured): see `wasi` and CallState::new.
-        wasi::add_to_linker(&mut linker, CallState::random)
-            .map_err(anyhow::Error::msg)
-            .context("linking WASI")?;
-        bindings::Provider::add_to_linker::<CallState, HasSelf<CallState>>(&mut linker, |s| s)
-            .map_err(anyhow::Error::msg)
-            .context("linking the mcm:driver capabilities")?;
+        wasi::add_to_linker(&mut linker, CallState::random).map_err(SetupError::Link)?;
+        link_capabilities(&mut linker).map_err(SetupError::Link)?;
 
-        let http = HttpClient::new(config.max_http_body_bytes)?;
+        let http = HttpClient::new(config.max_http_body_bytes).map_err(SetupError::HttpClient)?;
         let cache = crate::cache::CompileCache::new(config.cache_dir.clone());
         Ok(Arc::new(Sandbox {
             engine,
@@ -154,7 +168,7 @@ impl Sandbox {
     pub(crate) fn compile(
         &self,
         bytes: &[u8],
-    ) -> anyhow::Result<(Component, crate::cache::CacheHit)> {
+    ) -> wasmtime::Result<(Component, crate::cache::CacheHit)> {
         self.cache.load(&self.engine, bytes)
     }
 

@@ -11,6 +11,7 @@
 //! | the guest reported its own failure before trapping (SDK)   | the reported code |
 //! | epoch deadline (`Trap::Interrupt`) / the call's timeout    | DeadlineExceeded  |
 //! | stack overflow, any other trap or error                    | Internal          |
+//! | a result larger than `max_result_bytes` as JSON ([`cap_result`]) | ResourceExhausted |
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -21,7 +22,7 @@ use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 
 use super::limits::{LimitExceeded, is_hostcall_fuel_exhausted};
 use super::{CallRecord, SandboxConfig};
-use mcm_driver::{Code, DriverError};
+use mcm_driver::{Code, DriverError, Response};
 
 pub(crate) enum Failure {
     Instantiate(wasmtime::Error),
@@ -44,7 +45,7 @@ pub(crate) fn classify(
             format!("sandbox is at its concurrency limit, retry later: {err}"),
         );
     }
-    let reported = record.reported.lock().expect("call record lock").take();
+    let reported = record.reported.take().map(super::from_wit_error);
     if record.memory_refused.load(Ordering::Relaxed) {
         let mut message = String::from("guest exceeded its memory or table limit");
         if let Some(reported) = &reported {
@@ -145,5 +146,33 @@ fn with_stderr(message: String, stderr: &MemoryOutputPipe) -> String {
         message
     } else {
         format!("{message}; guest stderr: {text}")
+    }
+}
+
+/// A guest cannot push more than `limit` bytes of result (as JSON) into the host.
+pub(crate) fn cap_result(value: Response, limit: usize) -> Result<Response, DriverError> {
+    let mut counter = ByteCounter(0);
+    serde_json::to_writer(&mut counter, &value).expect("driver types serialize");
+    if counter.0 > limit {
+        return Err(DriverError::new(
+            Code::ResourceExhausted,
+            format!(
+                "provider returned a result of {} bytes; the limit is {limit} bytes",
+                counter.0
+            ),
+        ));
+    }
+    Ok(value)
+}
+
+struct ByteCounter(usize);
+
+impl std::io::Write for ByteCounter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.len();
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
