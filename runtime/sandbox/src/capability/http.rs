@@ -24,7 +24,6 @@ pub(crate) fn add_to_linker<T: Send + 'static>(
 }
 
 /// The `http` capability's state for one call.
-#[derive(Clone)]
 pub(crate) struct HttpCall {
     pub client: HttpClient,
     pub provider: Arc<str>,
