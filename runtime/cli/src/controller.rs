@@ -9,11 +9,6 @@ use std::time::Duration;
 use mcm_controller::{Config, Context};
 use mcm_sandbox::{EgressPolicy, ProviderSettings, Registry, Sandbox, SandboxConfig};
 
-fn go_duration(text: &str) -> Result<Duration, String> {
-    machine_api::parse_duration(text)
-        .map_err(|e| format!("{text:?} is not a duration such as 20m, 2h or 90s: {e}"))
-}
-
 /// The machine controller's command line.
 #[derive(clap::Args, Debug)]
 pub struct ControllerArgs {
@@ -32,13 +27,13 @@ pub struct ControllerArgs {
     #[arg(long, default_value = "default")]
     pub namespace: String,
     /// Creation timeout: a machine whose node has not joined by then fails.
-    #[arg(long, default_value = "20m", value_parser = go_duration)]
+    #[arg(long, default_value = "20m", value_parser = machine_api::parse_duration)]
     pub machine_creation_timeout: Duration,
     /// Health timeout: an Unknown machine fails after this long.
-    #[arg(long, default_value = "10m", value_parser = go_duration)]
+    #[arg(long, default_value = "10m", value_parser = machine_api::parse_duration)]
     pub machine_health_timeout: Duration,
     /// Drain timeout: after this long a deletion is forced.
-    #[arg(long, default_value = "2h", value_parser = go_duration)]
+    #[arg(long, default_value = "2h", value_parser = machine_api::parse_duration)]
     pub machine_drain_timeout: Duration,
     /// Evictions refused by a PodDisruptionBudget (retried every 20 s) before the pod is deleted.
     #[arg(long, default_value_t = 360)]
@@ -47,13 +42,13 @@ pub struct ControllerArgs {
     #[arg(long, default_value_t = true, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
     pub leader_elect: bool,
     /// How long a Lease holds without renewal.
-    #[arg(long, default_value = "15s", value_parser = go_duration)]
+    #[arg(long, default_value = "15s", value_parser = machine_api::parse_duration)]
     pub leader_elect_lease_duration: Duration,
     /// The leader gives up when it could not renew for this long.
-    #[arg(long, default_value = "10s", value_parser = go_duration)]
+    #[arg(long, default_value = "10s", value_parser = machine_api::parse_duration)]
     pub leader_elect_renew_deadline: Duration,
     /// How often the Lease is tried and renewed.
-    #[arg(long, default_value = "2s", value_parser = go_duration)]
+    #[arg(long, default_value = "2s", value_parser = machine_api::parse_duration)]
     pub leader_elect_retry_period: Duration,
     /// Address of the /metrics, /healthz and /readyz endpoints.
     #[arg(long, default_value = "0.0.0.0")]
@@ -62,10 +57,10 @@ pub struct ControllerArgs {
     #[arg(long, default_value_t = 10259)]
     pub port: u16,
     /// How often VMs that no Machine owns are looked for (ListMachines per class) and deleted.
-    #[arg(long, default_value = "15m", value_parser = go_duration)]
+    #[arg(long, default_value = "15m", value_parser = machine_api::parse_duration)]
     pub machine_safety_orphan_vms_period: Duration,
     /// Requeue period after a ResourceExhausted create error (0 means 10m).
-    #[arg(long, default_value = "10m", value_parser = go_duration)]
+    #[arg(long, default_value = "10m", value_parser = machine_api::parse_duration)]
     pub resource_exhausted_retry: Duration,
     /// Machines reconciled concurrently.
     #[arg(long, default_value_t = 50)]
@@ -114,7 +109,7 @@ pub struct CompatFlags {
     #[arg(long)]
     pub cloud_provider: Option<String>,
     /// (no effect: watches resync as kube-runtime does)
-    #[arg(long, value_parser = go_duration)]
+    #[arg(long, value_parser = machine_api::parse_duration)]
     pub min_resync_period: Option<Duration>,
     /// (no effect: no pprof endpoints)
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
@@ -126,25 +121,25 @@ pub struct CompatFlags {
     #[arg(long)]
     pub kube_api_content_type: Option<String>,
     /// (no effect)
-    #[arg(long, value_parser = go_duration)]
+    #[arg(long, value_parser = machine_api::parse_duration)]
     pub controller_start_interval: Option<Duration>,
     /// (no effect: in-place updates are not built)
-    #[arg(long, value_parser = go_duration)]
+    #[arg(long, value_parser = machine_api::parse_duration)]
     pub machine_inplace_update_timeout: Option<Duration>,
     /// (no effect: machine preservation is not built)
-    #[arg(long, value_parser = go_duration)]
+    #[arg(long, value_parser = machine_api::parse_duration)]
     pub machine_preserve_timeout: Option<Duration>,
     /// (no effect: the drain does not wait for volumes to detach yet)
-    #[arg(long, value_parser = go_duration)]
+    #[arg(long, value_parser = machine_api::parse_duration)]
     pub machine_pv_detach_timeout: Option<Duration>,
     /// (no effect: the drain does not wait for volumes to reattach yet)
-    #[arg(long, value_parser = go_duration)]
+    #[arg(long, value_parser = machine_api::parse_duration)]
     pub machine_pv_reattach_timeout: Option<Duration>,
     /// (no effect: the API-server safety freeze is not built)
-    #[arg(long, value_parser = go_duration)]
+    #[arg(long, value_parser = machine_api::parse_duration)]
     pub machine_safety_apiserver_statuscheck_timeout: Option<Duration>,
     /// (no effect: the API-server safety freeze is not built)
-    #[arg(long, value_parser = go_duration)]
+    #[arg(long, value_parser = machine_api::parse_duration)]
     pub machine_safety_apiserver_statuscheck_period: Option<Duration>,
     /// (no effect: the lock is always the Lease `machine-controller`)
     #[arg(long)]

@@ -132,15 +132,68 @@ pub struct HealthObserved<'a> {
     pub health_timeout: Option<Duration>,
 }
 
-/// A phase change: the new phase and the `lastOperation` that says why.
+/// A phase change: the new phase, the `lastOperation` that says why, and what else the
+/// status write carries. Applied by [`apply`], the one place that turns a decision into a
+/// status.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Transition {
     pub phase: Phase,
     pub description: String,
     pub state: State,
     pub operation: Op,
+    /// `lastOperation.errorCode` ("" for none).
+    pub error_code: &'static str,
+    /// `lastKnownState`: `None` keeps it.
+    pub last_known_state: Option<String>,
+    /// `status.addresses`: `None` keeps them.
+    pub addresses: Option<Vec<NodeAddress>>,
     /// The first join after create (its bootstrap token is deleted).
     pub first_join: bool,
+}
+
+impl Transition {
+    fn to(phase: Phase, description: String, state: State, operation: Op) -> Transition {
+        Transition {
+            phase,
+            description,
+            state,
+            operation,
+            error_code: "",
+            last_known_state: None,
+            addresses: None,
+            first_join: false,
+        }
+    }
+}
+
+/// What a sub-reconciler decided: maybe a transition, maybe a Warning event, and when to look
+/// again (and why, for the log).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Decision {
+    pub transition: Option<Transition>,
+    /// (reason, note) of a Warning event on the Machine.
+    pub warning: Option<(&'static str, String)>,
+    pub requeue: Duration,
+    pub reason: String,
+}
+
+/// Apply a transition to a status (phase and lastOperation stamped now; preserveExpiryTime
+/// kept).
+pub fn apply(st: &mut MachineStatus, t: &Transition) {
+    let preserve = st.current_status.preserve_expiry_time.clone();
+    st.last_operation = status::last_op(
+        t.description.clone(),
+        t.state.clone(),
+        t.operation.clone(),
+        t.error_code,
+    );
+    st.current_status = status::current(t.phase.clone(), preserve);
+    if let Some(state) = &t.last_known_state {
+        st.last_known_state = state.clone();
+    }
+    if let Some(addresses) = &t.addresses {
+        st.addresses = addresses.clone();
+    }
 }
 
 /// MCM's health check (`reconcileMachineHealth`) as a pure decision: Pending/Unknown →
@@ -152,11 +205,8 @@ pub fn decide_health(o: &HealthObserved) -> Option<Transition> {
     let name = o.name;
     let previous_type = o.last_operation.0.clone().unwrap_or(Op::HealthCheck);
     let to = |phase, description: String, state, operation, first_join| Transition {
-        phase,
-        description,
-        state,
-        operation,
         first_join,
+        ..Transition::to(phase, description, state, operation)
     };
     match o.phase {
         Phase::InPlaceUpdating | Phase::InPlaceUpdateFailed => None,
@@ -289,9 +339,7 @@ async fn health(job: &Job, machine: &Machine) -> Result<Option<Action>, Error> {
             .then(|| effective(&config.health_timeout, ctx.config.health_timeout)),
     };
     if let Some(t) = decide_health(&observed) {
-        let preserve = st.current_status.preserve_expiry_time.clone();
-        st.last_operation = status::last_op(t.description, t.state, t.operation, "");
-        st.current_status = status::current(t.phase, preserve);
+        apply(&mut st, &t);
         changed = true;
         if t.first_join {
             delete_bootstrap_token(job, name).await;
@@ -304,12 +352,14 @@ async fn health(job: &Job, machine: &Machine) -> Result<Option<Action>, Error> {
             tracing::info!(machine = %name, from = phase.as_str(), to = ?new_phase.as_ref().map(|p| p.as_str()), "phase changed");
         }
     }
-    match st.current_status.phase {
-        Some(Phase::Pending) | Some(Phase::Unknown) => {
-            Ok(Some(Action::requeue(ctx.config.health_check_interval)))
-        }
-        _ => Ok(None),
-    }
+    Ok(health_requeue(st.current_status.phase.as_ref(), ctx.config.health_check_interval).map(Action::requeue))
+}
+
+/// After the health check: Pending and Unknown machines are looked at again every
+/// `interval` (MCM's health-check period); the other phases go on to the creation flow's
+/// checks.
+pub fn health_requeue(phase: Option<&Phase>, interval: Duration) -> Option<Duration> {
+    matches!(phase, Some(Phase::Pending) | Some(Phase::Unknown)).then_some(interval)
 }
 
 /// The label on a Node that names its Machine (MCM `syncMachineNameToNode`).
@@ -362,66 +412,223 @@ async fn sync_node(
     Ok(())
 }
 
-/// MCM `getCreateFailurePhase`.
-fn failure_phase(job: &Job, machine: &Machine) -> Phase {
-    let timeout = effective(
-        &machine.spec.configuration.creation_timeout,
-        job.ctx.config.creation_timeout,
-    );
-    if age(machine) > timeout {
+/// What the launch sub-reconciler decides from: the machine's phase and age, and how its
+/// driver calls ended.
+#[derive(Clone, Debug)]
+pub struct LaunchObserved<'a> {
+    pub name: &'a str,
+    pub phase: Option<Phase>,
+    /// A target cluster is configured (machines go Pending and join it), else Available.
+    pub with_target: bool,
+    pub age: Duration,
+    pub creation_timeout: Duration,
+    /// `--resource-exhausted-retry`.
+    pub resource_exhausted_retry: Duration,
+    pub outcome: Launch,
+}
+
+/// How the launch calls (status → create → initialize) ended.
+#[derive(Clone, Debug)]
+pub enum Launch {
+    /// The class's secret has no userData: nothing was called.
+    MissingUserData,
+    /// Not now, nothing written (a bootstrap token created concurrently, a name too short
+    /// for one).
+    Wait { after: Duration, reason: String },
+    /// GetMachineStatus or CreateMachine failed.
+    CreateFailed(DriverError),
+    /// The provider answered without a providerID, or without a nodeName where one is needed.
+    IncompleteAnswer {
+        provider_id: String,
+        node_name: String,
+    },
+    /// A Node of another name already exists for the new VM; the VM was deleted.
+    OldNodeObject,
+    /// InitializeMachine failed.
+    InitializeFailed(DriverError),
+    /// The VM exists and is initialized.
+    Launched {
+        provider_id: String,
+        node_name: String,
+        addresses: Vec<mcm_driver::NodeAddress>,
+        last_known_state: String,
+    },
+}
+
+/// MCM `triggerCreationFlow` and `machineCreateErrorHandler` as a pure decision. A failed
+/// create or initialize: phase CrashLoopBackOff (Failed after the creation timeout),
+/// lastOperation {message, code, Failed, Create}, requeue by code (`retry`); a launched VM:
+/// Pending "Creating machine on cloud provider" (Available "Created machine on cloud
+/// provider" without a target cluster) when the machine had no phase or was in
+/// CrashLoopBackOff, then the health check takes over.
+pub fn decide_launch(o: &LaunchObserved) -> Decision {
+    let failure_phase = if o.age > o.creation_timeout {
         Phase::Failed
     } else {
         Phase::CrashLoopBackOff
+    };
+    let wait = |after: Duration, reason: String, warning| Decision {
+        transition: None,
+        warning,
+        requeue: after,
+        reason,
+    };
+    let fail = |description: String, phase, error_code, keeps_state: bool, after| Decision {
+        transition: Some(Transition {
+            error_code,
+            last_known_state: (!keeps_state).then(String::new),
+            ..Transition::to(phase, description.clone(), State::Failed, Op::Create)
+        }),
+        warning: None,
+        requeue: after,
+        reason: description,
+    };
+    let short = Retry::Short.period();
+    match &o.outcome {
+        Launch::MissingUserData => {
+            let msg = format!("userdata field not found in secret for machine {:?}", o.name);
+            wait(short, msg.clone(), Some(("MissingUserData", msg)))
+        }
+        Launch::Wait { after, reason } => wait(*after, reason.clone(), None),
+        Launch::CreateFailed(e) => fail(
+            format!("Cloud provider message - {e}"),
+            failure_phase.clone(),
+            e.code.name(),
+            retry::create_error_keeps_last_known_state(e.code),
+            retry::after_create_error(e.code, o.resource_exhausted_retry),
+        ),
+        Launch::IncompleteAnswer {
+            provider_id,
+            node_name,
+        } => {
+            let e = DriverError::new(
+                Code::Internal,
+                format!(
+                    "provider answered providerID {provider_id:?} and nodeName {node_name:?}: both are required"
+                ),
+            );
+            wait(
+                Retry::Medium.period(),
+                e.to_string(),
+                Some(("CreateMachineInternal", e.to_string())),
+            )
+        }
+        Launch::OldNodeObject => fail(
+            "VM using old node obj".into(),
+            Phase::Failed,
+            "",
+            true,
+            short,
+        ),
+        Launch::InitializeFailed(e) => fail(
+            format!("Provider error: {e}. Initialize VM Instance"),
+            failure_phase,
+            e.code.name(),
+            true,
+            short,
+        ),
+        Launch::Launched {
+            node_name,
+            addresses,
+            last_known_state,
+            ..
+        } => {
+            let first = matches!(o.phase, None | Some(Phase::CrashLoopBackOff));
+            let transition = first.then(|| {
+                let t = if o.with_target {
+                    Transition::to(
+                        Phase::Pending,
+                        "Creating machine on cloud provider".into(),
+                        State::Processing,
+                        Op::Create,
+                    )
+                } else {
+                    Transition {
+                        addresses: Some(addresses_with_hostname(addresses.clone(), node_name)),
+                        ..Transition::to(
+                            Phase::Available,
+                            "Created machine on cloud provider".into(),
+                            State::Successful,
+                            Op::Create,
+                        )
+                    }
+                };
+                Transition {
+                    last_known_state: Some(last_known_state.clone()),
+                    ..t
+                }
+            });
+            Decision {
+                transition,
+                warning: None,
+                requeue: short,
+                reason: "launched; the health check takes over".into(),
+            }
+        }
     }
 }
 
-/// MCM `machineCreateErrorHandler`: status {Cloud provider message - <err>, code, Failed,
-/// Create}, phase CrashLoopBackOff (Failed after the creation timeout), requeue by code.
-async fn create_error(
-    job: &Job,
-    machine: &Machine,
-    err: &DriverError,
-    description: String,
-) -> Result<Action, Error> {
-    let mut st = machine.status.clone().unwrap_or_default();
-    st.last_operation = status::last_op(
-        description.clone(),
-        State::Failed,
-        Op::Create,
-        err.code.name(),
-    );
-    st.current_status = status::current(
-        failure_phase(job, machine),
-        st.current_status.preserve_expiry_time.clone(),
-    );
-    if !retry::create_error_keeps_last_known_state(err.code) {
-        st.last_known_state = String::new();
+/// Carry out a decision: the Warning event, the status write, the requeue. The one status
+/// writer of the launch path.
+async fn commit(job: &Job, machine: &Machine, decision: Decision) -> Result<Action, Error> {
+    if let Some((reason, note)) = decision.warning {
+        job.event(machine, EventType::Warning, reason, "CreateMachine", note)
+            .await;
     }
-    status::write(&job.api, &job.name, &st).await?;
-    let after = retry::after_create_error(err.code, job.ctx.config.resource_exhausted_retry);
-    Err(Error::retry(after, description))
+    if let Some(t) = &decision.transition {
+        let mut st = machine.status.clone().unwrap_or_default();
+        apply(&mut st, t);
+        status::write(&job.api, &job.name, &st).await?;
+    }
+    Ok(retry::requeue(&job.name, decision.requeue, &decision.reason))
 }
 
-/// The creation flow (MCM `triggerCreationFlow`).
+/// The creation flow (MCM `triggerCreationFlow`): the driver calls, then the decision.
 async fn creation_flow(job: &Job, machine: &Machine) -> Result<Action, Error> {
+    let ctx = &job.ctx;
+    let outcome = launch(job, machine).await?;
+    let observed = LaunchObserved {
+        name: &job.name,
+        phase: machine.phase().cloned(),
+        with_target: ctx.target.is_some(),
+        age: age(machine),
+        creation_timeout: effective(
+            &machine.spec.configuration.creation_timeout,
+            ctx.config.creation_timeout,
+        ),
+        resource_exhausted_retry: ctx.config.resource_exhausted_retry,
+        outcome,
+    };
+    let decision = decide_launch(&observed);
+    if let (
+        Launch::Launched {
+            provider_id,
+            node_name,
+            ..
+        },
+        Some(_),
+    ) = (&observed.outcome, &decision.transition)
+    {
+        tracing::info!(machine = %job.name, %provider_id, node = %node_name, "machine created on cloud provider");
+    }
+    commit(job, machine, decision).await
+}
+
+/// The launch calls: GetMachineStatus, CreateMachine when there is no VM yet (or it is
+/// uninitialized), InitializeMachine after a create; labels and providerID on the Machine.
+async fn launch(job: &Job, machine: &Machine) -> Result<Launch, Error> {
     let ctx = &job.ctx;
     let name = job.name.as_str();
     let provider = &job.provider;
     let mut secret = job.secret().await?;
     let Some(user_data) = secret.get(secrets::USER_DATA_KEY).cloned() else {
-        let msg = format!("userdata field not found in secret for machine {name:?}");
-        job.event(
-            machine,
-            EventType::Warning,
-            "MissingUserData",
-            "CreateMachine",
-            msg.clone(),
-        )
-        .await;
-        return Err(Error::retry(Retry::Short.period(), msg));
+        return Ok(Launch::MissingUserData);
     };
     let token = match &ctx.target {
-        Some(target) => Some(bootstrap_token(job, target, name).await?),
+        Some(target) => match bootstrap_token(job, target, name).await? {
+            Ok(token) => Some(token),
+            Err(wait) => return Ok(wait),
+        },
         None => None,
     };
     let (filled, missing) = secrets::fill_user_data(&user_data, token.as_deref(), name);
@@ -482,10 +689,7 @@ async fn creation_flow(job: &Job, machine: &Machine) -> Result<Action, Error> {
             .await;
             let r = match created {
                 Ok(r) => r,
-                Err(e) => {
-                    return create_error(job, machine, &e, format!("Cloud provider message - {e}"))
-                        .await;
-                }
+                Err(e) => return Ok(Launch::CreateFailed(e)),
             };
             if !r.last_known_state.is_empty() {
                 last_known_state = r.last_known_state.clone();
@@ -495,30 +699,18 @@ async fn creation_flow(job: &Job, machine: &Machine) -> Result<Action, Error> {
                 && !r.node_name.is_empty()
                 && nodes.get_opt(&r.node_name).await?.is_some()
             {
-                return old_node_obj(job, machine, &req, &r.node_name).await;
+                delete_vm_of_old_node(job, machine, &req, &r.node_name).await;
+                return Ok(Launch::OldNodeObject);
             }
             (r.node_name, r.provider_id, r.addresses, true)
         }
-        Err(e) => {
-            return create_error(job, machine, &e, format!("Cloud provider message - {e}")).await;
-        }
+        Err(e) => return Ok(Launch::CreateFailed(e)),
     };
     if provider_id.is_empty() || (ctx.target.is_some() && node_name.is_empty()) {
-        let e = DriverError::new(
-            Code::Internal,
-            format!(
-                "provider answered providerID {provider_id:?} and nodeName {node_name:?}: both are required"
-            ),
-        );
-        job.event(
-            machine,
-            EventType::Warning,
-            "CreateMachineInternal",
-            "CreateMachine",
-            e.to_string(),
-        )
-        .await;
-        return Err(Error::retry(Retry::Medium.period(), e.to_string()));
+        return Ok(Launch::IncompleteAnswer {
+            provider_id,
+            node_name,
+        });
     }
     update_labels(job, machine, &node_name, &provider_id).await?;
     if uninitialized {
@@ -528,56 +720,23 @@ async fn creation_flow(job: &Job, machine: &Machine) -> Result<Action, Error> {
                 provider.initialize_machine(&req),
             )
             .await;
-        if !matches!(&init, Err(e) if e.code == Code::Unimplemented) {
-            job.driver_event(machine, Operation::InitializeMachine, &init, "")
-                .await;
-        }
-        if let Err(e) = init
-            && e.code != Code::Unimplemented
-        {
-            let description = format!("Provider error: {e}. Initialize VM Instance");
-            let mut st = machine.status.clone().unwrap_or_default();
-            st.last_operation = status::last_op(
-                description.clone(),
-                State::Failed,
-                Op::Create,
-                e.code.name(),
-            );
-            st.current_status = status::current(
-                failure_phase(job, machine),
-                st.current_status.preserve_expiry_time.clone(),
-            );
-            status::write(&job.api, name, &st).await?;
-            return Err(Error::retry(Retry::Short.period(), description));
+        match init {
+            Err(e) if e.code == Code::Unimplemented => {}
+            init => {
+                job.driver_event(machine, Operation::InitializeMachine, &init, "")
+                    .await;
+                if let Err(e) = init {
+                    return Ok(Launch::InitializeFailed(e));
+                }
+            }
         }
     }
-    let phase = machine.phase().cloned();
-    if phase.is_none() || phase == Some(Phase::CrashLoopBackOff) {
-        let mut st: MachineStatus = machine.status.clone().unwrap_or_default();
-        let preserve = st.current_status.preserve_expiry_time.clone();
-        st.last_known_state = last_known_state;
-        if ctx.target.is_some() {
-            st.last_operation = status::last_op(
-                "Creating machine on cloud provider",
-                State::Processing,
-                Op::Create,
-                "",
-            );
-            st.current_status = status::current(Phase::Pending, preserve);
-        } else {
-            st.last_operation = status::last_op(
-                "Created machine on cloud provider",
-                State::Successful,
-                Op::Create,
-                "",
-            );
-            st.current_status = status::current(Phase::Available, preserve);
-            st.addresses = addresses_with_hostname(addresses, &node_name);
-        }
-        status::write(&job.api, name, &st).await?;
-        tracing::info!(machine = %name, %provider_id, node = %node_name, "machine created on cloud provider");
-    }
-    Ok(Action::requeue(Retry::Short.period()))
+    Ok(Launch::Launched {
+        provider_id,
+        node_name,
+        addresses,
+        last_known_state,
+    })
 }
 
 /// Driver addresses plus {Hostname: node}, deduplicated and sorted.
@@ -603,13 +762,13 @@ fn addresses_with_hostname(
     out
 }
 
-/// A Node of another name already exists for the new VM: delete the VM, fail the machine.
-async fn old_node_obj(
+/// A Node of another name already exists for the new VM: delete the VM (the machine fails).
+async fn delete_vm_of_old_node(
     job: &Job,
     machine: &Machine,
     req: &mcm_driver::MachineRequest,
     node: &str,
-) -> Result<Action, Error> {
+) {
     let deleted = job
         .timed(Operation::DeleteMachine, job.provider.delete_machine(req))
         .await;
@@ -620,14 +779,6 @@ async fn old_node_obj(
         &format!(" (VM uses the old node object {node})"),
     )
     .await;
-    let mut st = machine.status.clone().unwrap_or_default();
-    st.last_operation = status::last_op("VM using old node obj", State::Failed, Op::Create, "");
-    st.current_status = status::current(
-        Phase::Failed,
-        st.current_status.preserve_expiry_time.clone(),
-    );
-    status::write(&job.api, &job.name, &st).await?;
-    Err(Error::retry(Retry::Short.period(), "VM using old node obj"))
 }
 
 /// MCM `updateLabels`: the `node` label (with a target cluster), the priority annotation and
@@ -688,12 +839,17 @@ fn token_from(
 
 /// Create or reuse the machine's bootstrap token (`kube-system/bootstrap-token-<id>`);
 /// returns `<id>.<secret>`.
-async fn bootstrap_token(job: &Job, target: &kube::Client, machine: &str) -> Result<String, Error> {
+/// `Err(Launch::Wait)`: not now.
+async fn bootstrap_token(
+    job: &Job,
+    target: &kube::Client,
+    machine: &str,
+) -> Result<Result<String, Launch>, Error> {
     let Some(id) = secrets::bootstrap_token_id(machine) else {
-        return Err(Error::retry(
-            Retry::Long.period(),
-            format!("machine name {machine:?} is too short for a bootstrap token id"),
-        ));
+        return Ok(Err(Launch::Wait {
+            after: Retry::Long.period(),
+            reason: format!("machine name {machine:?} is too short for a bootstrap token id"),
+        }));
     };
     let api: Api<Secret> = Api::namespaced(target.clone(), "kube-system");
     let secret_name = format!("bootstrap-token-{id}");
@@ -704,7 +860,7 @@ async fn bootstrap_token(job: &Job, target: &kube::Client, machine: &str) -> Res
                 .map(|v| String::from_utf8_lossy(&v.0).into_owned())
                 .unwrap_or_default()
         };
-        return Ok(format!("{}.{}", part("token-id"), part("token-secret")));
+        return Ok(Ok(format!("{}.{}", part("token-id"), part("token-secret"))));
     }
     let token_secret = random_token_secret().map_err(Error::Random)?;
     let expiration = k8s_openapi::jiff::Timestamp::now()
@@ -744,11 +900,11 @@ async fn bootstrap_token(job: &Job, target: &kube::Client, machine: &str) -> Res
         ..Default::default()
     };
     match api.create(&PostParams::default(), &secret).await {
-        Ok(_) => Ok(format!("{id}.{token_secret}")),
-        Err(kube::Error::Api(s)) if s.code == 409 => Err(Error::retry(
-            Retry::Conflict.period(),
-            "bootstrap token created concurrently",
-        )),
+        Ok(_) => Ok(Ok(format!("{id}.{token_secret}"))),
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(Err(Launch::Wait {
+            after: Retry::Conflict.period(),
+            reason: "bootstrap token created concurrently".into(),
+        })),
         Err(e) => Err(e.into()),
     }
 }
@@ -991,5 +1147,220 @@ mod health_tests {
                 assert_eq!(decide_health(&o), None, "{phase:?} healthy={healthy}");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod launch_tests {
+    //! Every outcome of MCM's creation flow (`triggerCreationFlow`,
+    //! `machineCreateErrorHandler`; ../shared/mcm-controller-facts.md) as a pure decision.
+    use super::*;
+
+    const MIN: Duration = Duration::from_secs(60);
+
+    fn observed(phase: Option<Phase>, outcome: Launch) -> LaunchObserved<'static> {
+        LaunchObserved {
+            name: "m1",
+            phase,
+            with_target: true,
+            age: MIN,
+            creation_timeout: 20 * MIN,
+            resource_exhausted_retry: 10 * MIN,
+            outcome,
+        }
+    }
+
+    fn launched() -> Launch {
+        Launch::Launched {
+            provider_id: "aws:///eu-west-1/i-1".into(),
+            node_name: "ip-10-0-0-1".into(),
+            addresses: vec![mcm_driver::NodeAddress {
+                kind: "InternalIP".into(),
+                address: "10.0.0.1".into(),
+            }],
+            last_known_state: "lks".into(),
+        }
+    }
+
+    fn failed(code: Code) -> DriverError {
+        DriverError::new(code, "boom")
+    }
+
+    #[test]
+    fn a_launched_vm_makes_a_new_machine_pending_with_a_target_cluster() {
+        for phase in [None, Some(Phase::CrashLoopBackOff)] {
+            let d = decide_launch(&observed(phase, launched()));
+            let t = d.transition.unwrap();
+            assert_eq!(
+                (t.phase, t.state, t.operation),
+                (Phase::Pending, State::Processing, Op::Create)
+            );
+            assert_eq!(t.description, "Creating machine on cloud provider");
+            assert_eq!(t.last_known_state.as_deref(), Some("lks"));
+            assert_eq!(t.addresses, None);
+            assert_eq!(d.requeue, Retry::Short.period());
+            assert_eq!(d.warning, None);
+        }
+    }
+
+    #[test]
+    fn without_a_target_cluster_a_launched_vm_is_available_with_its_addresses() {
+        let mut o = observed(None, launched());
+        o.with_target = false;
+        let t = decide_launch(&o).transition.unwrap();
+        assert_eq!((t.phase, t.state), (Phase::Available, State::Successful));
+        assert_eq!(t.description, "Created machine on cloud provider");
+        let addresses: Vec<(String, String)> = t
+            .addresses
+            .unwrap()
+            .into_iter()
+            .map(|a| (a.type_, a.address))
+            .collect();
+        assert_eq!(
+            addresses,
+            [
+                ("Hostname".to_string(), "ip-10-0-0-1".to_string()),
+                ("InternalIP".to_string(), "10.0.0.1".to_string())
+            ]
+        );
+    }
+
+    #[test]
+    fn a_machine_with_a_phase_is_not_rewritten_by_the_launch() {
+        for phase in [Phase::Pending, Phase::Running, Phase::Unknown] {
+            let d = decide_launch(&observed(Some(phase), launched()));
+            assert_eq!(d.transition, None);
+            assert_eq!(d.requeue, Retry::Short.period());
+        }
+    }
+
+    #[test]
+    fn a_failed_create_is_crash_loop_back_off_and_requeued_by_code() {
+        for (code, after, keeps) in [
+            (Code::Unavailable, Retry::Short.period(), true),
+            (Code::ResourceExhausted, 10 * MIN, true),
+            (Code::InvalidArgument, Retry::Medium.period(), false),
+        ] {
+            let d = decide_launch(&observed(None, Launch::CreateFailed(failed(code))));
+            let t = d.transition.unwrap();
+            assert_eq!(
+                (t.phase, t.state, t.operation, t.error_code),
+                (
+                    Phase::CrashLoopBackOff,
+                    State::Failed,
+                    Op::Create,
+                    code.name()
+                )
+            );
+            assert_eq!(t.description, format!("Cloud provider message - {}", failed(code)));
+            assert_eq!(d.requeue, after, "{code}");
+            // Transient codes and ResourceExhausted keep lastKnownState; the rest reset it.
+            assert_eq!(t.last_known_state, (!keeps).then(String::new), "{code}");
+        }
+    }
+
+    #[test]
+    fn a_failed_create_after_the_creation_timeout_is_failed() {
+        let mut o = observed(None, Launch::CreateFailed(failed(Code::Internal)));
+        o.age = 21 * MIN;
+        assert_eq!(decide_launch(&o).transition.unwrap().phase, Phase::Failed);
+    }
+
+    #[test]
+    fn a_failed_initialize_says_so_and_retries_soon() {
+        let d = decide_launch(&observed(
+            None,
+            Launch::InitializeFailed(failed(Code::Internal)),
+        ));
+        let t = d.transition.unwrap();
+        assert_eq!(
+            (t.phase, t.error_code),
+            (Phase::CrashLoopBackOff, "Internal")
+        );
+        assert_eq!(
+            t.description,
+            format!("Provider error: {}. Initialize VM Instance", failed(Code::Internal))
+        );
+        assert_eq!(t.last_known_state, None);
+        assert_eq!(d.requeue, Retry::Short.period());
+    }
+
+    #[test]
+    fn a_vm_on_an_old_node_object_fails_the_machine() {
+        let t = decide_launch(&observed(None, Launch::OldNodeObject))
+            .transition
+            .unwrap();
+        assert_eq!(
+            (t.phase, t.state, t.error_code, t.description.as_str()),
+            (Phase::Failed, State::Failed, "", "VM using old node obj")
+        );
+    }
+
+    #[test]
+    fn missing_user_data_and_incomplete_answers_warn_without_a_status_write() {
+        let d = decide_launch(&observed(None, Launch::MissingUserData));
+        assert_eq!(d.transition, None);
+        assert_eq!(
+            d.warning,
+            Some((
+                "MissingUserData",
+                "userdata field not found in secret for machine \"m1\"".to_string()
+            ))
+        );
+        assert_eq!(d.requeue, Retry::Short.period());
+
+        let d = decide_launch(&observed(
+            None,
+            Launch::IncompleteAnswer {
+                provider_id: "aws:///i-1".into(),
+                node_name: String::new(),
+            },
+        ));
+        assert_eq!(d.transition, None);
+        let (reason, note) = d.warning.unwrap();
+        assert_eq!(reason, "CreateMachineInternal");
+        assert!(note.contains("both are required"), "{note}");
+        assert_eq!(d.requeue, Retry::Medium.period());
+    }
+
+    #[test]
+    fn a_wait_is_only_a_requeue() {
+        let d = decide_launch(&observed(
+            None,
+            Launch::Wait {
+                after: Retry::Conflict.period(),
+                reason: "bootstrap token created concurrently".into(),
+            },
+        ));
+        assert_eq!((d.transition, d.warning), (None, None));
+        assert_eq!(d.requeue, Retry::Conflict.period());
+    }
+
+    #[test]
+    fn apply_keeps_preserve_expiry_and_sets_only_what_the_transition_carries() {
+        let mut st = MachineStatus {
+            last_known_state: "old".into(),
+            ..Default::default()
+        };
+        let preserve = Some(status::now());
+        st.current_status.preserve_expiry_time = preserve.clone();
+        let t = decide_launch(&observed(None, Launch::InitializeFailed(failed(Code::Internal))))
+            .transition
+            .unwrap();
+        apply(&mut st, &t);
+        assert_eq!(st.last_known_state, "old");
+        assert_eq!(st.current_status.preserve_expiry_time, preserve);
+        assert_eq!(st.current_status.phase, Some(Phase::CrashLoopBackOff));
+        assert_eq!(st.last_operation.error_code, "Internal");
+        assert!(!st.current_status.timeout_active);
+    }
+
+    #[test]
+    fn pending_and_unknown_are_health_checked_again() {
+        let i = Duration::from_secs(60);
+        assert_eq!(health_requeue(Some(&Phase::Pending), i), Some(i));
+        assert_eq!(health_requeue(Some(&Phase::Unknown), i), Some(i));
+        assert_eq!(health_requeue(Some(&Phase::Running), i), None);
+        assert_eq!(health_requeue(None, i), None);
     }
 }

@@ -80,9 +80,17 @@ pub fn parse_bool(v: &str) -> Option<bool> {
     }
 }
 
-/// Run the deletion steps until one has to wait. `Ok` only when the last step is reached: the
-/// finalizer helper then removes the Machine's finalizer.
-pub async fn reconcile(job: &Job, machine: Arc<Machine>) -> Result<Action, Error> {
+/// How a deletion pass ended.
+#[derive(Debug)]
+pub enum Pass {
+    /// The last step is reached: the Machine's finalizer can go.
+    Done,
+    /// A step has to wait: come back after this.
+    Requeue(Action),
+}
+
+/// Run the deletion steps until one has to wait or the last one is reached.
+pub async fn reconcile(job: &Job, machine: Arc<Machine>) -> Result<Pass, Error> {
     let mut machine = (*machine).clone();
     // At most one pass through every step per reconcile.
     for _ in 0..8 {
@@ -90,14 +98,20 @@ pub async fn reconcile(job: &Job, machine: Arc<Machine>) -> Result<Action, Error
         tracing::debug!(machine = %job.name, ?step, "deletion step");
         if step == Step::RemoveFinalizer {
             tracing::info!(machine = %job.name, "deletion complete: removing the machine finalizer");
-            return Ok(Action::requeue(Retry::Long.period()));
+            return Ok(Pass::Done);
         }
         match run_step(job, &mut machine, step).await? {
             Outcome::Next => continue,
-            Outcome::Retry(after, reason) => return Err(Error::retry(after, reason)),
+            Outcome::Retry(after, reason) => {
+                return Ok(Pass::Requeue(retry::requeue(&job.name, after, &reason)));
+            }
         }
     }
-    Err(Error::retry(Retry::Short.period(), "deletion in progress"))
+    Ok(Pass::Requeue(retry::requeue(
+        &job.name,
+        Retry::Short.period(),
+        "deletion in progress",
+    )))
 }
 
 /// Write a deletion lastOperation (currentStatus kept, errorCode empty) and update the local copy.

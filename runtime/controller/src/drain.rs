@@ -17,6 +17,43 @@ use kube::core::{Selector, SelectorExt as _};
 
 use super::status::now;
 
+/// Why a drain did not finish.
+#[derive(Debug, thiserror::Error)]
+pub enum DrainError {
+    #[error("cordoning node {node}: {source}")]
+    Cordon { node: String, source: kube::Error },
+    #[error("listing pods of node {node}: {source}")]
+    ListPods { node: String, source: kube::Error },
+    /// Every pod that could not be removed, each with its cause.
+    #[error("{}", join(.0))]
+    Pods(Vec<PodError>),
+}
+
+fn join(errors: &[PodError]) -> String {
+    errors
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Why one pod could not be removed from a draining node (`pod` is `namespace/name`).
+#[derive(Debug, thiserror::Error)]
+pub enum PodError {
+    #[error("deleting pod {pod}: {source}")]
+    Delete { pod: String, source: kube::Error },
+    #[error(
+        "evicting pod {pod}: PodDisruptionBudget {budget} is misconfigured: it expects no more healthy pods than it has and allows no disruption"
+    )]
+    MisconfiguredBudget { pod: String, budget: String },
+    #[error("evicting pod {pod}: {source}")]
+    Evict { pod: String, source: kube::Error },
+    #[error("waiting for pod {pod}: {source}")]
+    Wait { pod: String, source: kube::Error },
+    #[error("pod {pod} was evicted but did not terminate in time")]
+    NotTerminated { pod: String },
+}
+
 const EVICT_RETRY: Duration = Duration::from_secs(20);
 const POD_POLL: Duration = Duration::from_secs(5);
 
@@ -81,7 +118,7 @@ pub async fn run(
     forced: bool,
     timeout: Duration,
     max_evict_retries: u32,
-) -> Result<(), String> {
+) -> Result<(), DrainError> {
     let nodes: Api<Node> = Api::all(target.clone());
     // Cordon; a Node that cannot be read is skipped silently, as MCM does.
     if let Ok(n) = nodes.get(node).await
@@ -91,13 +128,19 @@ pub async fn run(
         nodes
             .patch(node, &PatchParams::default(), &Patch::Merge(&patch))
             .await
-            .map_err(|e| format!("cordoning node {node}: {e}"))?;
+            .map_err(|source| DrainError::Cordon {
+                node: node.to_string(),
+                source,
+            })?;
     }
     let pods: Api<Pod> = Api::all(target.clone());
     let on_node = pods
         .list(&ListParams::default().fields(&format!("spec.nodeName={node}")))
         .await
-        .map_err(|e| format!("listing pods of node {node}: {e}"))?;
+        .map_err(|source| DrainError::ListPods {
+            node: node.to_string(),
+            source,
+        })?;
     let victims: Vec<Pod> = on_node.items.into_iter().filter(|p| !skipped(p)).collect();
     if victims.is_empty() {
         return Ok(());
@@ -109,11 +152,11 @@ pub async fn run(
             .map(|p| remove_pod(target, p, forced, deadline, max_evict_retries)),
     )
     .await;
-    let errors: Vec<String> = results.into_iter().filter_map(Result::err).collect();
+    let errors: Vec<PodError> = results.into_iter().filter_map(Result::err).collect();
     if errors.is_empty() {
         Ok(())
     } else {
-        Err(errors.join("; "))
+        Err(DrainError::Pods(errors))
     }
 }
 
@@ -123,9 +166,10 @@ async fn remove_pod(
     forced: bool,
     deadline: Instant,
     max_evict_retries: u32,
-) -> Result<(), String> {
+) -> Result<(), PodError> {
     let ns = pod.namespace().unwrap_or_default();
     let name = pod.name_any();
+    let id = || format!("{ns}/{name}");
     let api: Api<Pod> = Api::namespaced(target.clone(), &ns);
     let delete = || async {
         match api
@@ -140,7 +184,7 @@ async fn remove_pod(
         {
             Ok(_) => Ok(()),
             Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-            Err(e) => Err(format!("deleting pod {ns}/{name}: {e}")),
+            Err(source) => Err(PodError::Delete { pod: id(), source }),
         }
     };
     if forced {
@@ -154,9 +198,10 @@ async fn remove_pod(
             Err(kube::Error::Api(s)) if s.code == 429 => {
                 // A PodDisruptionBudget says not now; one that can never say yes fails the pod.
                 if let Some(pdb) = misconfigured_budget(target, pod).await {
-                    return Err(format!(
-                        "evicting pod {ns}/{name}: PodDisruptionBudget {ns}/{pdb} is misconfigured: it expects no more healthy pods than it has and allows no disruption"
-                    ));
+                    return Err(PodError::MisconfiguredBudget {
+                        pod: id(),
+                        budget: format!("{ns}/{pdb}"),
+                    });
                 }
                 attempts += 1;
                 if attempts >= max_evict_retries || Instant::now() + EVICT_RETRY >= deadline {
@@ -165,7 +210,7 @@ async fn remove_pod(
                 }
                 tokio::time::sleep(EVICT_RETRY).await;
             }
-            Err(e) => return Err(format!("evicting pod {ns}/{name}: {e}")),
+            Err(source) => return Err(PodError::Evict { pod: id(), source }),
         }
     }
     // Wait for the pod to go: its grace period plus 30 s, bounded by the drain deadline.
@@ -182,12 +227,10 @@ async fn remove_pod(
             Ok(None) => return Ok(()),
             Ok(Some(p)) if p.uid() != uid => return Ok(()),
             Ok(Some(_)) => {}
-            Err(e) => return Err(format!("waiting for pod {ns}/{name}: {e}")),
+            Err(source) => return Err(PodError::Wait { pod: id(), source }),
         }
         if Instant::now() >= until {
-            return Err(format!(
-                "pod {ns}/{name} was evicted but did not terminate in time"
-            ));
+            return Err(PodError::NotTerminated { pod: id() });
         }
         tokio::time::sleep(POD_POLL).await;
     }

@@ -4,7 +4,8 @@
 //! finalizers and the node link exactly as Gardener's machine-controller-manager expects, so
 //! that MCM's MachineSet / MachineDeployment controllers run on top of it unchanged.
 //!
-//! One module per concern: [`machine`] (per-machine context, driver requests, events),
+//! One module per concern: [`cache`] (class and secret stores), [`machine`] (per-machine
+//! context, driver requests, events),
 //! [`create`] (creation flow and health), [`delete`] (deletion state machine), [`drain`],
 //! [`secrets`] (merge + userData), [`status`] (status writes), [`retry`] (MCM's periods),
 //! [`orphans`] (orphan-VM collection), [`finalizers`] (class and secret finalizers),
@@ -26,6 +27,7 @@
 //! preservation and in-place updates; the API-server safety freeze; drain's PV detach /
 //! reattach waits; orphan Node annotation.
 
+pub mod cache;
 pub mod create;
 pub mod delete;
 pub mod drain;
@@ -38,6 +40,11 @@ pub mod retry;
 pub mod secrets;
 pub mod status;
 
+#[cfg(test)]
+mod fixtures;
+#[cfg(test)]
+mod reconcile_tests;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -46,7 +53,6 @@ use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{WatchStreamExt as _, reflector, watcher};
 use kube::{Client, ResourceExt as _};
@@ -123,6 +129,8 @@ pub struct Context {
     pub recorder: Recorder,
     pub config: Config,
     pub metrics: metrics::Metrics,
+    /// MachineClasses and Secrets of `--namespace`, watched.
+    pub cache: cache::Cache,
     /// (class, provider) pairs already reported as not served.
     unserved_classes: std::sync::Mutex<std::collections::HashSet<(String, String)>>,
     /// Machines already given a ProviderNotServed event.
@@ -148,10 +156,11 @@ impl Context {
             target,
             registry,
             recorder,
-            config,
             metrics: Default::default(),
+            cache: cache::Cache::new(&config.namespace),
             unserved_classes: Default::default(),
             unserved_machines: Default::default(),
+            config,
         })
     }
 
@@ -168,36 +177,21 @@ impl Context {
     }
 }
 
-/// Why a reconcile did not finish. `Retry` is not a failure: it is MCM's "requeue after this
-/// period" (a deletion step that is not done yet, a driver error with its retry period).
+/// Why a reconcile failed. An ordinary requeue (a step not done yet, a driver error with its
+/// retry period) is not one of these: it is `Ok(Action)` (see [`retry::requeue`]).
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("{reason} (retry in {})", machine_api::format_duration(*after))]
-    Retry { after: Duration, reason: String },
     #[error("kubernetes API: {0}")]
     Kube(#[from] kube::Error),
-    /// The finalizer helper refused (an object without a name, an invalid finalizer name);
-    /// kept typed.
-    #[error("finalizer: {0}")]
-    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
     #[error("the OS random source failed (no bootstrap token made): {0}")]
     Random(getrandom::Error),
 }
 
 impl Error {
-    pub fn retry(after: Duration, reason: impl Into<String>) -> Error {
-        Error::Retry {
-            after,
-            reason: reason.into(),
-        }
-    }
-
     /// The label of this error in metrics.
     pub fn metric_label(&self) -> &'static str {
         match self {
-            Error::Retry { .. } => "retry",
             Error::Kube(_) => "kube",
-            Error::Finalizer(_) => "finalizer",
             Error::Random(_) => "random",
         }
     }
@@ -219,7 +213,7 @@ pub async fn reconcile(machine: Arc<Machine>, ctx: Arc<Context>) -> Result<Actio
         tracing::warn!(machine = %name, "spec.class.kind and spec.class.name must be set");
         return Ok(Action::requeue(Retry::Long.period()));
     }
-    let Some(class) = ctx.classes().get_opt(&class_name).await? else {
+    let Some(class) = ctx.cache.class(&ctx.control, &class_name).await? else {
         tracing::info!(machine = %name, class = %class_name, "MachineClass not found");
         return Ok(Action::requeue(Retry::Long.period()));
     };
@@ -228,11 +222,19 @@ pub async fn reconcile(machine: Arc<Machine>, ctx: Arc<Context>) -> Result<Actio
         return Ok(Action::requeue(Retry::Long.period()));
     };
     machine::ensure_class_finalizers(&ctx, &class).await?;
-    // Adding the finalizer changes no generation, so no watch event brings the machine back:
-    // requeue at once, as MCM retries after adding it.
-    let adding_finalizer = machine.metadata.deletion_timestamp.is_none()
-        && !machine.finalizers().iter().any(|f| f == MCM_FINALIZER);
     let api = ctx.machines();
+    let deleting = machine.metadata.deletion_timestamp.is_some();
+    let has_finalizer = machine.finalizers().iter().any(|f| f == MCM_FINALIZER);
+    if !deleting && !has_finalizer {
+        // The finalizer says "this machine is ours" before any driver call. Adding it changes
+        // no generation, so no watch event brings the machine back: requeue at once, as MCM
+        // retries after adding it.
+        add_finalizer(&api, machine.as_ref(), MCM_FINALIZER).await?;
+        return Ok(Action::requeue(Retry::Conflict.period()));
+    }
+    if deleting && !has_finalizer {
+        return Ok(Action::await_change()); // not ours any more
+    }
     let job = machine::Job {
         ctx: ctx.clone(),
         api: api.clone(),
@@ -240,33 +242,21 @@ pub async fn reconcile(machine: Arc<Machine>, ctx: Arc<Context>) -> Result<Actio
         provider,
         name,
     };
-    finalizer(&api, MCM_FINALIZER, machine, |event| async {
-        match event {
-            FinalizerEvent::Apply(m) => create::reconcile(&job, m).await,
-            FinalizerEvent::Cleanup(m) => delete::reconcile(&job, m).await,
+    if !deleting {
+        return create::reconcile(&job, machine).await;
+    }
+    match delete::reconcile(&job, machine.clone()).await? {
+        delete::Pass::Requeue(action) => Ok(action),
+        delete::Pass::Done => {
+            remove_finalizer(&api, machine.as_ref(), MCM_FINALIZER).await?;
+            Ok(Action::await_change())
         }
-    })
-    .await
-    .map_err(|e| match e {
-        kube::runtime::finalizer::Error::ApplyFailed(e)
-        | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
-        kube::runtime::finalizer::Error::AddFinalizer(e)
-        | kube::runtime::finalizer::Error::RemoveFinalizer(e) => Error::Kube(e),
-        other => Error::Finalizer(Box::new(other)),
-    })
-    .map(|action| {
-        if adding_finalizer {
-            Action::requeue(Retry::Conflict.period())
-        } else {
-            action
-        }
-    })
+    }
 }
 
 /// The requeue after a failed reconcile.
 pub fn error_policy(_machine: Arc<Machine>, error: &Error, _ctx: Arc<Context>) -> Action {
     match error {
-        Error::Retry { after, .. } => Action::requeue(*after),
         Error::Kube(kube::Error::Api(s)) if s.code == 409 => {
             Action::requeue(Retry::Conflict.period())
         }
@@ -301,6 +291,7 @@ fn machines_of_node(store: &Store<Machine>, node: &Node) -> Vec<ObjectRef<Machin
 
 /// Run the machine controller until `shutdown` resolves (then reconciles in flight finish).
 pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + Sync + 'static) {
+    let cache = ctx.cache.run(&ctx.control).await;
     // Like MCM, only changes of the spec (generation; the deletion mark bumps it too) or of
     // the preserve annotation trigger a reconcile: status writes, ours included, do not.
     let (store, writer) = reflector::store();
@@ -359,19 +350,14 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
                     Ok(_) => {}
                     Err(kube::runtime::controller::Error::ReconcilerFailed(e, obj)) => {
                         ctx.metrics.reconcile_error(e.metric_label());
-                        match e {
-                            Error::Retry { reason, after } => {
-                                tracing::debug!(machine = %obj.name, "{reason} (requeue in {after:?})")
-                            }
-                            e => tracing::warn!(machine = %obj.name, "reconcile failed: {e}"),
-                        }
+                        tracing::warn!(machine = %obj.name, "reconcile failed: {e}");
                     }
                     Err(e) => tracing::warn!("controller: {e}"),
                 }
             }
         })
         .await;
-    if let Some(task) = node_deletions {
+    for task in node_deletions.into_iter().chain(cache) {
         task.abort();
     }
 }
@@ -515,7 +501,9 @@ where
     Ok(false)
 }
 
-/// Remove a finalizer (merge patch guarded by the resourceVersion).
+/// Remove a finalizer: a JSON patch that tests the finalizer is still at its index and removes
+/// it, so status writes in between (which change the resourceVersion) do not make it conflict.
+/// Returns whether this call removed it.
 pub(crate) async fn remove_finalizer<K>(
     api: &Api<K>,
     obj: &K,
@@ -524,22 +512,27 @@ pub(crate) async fn remove_finalizer<K>(
 where
     K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
 {
-    if !obj.finalizers().iter().any(|f| f == finalizer) {
+    let Some(index) = obj.finalizers().iter().position(|f| f == finalizer) else {
         return Ok(false);
+    };
+    let path = format!("/metadata/finalizers/{index}");
+    let patch: json_patch::Patch = serde_json::from_value(serde_json::json!([
+        { "op": "test", "path": path, "value": finalizer },
+        { "op": "remove", "path": path },
+    ]))
+    .expect("a well-formed JSON patch");
+    match api
+        .patch(
+            &obj.name_any(),
+            &PatchParams::default(),
+            &Patch::<()>::Json(patch),
+        )
+        .await
+    {
+        Ok(_) => Ok(true),
+        // Gone meanwhile, or the finalizer list changed (the test failed): the next event
+        // brings the object back with its current finalizers.
+        Err(kube::Error::Api(s)) if s.code == 404 || s.code == 422 => Ok(false),
+        Err(e) => Err(e),
     }
-    let finalizers: Vec<&String> = obj
-        .finalizers()
-        .iter()
-        .filter(|f| *f != finalizer)
-        .collect();
-    let patch = serde_json::json!({
-        "metadata": { "finalizers": finalizers, "resourceVersion": obj.resource_version() }
-    });
-    api.patch(
-        &obj.name_any(),
-        &PatchParams::default(),
-        &Patch::Merge(&patch),
-    )
-    .await?;
-    Ok(true)
 }

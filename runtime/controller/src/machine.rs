@@ -25,7 +25,13 @@ pub struct Job {
 impl Job {
     /// The class's secrets, merged (credentials win).
     pub async fn secret(&self) -> Result<SecretData, kube::Error> {
-        secrets::merged_secret(&self.ctx.control, &self.class, &self.ctx.config.namespace).await
+        secrets::merged_secret(
+            &self.ctx.cache,
+            &self.ctx.control,
+            &self.class,
+            &self.ctx.config.namespace,
+        )
+        .await
     }
 
     /// A driver request for `machine` with `secret`.
@@ -176,7 +182,8 @@ pub async fn ensure_class_finalizers(
         let Some(name) = r.name.as_deref().filter(|n| !n.is_empty()) else {
             continue;
         };
-        if let Some(secret) = secrets.get_opt(name).await? {
+        let namespace = &ctx.config.namespace;
+        if let Some(secret) = ctx.cache.secret(&ctx.control, namespace, name).await? {
             add_finalizer(&secrets, &secret, MC_SECRET_FINALIZER).await?;
         }
     }

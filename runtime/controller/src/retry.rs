@@ -28,6 +28,13 @@ impl Retry {
     }
 }
 
+/// An ordinary requeue (a step that is not done yet, a driver error with its retry period):
+/// not a reconcile failure, so it is logged at debug and travels as `Ok(Action)`.
+pub fn requeue(machine: &str, after: Duration, reason: &str) -> kube::runtime::controller::Action {
+    tracing::debug!(%machine, "{reason} (requeue in {})", machine_api::format_duration(after));
+    kube::runtime::controller::Action::requeue(after)
+}
+
 /// The codes after which MCM retries soon: the call may well succeed next time.
 pub fn is_transient(code: Code) -> bool {
     matches!(

@@ -2,9 +2,9 @@
 //! `credentialsSecretRef` (credentials win), and the userData placeholders MCM fills.
 
 use k8s_openapi::api::core::v1::{Secret, SecretReference};
-use kube::Api;
 use machine_api::MachineClass;
 
+use super::cache::Cache;
 use mcm_driver::SecretData;
 
 /// The key that holds the VM's user data.
@@ -14,6 +14,7 @@ pub const MACHINE_NAME_PLACEHOLDER: &str = "<<MACHINE_NAME>>";
 
 /// Read the class's secrets and merge them. A missing secret is skipped, as MCM does.
 pub async fn merged_secret(
+    cache: &Cache,
     client: &kube::Client,
     class: &MachineClass,
     default_ns: &str,
@@ -23,7 +24,7 @@ pub async fn merged_secret(
         .into_iter()
         .flatten()
     {
-        if let Some(secret) = read(client, r, default_ns).await? {
+        if let Some(secret) = read(cache, client, r, default_ns).await? {
             parts.push(secret);
         }
     }
@@ -31,6 +32,7 @@ pub async fn merged_secret(
 }
 
 async fn read(
+    cache: &Cache,
     client: &kube::Client,
     r: &SecretReference,
     default_ns: &str,
@@ -43,9 +45,7 @@ async fn read(
         .as_deref()
         .filter(|n| !n.is_empty())
         .unwrap_or(default_ns);
-    Api::<Secret>::namespaced(client.clone(), ns)
-        .get_opt(name)
-        .await
+    cache.secret(client, ns, name).await
 }
 
 /// Merge secrets key by key; a later secret wins a clash (pass secretRef, then credentials).

@@ -170,8 +170,7 @@ async fn run(args: &Args, stack: &mut Stack) -> Result<()> {
         .context("starting moto")?;
     let resources = moto
         .class_resources(examples::INSTANCE_PROFILE, Some(examples::KEY_PAIR))
-        .await
-        .map_err(anyhow::Error::msg)?;
+        .await?;
     stack.say(format!(
         "moto: {} (pid {}); AMI {}, subnet {}, security group {}",
         moto.endpoint,
@@ -332,8 +331,7 @@ async fn running_instances(stack: &Stack) -> Result<usize> {
                 ("Filter.1.Value.1", "running"),
             ],
         )
-        .await
-        .map_err(anyhow::Error::msg)?;
+        .await?;
     Ok(xml.matches("<instanceId>").count())
 }
 

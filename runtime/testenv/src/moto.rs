@@ -115,7 +115,7 @@ impl Moto {
         region: &str,
         action: &str,
         params: &[(&str, &str)],
-    ) -> std::result::Result<String, String> {
+    ) -> std::result::Result<String, MotoError> {
         let mut form: Vec<(&str, &str)> = vec![("Action", action), ("Version", version)];
         form.extend_from_slice(params);
         let body = form
@@ -135,16 +135,23 @@ impl Moto {
             .body(body)
             .send()
             .await
-            .map_err(|e| format!("moto {action}: {e}"))?;
+            .map_err(|source| MotoError::Http {
+                action: action.to_string(),
+                source,
+            })?;
         let status = resp.status();
-        let text = resp
-            .text()
-            .await
-            .map_err(|e| format!("moto {action}: {e}"))?;
+        let text = resp.text().await.map_err(|source| MotoError::Http {
+            action: action.to_string(),
+            source,
+        })?;
         if status.is_success() {
             Ok(text)
         } else {
-            Err(format!("moto {action}: {status}: {text}"))
+            Err(MotoError::Refused {
+                action: action.to_string(),
+                status,
+                body: text,
+            })
         }
     }
 
@@ -154,7 +161,7 @@ impl Moto {
         region: &str,
         action: &str,
         params: &[(&str, &str)],
-    ) -> std::result::Result<String, String> {
+    ) -> std::result::Result<String, MotoError> {
         self.query("ec2", "2016-11-15", region, action, params)
             .await
     }
@@ -166,16 +173,16 @@ impl Moto {
         &self,
         instance_profile: &str,
         key_pair: Option<&str>,
-    ) -> std::result::Result<ClassResources, String> {
+    ) -> std::result::Result<ClassResources, MotoError> {
         let images = self
             .ec2(REGION, "DescribeImages", &[("Owner.1", "amazon")])
             .await?;
-        let ami = first_text(&images, "imageId").ok_or("moto serves no AMI")?;
+        let ami = first_text(&images, "imageId").ok_or(MotoError::Missing("moto serves no AMI"))?;
         let subnets = self.ec2(REGION, "DescribeSubnets", &[]).await?;
-        let subnet = first_text(&subnets, "subnetId").ok_or("moto has no default subnet")?;
+        let subnet = first_text(&subnets, "subnetId").ok_or(MotoError::Missing("moto has no default subnet"))?;
         let groups = self.ec2(REGION, "DescribeSecurityGroups", &[]).await?;
         let security_group =
-            first_text(&groups, "groupId").ok_or("moto has no default security group")?;
+            first_text(&groups, "groupId").ok_or(MotoError::Missing("moto has no default security group"))?;
         let profiles = self
             .query(
                 "iam",
@@ -210,6 +217,24 @@ impl Moto {
             security_group,
         })
     }
+}
+
+/// An AWS Query call to moto that did not succeed.
+#[derive(Debug, thiserror::Error)]
+pub enum MotoError {
+    #[error("moto {action}: {source}")]
+    Http {
+        action: String,
+        source: reqwest::Error,
+    },
+    #[error("moto {action}: {status}: {body}")]
+    Refused {
+        action: String,
+        status: reqwest::StatusCode,
+        body: String,
+    },
+    #[error("{0}")]
+    Missing(&'static str),
 }
 
 /// IDs moto chose for what a MachineClass refers to.

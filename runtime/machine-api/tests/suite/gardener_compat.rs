@@ -3,11 +3,10 @@
 //! type, the printer columns, names and subresources are the same, and both accept (and refuse)
 //! the same objects on a real API server.
 
-mod common;
 
 use std::collections::BTreeMap;
 
-use common::{example_json, namespace};
+use crate::common::{example_json, namespace};
 use kube::api::{Api, ApiResource, DynamicObject, PostParams};
 use kube::core::GroupVersionKind;
 use serde_json::{Value, json};

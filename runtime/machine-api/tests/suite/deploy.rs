@@ -1,11 +1,10 @@
 //! The manifests in `kubernetes/deploy/` and `kubernetes/examples/` apply as they are, and the
 //! controller's RBAC is least privilege: what the machine controller needs, nothing more.
 
-mod common;
 
 use std::process::Command;
 
-use common::control_plane;
+use crate::common::control_plane;
 use kube::api::Api;
 use machine_api::{Machine, MachineClass, MachineDeployment};
 

@@ -2,11 +2,10 @@
 //! MachineDeployments on our CRDs: the API is a drop-in. The Machines stay without a VM (no
 //! machine controller runs here), which MCM does not mind for creating and scaling.
 
-mod common;
 
 use std::time::Duration;
 
-use common::{control_plane, eventually, example, namespace};
+use crate::common::{control_plane, eventually, example, namespace};
 use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};

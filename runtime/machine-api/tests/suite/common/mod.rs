@@ -1,6 +1,5 @@
 //! Helpers shared by the integration tests: the shared control plane with our CRDs, the
 //! examples, and throw-away namespaces.
-#![allow(dead_code)]
 
 use std::path::PathBuf;
 use std::sync::OnceLock;

@@ -1,0 +1,328 @@
+//! Whole reconciles of create and delete against the in-memory API server and the scripted
+//! driver of [`crate::fixtures`]: what is called, what is written, what is requeued. No
+//! cluster, no sandbox; milliseconds each.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::ResourceExt as _;
+use kube::api::ObjectMeta;
+use kube::runtime::controller::Action;
+use machine_api::{
+    MC_SECRET_FINALIZER, MCM_FINALIZER, Machine, MachineClass, MachinePhase as Phase,
+    MachineSpec, MachineState as State,
+};
+use mcm_driver::{Code, CreateMachineResponse, DriverError, Operation, Response};
+
+use crate::fixtures::{FakeApi, FakeDriver, FakeLookup, machine_api_path, secret_path};
+use crate::{Config, Context, delete, reconcile};
+
+struct World {
+    api: FakeApi,
+    driver: Arc<FakeDriver>,
+    ctx: Arc<Context>,
+}
+
+fn machine_path() -> String {
+    machine_api_path("machines", "m1")
+}
+
+fn secret(user_data: Option<&str>) -> Secret {
+    let mut data = std::collections::BTreeMap::new();
+    data.insert("region".to_string(), ByteString(b"eu-west-1".to_vec()));
+    if let Some(u) = user_data {
+        data.insert("userData".to_string(), ByteString(u.as_bytes().to_vec()));
+    }
+    Secret {
+        metadata: ObjectMeta {
+            name: Some("s1".into()),
+            namespace: Some("default".into()),
+            ..Default::default()
+        },
+        data: Some(data),
+        ..Default::default()
+    }
+}
+
+fn class() -> MachineClass {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "machine.sapcloud.io/v1alpha1",
+        "kind": "MachineClass",
+        "metadata": {"name": "c1", "namespace": "default"},
+        "provider": "fake",
+        "providerSpec": {"ami": "ami-1"},
+        "secretRef": {"name": "s1", "namespace": "default"},
+    }))
+    .unwrap()
+}
+
+fn machine(finalizer: bool) -> Machine {
+    let spec: MachineSpec = serde_json::from_value(serde_json::json!({
+        "class": {"kind": "MachineClass", "name": "c1"}
+    }))
+    .unwrap();
+    let mut m = Machine::new("m1", spec);
+    m.metadata.namespace = Some("default".into());
+    m.metadata.uid = Some("uid-1".into());
+    m.metadata.creation_timestamp = Some(Time(k8s_openapi::jiff::Timestamp::now()));
+    if finalizer {
+        m.metadata.finalizers = Some(vec![MCM_FINALIZER.into()]);
+    }
+    m
+}
+
+/// The API server holding `machine`, class c1 and secret s1 (also in the cache, as the watches
+/// would have them), and a driver named "fake".
+fn world(machine: &Machine, user_data: Option<&str>) -> World {
+    let api = FakeApi::default();
+    api.put(&machine_path(), machine);
+    api.put(&machine_api_path("machineclasses", "c1"), &class());
+    api.put(&secret_path("s1"), &secret(user_data));
+    let driver = Arc::new(FakeDriver::default());
+    let ctx = Context::new(
+        api.client(),
+        None,
+        Arc::new(FakeLookup::new("fake", driver.clone())),
+        Config::default(),
+    );
+    ctx.cache.seed(
+        vec![api.get(&machine_api_path("machineclasses", "c1")).unwrap()],
+        vec![api.get(&secret_path("s1")).unwrap()],
+    );
+    World { api, driver, ctx }
+}
+
+impl World {
+    fn stored(&self) -> Machine {
+        self.api.get(&machine_path()).unwrap()
+    }
+
+    async fn reconcile(&self) -> Action {
+        reconcile(Arc::new(self.stored()), self.ctx.clone())
+            .await
+            .unwrap()
+    }
+}
+
+fn created(provider_id: &str) -> Result<Response, DriverError> {
+    Ok(Response::CreateMachine(CreateMachineResponse {
+        provider_id: provider_id.into(),
+        node_name: "ip-10-0-0-1".into(),
+        last_known_state: "state-1".into(),
+        addresses: vec![],
+    }))
+}
+
+fn not_found() -> Result<Response, DriverError> {
+    Err(DriverError::new(Code::NotFound, "no such VM"))
+}
+
+#[tokio::test]
+async fn a_new_machine_gets_its_finalizers_then_one_vm_and_goes_available() {
+    let w = world(&machine(false), Some("#!/bin/sh"));
+    // First pass: the finalizers, no driver call, requeue at once.
+    assert_eq!(
+        w.reconcile().await,
+        Action::requeue(Duration::from_millis(200))
+    );
+    assert!(w.driver.calls().is_empty());
+    assert_eq!(w.stored().metadata.finalizers, Some(vec![MCM_FINALIZER.into()]));
+    let class: MachineClass = w.api.get(&machine_api_path("machineclasses", "c1")).unwrap();
+    assert_eq!(class.metadata.finalizers, Some(vec![MCM_FINALIZER.into()]));
+    let secret: Secret = w.api.get(&secret_path("s1")).unwrap();
+    assert_eq!(secret.metadata.finalizers, Some(vec![MC_SECRET_FINALIZER.into()]));
+
+    // Second pass: status (none), create, initialize (not implemented), status written.
+    w.driver.script(Operation::GetMachineStatus, not_found());
+    w.driver.script(Operation::CreateMachine, created("fake:///i-1"));
+    assert_eq!(w.reconcile().await, Action::requeue(Duration::from_secs(5)));
+    assert_eq!(
+        w.driver.operations(),
+        [
+            Operation::GetMachineStatus,
+            Operation::CreateMachine,
+            Operation::InitializeMachine
+        ]
+    );
+    let m = w.stored();
+    assert_eq!(m.spec.provider_id, "fake:///i-1");
+    assert_eq!(
+        m.annotations()
+            .get(crate::create::PRIORITY_ANNOTATION)
+            .map(String::as_str),
+        Some("3")
+    );
+    let st = m.status.unwrap();
+    assert_eq!(st.current_status.phase, Some(Phase::Available));
+    assert_eq!(st.last_operation.description, "Created machine on cloud provider");
+    assert_eq!(st.last_operation.state, Some(State::Successful));
+    assert_eq!(st.last_known_state, "state-1");
+    assert_eq!(
+        st.addresses
+            .iter()
+            .map(|a| (a.type_.as_str(), a.address.as_str()))
+            .collect::<Vec<_>>(),
+        [("Hostname", "ip-10-0-0-1")]
+    );
+    // Events for the driver outcomes were published.
+    let events = w.api.writes_to("/apis/events.k8s.io/v1/namespaces/default/events");
+    let reasons: Vec<&str> = events
+        .iter()
+        .filter_map(|e| e.body["reason"].as_str())
+        .collect();
+    assert!(reasons.contains(&"CreateMachineSucceeded"), "{reasons:?}");
+    assert!(reasons.contains(&"GetMachineStatusNotFound"), "{reasons:?}");
+
+    // Third pass: the VM is found; no second create, no status rewrite (phase is set).
+    w.driver.script(
+        Operation::GetMachineStatus,
+        Ok(Response::GetMachineStatus(mcm_driver::GetMachineStatusResponse {
+            provider_id: "fake:///i-1".into(),
+            node_name: "ip-10-0-0-1".into(),
+            addresses: vec![],
+        })),
+    );
+    let status_writes = w.api.writes_to(&format!("{}/status", machine_path())).len();
+    w.reconcile().await;
+    assert_eq!(
+        w.driver
+            .operations()
+            .iter()
+            .filter(|op| **op == Operation::CreateMachine)
+            .count(),
+        1
+    );
+    assert_eq!(
+        w.api.writes_to(&format!("{}/status", machine_path())).len(),
+        status_writes
+    );
+}
+
+#[tokio::test]
+async fn a_failed_create_is_crash_loop_back_off_with_the_code_and_its_retry_period() {
+    let w = world(&machine(true), Some("#!/bin/sh"));
+    w.driver.script(Operation::GetMachineStatus, not_found());
+    w.driver.script(
+        Operation::CreateMachine,
+        Err(DriverError::new(Code::ResourceExhausted, "quota")),
+    );
+    assert_eq!(
+        w.reconcile().await,
+        Action::requeue(w.ctx.config.resource_exhausted_retry)
+    );
+    let m = w.stored();
+    assert_eq!(m.spec.provider_id, "", "no providerID without a VM");
+    let st = m.status.unwrap();
+    assert_eq!(st.current_status.phase, Some(Phase::CrashLoopBackOff));
+    assert_eq!(st.last_operation.error_code, "ResourceExhausted");
+    assert_eq!(st.last_operation.state, Some(State::Failed));
+    assert!(
+        st.last_operation
+            .description
+            .starts_with("Cloud provider message - "),
+        "{}",
+        st.last_operation.description
+    );
+}
+
+#[tokio::test]
+async fn a_secret_without_user_data_calls_nothing_and_says_so() {
+    let w = world(&machine(true), None);
+    assert_eq!(w.reconcile().await, Action::requeue(Duration::from_secs(5)));
+    assert!(w.driver.calls().is_empty());
+    assert!(w.stored().status.is_none(), "no status written");
+    let events = w.api.writes_to("/apis/events.k8s.io/v1/namespaces/default/events");
+    assert!(
+        events
+            .iter()
+            .any(|e| e.body["reason"] == "MissingUserData" && e.body["type"] == "Warning"),
+        "{events:?}"
+    );
+}
+
+/// A Running machine marked for deletion, without a target cluster.
+fn deleting() -> Machine {
+    let mut m = machine(true);
+    m.spec.provider_id = "fake:///i-1".into();
+    m.metadata.deletion_timestamp = Some(Time(k8s_openapi::jiff::Timestamp::now()));
+    m.status = Some(machine_api::MachineStatus {
+        current_status: crate::status::current(Phase::Running, None),
+        ..Default::default()
+    });
+    m
+}
+
+#[tokio::test]
+async fn deletion_runs_every_step_then_removes_the_finalizer() {
+    let w = world(&deleting(), Some("#!/bin/sh"));
+    w.driver.script(
+        Operation::DeleteMachine,
+        Ok(Response::DeleteMachine(Default::default())),
+    );
+    assert_eq!(w.reconcile().await, Action::await_change());
+    assert_eq!(w.driver.operations(), [Operation::DeleteMachine]);
+    let m = w.stored();
+    assert_eq!(m.metadata.finalizers, Some(vec![]), "finalizer removed");
+    let st = m.status.unwrap();
+    assert_eq!(st.current_status.phase, Some(Phase::Terminating));
+    assert!(
+        st.last_operation
+            .description
+            .contains(delete::INITIATE_FINALIZER_REMOVAL),
+        "{}",
+        st.last_operation.description
+    );
+}
+
+#[tokio::test]
+async fn a_failed_delete_keeps_the_finalizer_and_retries() {
+    let w = world(&deleting(), Some("#!/bin/sh"));
+    w.driver.script(
+        Operation::DeleteMachine,
+        Err(DriverError::new(Code::Unavailable, "cloud down")),
+    );
+    assert_eq!(w.reconcile().await, Action::requeue(Duration::from_secs(5)));
+    let m = w.stored();
+    assert_eq!(m.metadata.finalizers, Some(vec![MCM_FINALIZER.into()]));
+    let st = m.status.unwrap();
+    assert_eq!(st.last_operation.state, Some(State::Failed));
+    assert!(
+        st.last_operation.description.contains("cloud down"),
+        "{}",
+        st.last_operation.description
+    );
+    // The next pass picks up at VM deletion and finishes.
+    w.driver.script(
+        Operation::DeleteMachine,
+        Ok(Response::DeleteMachine(Default::default())),
+    );
+    assert_eq!(w.reconcile().await, Action::await_change());
+    assert_eq!(
+        w.driver.operations(),
+        [Operation::DeleteMachine, Operation::DeleteMachine]
+    );
+    assert_eq!(w.stored().metadata.finalizers, Some(vec![]));
+}
+
+#[tokio::test]
+async fn a_machine_of_a_provider_not_served_here_is_not_touched() {
+    let mut m = machine(false);
+    m.spec.class.name = "other".into();
+    let w = world(&m, Some("#!/bin/sh"));
+    let mut other = class();
+    other.metadata.name = Some("other".into());
+    other.spec.provider = "nobody".into();
+    w.api.put(&machine_api_path("machineclasses", "other"), &other);
+    assert_eq!(
+        w.reconcile().await,
+        Action::requeue(Duration::from_secs(600))
+    );
+    assert!(w.driver.calls().is_empty());
+    assert!(
+        w.api.writes_to(&machine_path()).is_empty(),
+        "no finalizer on a machine that is not ours"
+    );
+}
