@@ -135,7 +135,7 @@ pub struct HealthObserved<'a> {
 /// A phase change: the new phase, the `lastOperation` that says why, and what else the
 /// status write carries. Applied by [`apply`], the one place that turns a decision into a
 /// status.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Transition {
     pub phase: Phase,
     pub description: String,
@@ -168,7 +168,7 @@ impl Transition {
 
 /// What a sub-reconciler decided: maybe a transition, maybe a Warning event, and when to look
 /// again (and why, for the log).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Decision {
     pub transition: Option<Transition>,
     /// (reason, note) of a Warning event on the Machine.
@@ -352,7 +352,11 @@ async fn health(job: &Job, machine: &Machine) -> Result<Option<Action>, Error> {
             tracing::info!(machine = %name, from = phase.as_str(), to = ?new_phase.as_ref().map(|p| p.as_str()), "phase changed");
         }
     }
-    Ok(health_requeue(st.current_status.phase.as_ref(), ctx.config.health_check_interval).map(Action::requeue))
+    Ok(health_requeue(
+        st.current_status.phase.as_ref(),
+        ctx.config.health_check_interval,
+    )
+    .map(Action::requeue))
 }
 
 /// After the health check: Pending and Unknown machines are looked at again every
@@ -486,7 +490,10 @@ pub fn decide_launch(o: &LaunchObserved) -> Decision {
     let short = Retry::Short.period();
     match &o.outcome {
         Launch::MissingUserData => {
-            let msg = format!("userdata field not found in secret for machine {:?}", o.name);
+            let msg = format!(
+                "userdata field not found in secret for machine {:?}",
+                o.name
+            );
             wait(short, msg.clone(), Some(("MissingUserData", msg)))
         }
         Launch::Wait { after, reason } => wait(*after, reason.clone(), None),
@@ -580,7 +587,11 @@ async fn commit(job: &Job, machine: &Machine, decision: Decision) -> Result<Acti
         apply(&mut st, t);
         status::write(&job.api, &job.name, &st).await?;
     }
-    Ok(retry::requeue(&job.name, decision.requeue, &decision.reason))
+    Ok(retry::requeue(
+        &job.name,
+        decision.requeue,
+        &decision.reason,
+    ))
 }
 
 /// The creation flow (MCM `triggerCreationFlow`): the driver calls, then the decision.
@@ -1252,7 +1263,10 @@ mod launch_tests {
                     code.name()
                 )
             );
-            assert_eq!(t.description, format!("Cloud provider message - {}", failed(code)));
+            assert_eq!(
+                t.description,
+                format!("Cloud provider message - {}", failed(code))
+            );
             assert_eq!(d.requeue, after, "{code}");
             // Transient codes and ResourceExhausted keep lastKnownState; the rest reset it.
             assert_eq!(t.last_known_state, (!keeps).then(String::new), "{code}");
@@ -1279,7 +1293,10 @@ mod launch_tests {
         );
         assert_eq!(
             t.description,
-            format!("Provider error: {}. Initialize VM Instance", failed(Code::Internal))
+            format!(
+                "Provider error: {}. Initialize VM Instance",
+                failed(Code::Internal)
+            )
         );
         assert_eq!(t.last_known_state, None);
         assert_eq!(d.requeue, Retry::Short.period());
@@ -1344,9 +1361,12 @@ mod launch_tests {
         };
         let preserve = Some(status::now());
         st.current_status.preserve_expiry_time = preserve.clone();
-        let t = decide_launch(&observed(None, Launch::InitializeFailed(failed(Code::Internal))))
-            .transition
-            .unwrap();
+        let t = decide_launch(&observed(
+            None,
+            Launch::InitializeFailed(failed(Code::Internal)),
+        ))
+        .transition
+        .unwrap();
         apply(&mut st, &t);
         assert_eq!(st.last_known_state, "old");
         assert_eq!(st.current_status.preserve_expiry_time, preserve);

@@ -268,17 +268,8 @@ fn is_forced(job: &Job, machine: &Machine) -> bool {
 
 async fn drain_step(job: &Job, machine: &mut Machine) -> Result<Outcome, Error> {
     let node = machine.node_name().unwrap_or_default().to_string();
-    if node.is_empty() {
-        return processing(
-            job,
-            machine,
-            format!(
-                "Skipping drain as nodeName is not a valid one for machine. {INITIATE_VM_DELETION}"
-            ),
-        )
-        .await;
-    }
-    let Some(target) = job.ctx.target.clone() else {
+    // MCM writes the same words for a machine without a node name and for no target cluster.
+    let (false, Some(target)) = (node.is_empty(), job.ctx.target.clone()) else {
         return processing(
             job,
             machine,

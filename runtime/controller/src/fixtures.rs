@@ -131,8 +131,7 @@ impl FakeApi {
                 }
                 state.resource_version += 1;
                 let mut created = body;
-                created["metadata"]["resourceVersion"] =
-                    json!(state.resource_version.to_string());
+                created["metadata"]["resourceVersion"] = json!(state.resource_version.to_string());
                 state.objects.insert(key, created.clone());
                 answer(StatusCode::CREATED, &created)
             }

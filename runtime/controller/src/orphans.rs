@@ -61,7 +61,8 @@ pub async fn collect_once(ctx: &Context) -> Result<Vec<Orphan>, kube::Error> {
         let Some(provider) = ctx.registry.get(&class.spec.provider) else {
             continue;
         };
-        let secret = secrets::merged_secret(&ctx.control, &class, &ctx.config.namespace).await?;
+        let secret =
+            secrets::merged_secret(&ctx.cache, &ctx.control, &class, &ctx.config.namespace).await?;
         let started = std::time::Instant::now();
         let listed = provider
             .list_machines(&ClassRequest {

@@ -12,8 +12,8 @@ use kube::ResourceExt as _;
 use kube::api::ObjectMeta;
 use kube::runtime::controller::Action;
 use machine_api::{
-    MC_SECRET_FINALIZER, MCM_FINALIZER, Machine, MachineClass, MachinePhase as Phase,
-    MachineSpec, MachineState as State,
+    MC_SECRET_FINALIZER, MCM_FINALIZER, Machine, MachineClass, MachinePhase as Phase, MachineSpec,
+    MachineState as State,
 };
 use mcm_driver::{Code, CreateMachineResponse, DriverError, Operation, Response};
 
@@ -129,15 +129,25 @@ async fn a_new_machine_gets_its_finalizers_then_one_vm_and_goes_available() {
         Action::requeue(Duration::from_millis(200))
     );
     assert!(w.driver.calls().is_empty());
-    assert_eq!(w.stored().metadata.finalizers, Some(vec![MCM_FINALIZER.into()]));
-    let class: MachineClass = w.api.get(&machine_api_path("machineclasses", "c1")).unwrap();
+    assert_eq!(
+        w.stored().metadata.finalizers,
+        Some(vec![MCM_FINALIZER.into()])
+    );
+    let class: MachineClass = w
+        .api
+        .get(&machine_api_path("machineclasses", "c1"))
+        .unwrap();
     assert_eq!(class.metadata.finalizers, Some(vec![MCM_FINALIZER.into()]));
     let secret: Secret = w.api.get(&secret_path("s1")).unwrap();
-    assert_eq!(secret.metadata.finalizers, Some(vec![MC_SECRET_FINALIZER.into()]));
+    assert_eq!(
+        secret.metadata.finalizers,
+        Some(vec![MC_SECRET_FINALIZER.into()])
+    );
 
     // Second pass: status (none), create, initialize (not implemented), status written.
     w.driver.script(Operation::GetMachineStatus, not_found());
-    w.driver.script(Operation::CreateMachine, created("fake:///i-1"));
+    w.driver
+        .script(Operation::CreateMachine, created("fake:///i-1"));
     assert_eq!(w.reconcile().await, Action::requeue(Duration::from_secs(5)));
     assert_eq!(
         w.driver.operations(),
@@ -157,7 +167,10 @@ async fn a_new_machine_gets_its_finalizers_then_one_vm_and_goes_available() {
     );
     let st = m.status.unwrap();
     assert_eq!(st.current_status.phase, Some(Phase::Available));
-    assert_eq!(st.last_operation.description, "Created machine on cloud provider");
+    assert_eq!(
+        st.last_operation.description,
+        "Created machine on cloud provider"
+    );
     assert_eq!(st.last_operation.state, Some(State::Successful));
     assert_eq!(st.last_known_state, "state-1");
     assert_eq!(
@@ -168,7 +181,9 @@ async fn a_new_machine_gets_its_finalizers_then_one_vm_and_goes_available() {
         [("Hostname", "ip-10-0-0-1")]
     );
     // Events for the driver outcomes were published.
-    let events = w.api.writes_to("/apis/events.k8s.io/v1/namespaces/default/events");
+    let events = w
+        .api
+        .writes_to("/apis/events.k8s.io/v1/namespaces/default/events");
     let reasons: Vec<&str> = events
         .iter()
         .filter_map(|e| e.body["reason"].as_str())
@@ -179,11 +194,13 @@ async fn a_new_machine_gets_its_finalizers_then_one_vm_and_goes_available() {
     // Third pass: the VM is found; no second create, no status rewrite (phase is set).
     w.driver.script(
         Operation::GetMachineStatus,
-        Ok(Response::GetMachineStatus(mcm_driver::GetMachineStatusResponse {
-            provider_id: "fake:///i-1".into(),
-            node_name: "ip-10-0-0-1".into(),
-            addresses: vec![],
-        })),
+        Ok(Response::GetMachineStatus(
+            mcm_driver::GetMachineStatusResponse {
+                provider_id: "fake:///i-1".into(),
+                node_name: "ip-10-0-0-1".into(),
+                addresses: vec![],
+            },
+        )),
     );
     let status_writes = w.api.writes_to(&format!("{}/status", machine_path())).len();
     w.reconcile().await;
@@ -234,7 +251,9 @@ async fn a_secret_without_user_data_calls_nothing_and_says_so() {
     assert_eq!(w.reconcile().await, Action::requeue(Duration::from_secs(5)));
     assert!(w.driver.calls().is_empty());
     assert!(w.stored().status.is_none(), "no status written");
-    let events = w.api.writes_to("/apis/events.k8s.io/v1/namespaces/default/events");
+    let events = w
+        .api
+        .writes_to("/apis/events.k8s.io/v1/namespaces/default/events");
     assert!(
         events
             .iter()
@@ -266,6 +285,14 @@ async fn deletion_runs_every_step_then_removes_the_finalizer() {
     assert_eq!(w.driver.operations(), [Operation::DeleteMachine]);
     let m = w.stored();
     assert_eq!(m.metadata.finalizers, Some(vec![]), "finalizer removed");
+    // ...by a JSON patch that tests it is still there (status writes came in between).
+    let removal = w.api.writes_to(&machine_path());
+    let removal = removal
+        .iter()
+        .find(|w| w.body.is_array())
+        .expect("a JSON patch");
+    assert_eq!(removal.method, http::Method::PATCH);
+    assert_eq!(removal.body[0]["op"], "test");
     let st = m.status.unwrap();
     assert_eq!(st.current_status.phase, Some(Phase::Terminating));
     assert!(
@@ -315,7 +342,8 @@ async fn a_machine_of_a_provider_not_served_here_is_not_touched() {
     let mut other = class();
     other.metadata.name = Some("other".into());
     other.spec.provider = "nobody".into();
-    w.api.put(&machine_api_path("machineclasses", "other"), &other);
+    w.api
+        .put(&machine_api_path("machineclasses", "other"), &other);
     assert_eq!(
         w.reconcile().await,
         Action::requeue(Duration::from_secs(600))

@@ -179,10 +179,11 @@ impl Moto {
             .await?;
         let ami = first_text(&images, "imageId").ok_or(MotoError::Missing("moto serves no AMI"))?;
         let subnets = self.ec2(REGION, "DescribeSubnets", &[]).await?;
-        let subnet = first_text(&subnets, "subnetId").ok_or(MotoError::Missing("moto has no default subnet"))?;
+        let subnet = first_text(&subnets, "subnetId")
+            .ok_or(MotoError::Missing("moto has no default subnet"))?;
         let groups = self.ec2(REGION, "DescribeSecurityGroups", &[]).await?;
-        let security_group =
-            first_text(&groups, "groupId").ok_or(MotoError::Missing("moto has no default security group"))?;
+        let security_group = first_text(&groups, "groupId")
+            .ok_or(MotoError::Missing("moto has no default security group"))?;
         let profiles = self
             .query(
                 "iam",

@@ -2,7 +2,6 @@
 //! with all its fields and read back through kube-rs, kubectl lists the objects with Gardener's
 //! printer columns, and bad objects are refused with the schema's message.
 
-
 use crate::common::{control_plane, example, example_json, namespace, table};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, PostParams};

@@ -1,7 +1,6 @@
 //! The manifests in `kubernetes/deploy/` and `kubernetes/examples/` apply as they are, and the
 //! controller's RBAC is least privilege: what the machine controller needs, nothing more.
 
-
 use std::process::Command;
 
 use crate::common::control_plane;

@@ -3,7 +3,6 @@
 //! type, the printer columns, names and subresources are the same, and both accept (and refuse)
 //! the same objects on a real API server.
 
-
 use std::collections::BTreeMap;
 
 use crate::common::{example_json, namespace};

@@ -2,7 +2,6 @@
 //! MachineDeployments on our CRDs: the API is a drop-in. The Machines stay without a VM (no
 //! machine controller runs here), which MCM does not mind for creating and scaling.
 
-
 use std::time::Duration;
 
 use crate::common::{control_plane, eventually, example, namespace};
