@@ -11,8 +11,16 @@
 //! [`orphans`] (orphan-VM collection), [`finalizers`] (class and secret finalizers),
 //! [`leader`] (Lease election), [`metrics`] (`/metrics`, `/healthz`, `/readyz`). Providers
 //! are reached only through `mcm_driver`'s `ProviderLookup` and `MachineDriver` (no wasm
-//! here); the `mcm-wasm` binary wires in the sandbox. The health check's phase transitions
-//! are a pure decision (`create::decide_health`), unit-tested without an API server.
+//! here); the `mcm-wasm` binary wires in the sandbox.
+//!
+//! The live-machine path is sub-reconcilers in order, each a pure decision over what was
+//! observed, unit-tested without an API server or a sandbox: health (`create::decide_health`:
+//! Pending / Running / Unknown / Failed from the Node), then launch (`create::decide_launch`:
+//! how status → create → initialize ended, to a `Decision` of transition, event and requeue),
+//! carried out by one status writer (`create::apply`); deletion is the step machine
+//! `delete::next_step`. Ordinary requeues are `Ok(Action)`; [`Error`] is only for failures.
+//! Whole reconciles are tested against an in-memory API server with a fake driver
+//! (`fixtures`, `reconcile_tests`).
 //!
 //! Deliberate differences from Gardener's MC (v0.62.1):
 //! - a deletion step that succeeds goes straight on to the next step in the same reconcile
