@@ -101,6 +101,8 @@ pub fn node_sim(client: &kube::Client, ns: &str, providers: Arc<dyn ProviderLook
         liveness: Arc::new(ProviderLiveness {
             providers,
             client: client.clone(),
+            // Never run: every read goes to the API server.
+            cache: mcm_controller::cache::Cache::new(ns),
             namespace: ns.to_string(),
         }),
     }
@@ -110,6 +112,7 @@ pub fn node_sim(client: &kube::Client, ns: &str, providers: Arc<dyn ProviderLook
 pub struct ProviderLiveness {
     pub providers: Arc<dyn ProviderLookup>,
     pub client: kube::Client,
+    pub cache: mcm_controller::cache::Cache,
     pub namespace: String,
 }
 
@@ -121,9 +124,14 @@ impl Liveness for ProviderLiveness {
         class: &machine_api::MachineClass,
     ) -> Option<Vm> {
         let provider = self.providers.get(&class.spec.provider)?;
-        let secret = mcm_controller::secrets::merged_secret(&self.client, class, &self.namespace)
-            .await
-            .ok()?;
+        let secret = mcm_controller::secrets::merged_secret(
+            &self.cache,
+            &self.client,
+            class,
+            &self.namespace,
+        )
+        .await
+        .ok()?;
         let req = MachineRequest {
             machine: mcm_controller::machine::driver_machine(machine),
             machine_class: mcm_controller::machine::driver_class(class),

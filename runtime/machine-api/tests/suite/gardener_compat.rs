@@ -280,7 +280,7 @@ fn objects() -> Vec<(&'static str, Value)> {
 #[tokio::test]
 async fn gardeners_crds_and_ours_accept_the_same_objects() {
     // Ours on the shared control plane, Gardener's on a control plane of its own.
-    let ours_cp = common::control_plane();
+    let ours_cp = crate::common::control_plane();
     let theirs_cp = ControlPlane::start().unwrap();
     theirs_cp
         .apply_dir(&GardenerMcm::locate().unwrap().crds)
