@@ -14,7 +14,11 @@ pub struct DurationError {
 
 impl std::fmt::Display for DurationError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "invalid duration {:?}: {}", self.input, self.reason)
+        write!(
+            f,
+            "{:?} is not a duration such as 20m, 2h or 90s: {}",
+            self.input, self.reason
+        )
     }
 }
 
