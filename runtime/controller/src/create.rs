@@ -369,19 +369,21 @@ pub fn health_requeue(phase: Option<&Phase>, interval: Duration) -> Option<Durat
 /// The label on a Node that names its Machine (MCM `syncMachineNameToNode`).
 pub const MACHINE_NAME_NODE_LABEL: &str = "node.gardener.cloud/machine-name";
 
-/// What the machine controller keeps on a Node with a backing Machine: the machine-name label
-/// and the finalizer `node.machine.sapcloud.io/machine-controller` (MCM's node controller).
-async fn sync_node(
-    nodes: &Api<k8s_openapi::api::core::v1::Node>,
+/// Registration, Node side (MCM's node controller, `syncMachineNameToNode`): what a Node with a
+/// backing Machine must carry — the machine-name label and the finalizer
+/// `node.machine.sapcloud.io/machine-controller` — as the merge patch that adds what is missing
+/// (guarded by the Node's resourceVersion). `None`: nothing to do (already there, the Node is
+/// not managed by MCM, or it is being deleted).
+pub fn node_registration_patch(
     node: &k8s_openapi::api::core::v1::Node,
     machine: &str,
-) -> Result<(), kube::Error> {
+) -> Option<serde_json::Value> {
     if node
         .annotations()
         .contains_key("node.machine.sapcloud.io/not-managed-by-mcm")
         || node.metadata.deletion_timestamp.is_some()
     {
-        return Ok(());
+        return None;
     }
     let has_label = node
         .labels()
@@ -393,26 +395,35 @@ async fn sync_node(
         .iter()
         .any(|f| f == machine_api::MC_NODE_FINALIZER);
     if has_label && has_finalizer {
-        return Ok(());
+        return None;
     }
     let mut finalizers = node.finalizers().to_vec();
     if !has_finalizer {
         finalizers.push(machine_api::MC_NODE_FINALIZER.to_string());
     }
-    let patch = serde_json::json!({
+    Some(serde_json::json!({
         "metadata": {
             "labels": { MACHINE_NAME_NODE_LABEL: machine },
             "finalizers": finalizers,
             "resourceVersion": node.resource_version(),
         }
-    });
-    nodes
-        .patch(
-            &node.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(&patch),
-        )
-        .await?;
+    }))
+}
+
+async fn sync_node(
+    nodes: &Api<k8s_openapi::api::core::v1::Node>,
+    node: &k8s_openapi::api::core::v1::Node,
+    machine: &str,
+) -> Result<(), kube::Error> {
+    if let Some(patch) = node_registration_patch(node, machine) {
+        nodes
+            .patch(
+                &node.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await?;
+    }
     Ok(())
 }
 
@@ -792,22 +803,22 @@ async fn delete_vm_of_old_node(
     .await;
 }
 
-/// MCM `updateLabels`: the `node` label (with a target cluster), the priority annotation and
-/// spec.providerID.
-async fn update_labels(
-    job: &Job,
+/// Registration, Machine side (MCM `updateLabels`): the `node` label (with a target cluster),
+/// the priority annotation ("3" when missing) and spec.providerID, as the merge patch that sets
+/// them. `None`: all are there.
+pub fn machine_registration_patch(
     machine: &Machine,
     node_name: &str,
     provider_id: &str,
-) -> Result<(), Error> {
-    let with_target = job.ctx.target.is_some();
+    with_target: bool,
+) -> Option<serde_json::Value> {
     let label_missing = with_target && machine.node_name().is_none_or(str::is_empty);
     let priority_missing = machine
         .annotations()
         .get(PRIORITY_ANNOTATION)
         .is_none_or(|v| v.is_empty());
     if !(label_missing || priority_missing || machine.spec.provider_id.is_empty()) {
-        return Ok(());
+        return None;
     }
     let mut patch = serde_json::json!({ "spec": { "providerID": provider_id } });
     if with_target {
@@ -816,9 +827,21 @@ async fn update_labels(
     if priority_missing {
         patch["metadata"]["annotations"] = serde_json::json!({ PRIORITY_ANNOTATION: "3" });
     }
-    job.api
-        .patch(&job.name, &PatchParams::default(), &Patch::Merge(&patch))
-        .await?;
+    Some(patch)
+}
+
+async fn update_labels(
+    job: &Job,
+    machine: &Machine,
+    node_name: &str,
+    provider_id: &str,
+) -> Result<(), Error> {
+    let with_target = job.ctx.target.is_some();
+    if let Some(patch) = machine_registration_patch(machine, node_name, provider_id, with_target) {
+        job.api
+            .patch(&job.name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await?;
+    }
     Ok(())
 }
 
@@ -1382,5 +1405,86 @@ mod launch_tests {
         assert_eq!(health_requeue(Some(&Phase::Unknown), i), Some(i));
         assert_eq!(health_requeue(Some(&Phase::Running), i), None);
         assert_eq!(health_requeue(None, i), None);
+    }
+}
+
+#[cfg(test)]
+mod registration_tests {
+    //! The registration decisions: what the Machine and its Node must carry once the VM exists.
+    use super::*;
+    use k8s_openapi::api::core::v1::Node;
+
+    fn node(labels: &[(&str, &str)], finalizers: &[&str]) -> Node {
+        let mut n = Node::default();
+        n.metadata.name = Some("ip-10-0-0-1".into());
+        n.metadata.resource_version = Some("7".into());
+        n.metadata.labels = Some(
+            labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        );
+        n.metadata.finalizers = Some(finalizers.iter().map(|f| f.to_string()).collect());
+        n
+    }
+
+    #[test]
+    fn a_node_gets_the_machine_label_and_finalizer_once() {
+        let patch = node_registration_patch(&node(&[], &["other"]), "m1").unwrap();
+        assert_eq!(patch["metadata"]["labels"][MACHINE_NAME_NODE_LABEL], "m1");
+        assert_eq!(
+            patch["metadata"]["finalizers"],
+            serde_json::json!(["other", machine_api::MC_NODE_FINALIZER])
+        );
+        assert_eq!(patch["metadata"]["resourceVersion"], "7");
+        let done = node(
+            &[(MACHINE_NAME_NODE_LABEL, "m1")],
+            &[machine_api::MC_NODE_FINALIZER],
+        );
+        assert_eq!(node_registration_patch(&done, "m1"), None);
+        // Another machine's label is corrected.
+        assert!(node_registration_patch(&done, "m2").is_some());
+    }
+
+    #[test]
+    fn unmanaged_and_deleting_nodes_are_left_alone() {
+        let mut n = node(&[], &[]);
+        n.metadata.annotations = Some(
+            [(
+                "node.machine.sapcloud.io/not-managed-by-mcm".to_string(),
+                "true".to_string(),
+            )]
+            .into(),
+        );
+        assert_eq!(node_registration_patch(&n, "m1"), None);
+        let mut n = node(&[], &[]);
+        n.metadata.deletion_timestamp = Some(status::now());
+        assert_eq!(node_registration_patch(&n, "m1"), None);
+    }
+
+    #[test]
+    fn a_machine_gets_provider_id_node_label_and_priority() {
+        let spec: machine_api::MachineSpec = serde_json::from_value(
+            serde_json::json!({"class": {"kind": "MachineClass", "name": "c"}}),
+        )
+        .unwrap();
+        let m = Machine::new("m1", spec);
+        let patch = machine_registration_patch(&m, "ip-1", "aws:///i-1", true).unwrap();
+        assert_eq!(patch["spec"]["providerID"], "aws:///i-1");
+        assert_eq!(patch["metadata"]["labels"][NODE_LABEL_KEY], "ip-1");
+        assert_eq!(patch["metadata"]["annotations"][PRIORITY_ANNOTATION], "3");
+        // Without a target cluster there is no node label.
+        let patch = machine_registration_patch(&m, "ip-1", "aws:///i-1", false).unwrap();
+        assert!(patch["metadata"].get("labels").is_none());
+
+        let mut done = m.clone();
+        done.spec.provider_id = "aws:///i-1".into();
+        done.metadata.labels = Some([(NODE_LABEL_KEY.to_string(), "ip-1".to_string())].into());
+        done.metadata.annotations =
+            Some([(PRIORITY_ANNOTATION.to_string(), "5".to_string())].into());
+        assert_eq!(
+            machine_registration_patch(&done, "ip-1", "aws:///i-1", true),
+            None
+        );
     }
 }

@@ -17,6 +17,8 @@
 //! observed, unit-tested without an API server or a sandbox: health (`create::decide_health`:
 //! Pending / Running / Unknown / Failed from the Node), then launch (`create::decide_launch`:
 //! how status → create → initialize ended, to a `Decision` of transition, event and requeue),
+//! with registration between them (`create::machine_registration_patch`: providerID, node
+//! label, priority; `create::node_registration_patch`: the Node's machine label and finalizer),
 //! carried out by one status writer (`create::apply`); deletion is the step machine
 //! `delete::next_step`. Ordinary requeues are `Ok(Action)`; [`Error`] is only for failures.
 //! Whole reconciles are tested against an in-memory API server with a fake driver
