@@ -70,11 +70,6 @@ impl Cache {
             .await
     }
 
-    /// Every cached class (empty before [`Cache::run`]).
-    pub fn classes(&self) -> Vec<std::sync::Arc<MachineClass>> {
-        self.classes.state()
-    }
-
     /// Put objects into the stores by hand (what a watch event does): for tests that run a
     /// reconcile without watches.
     pub fn seed(&self, classes: Vec<MachineClass>, secrets: Vec<Secret>) {
