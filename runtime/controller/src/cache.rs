@@ -45,13 +45,7 @@ impl Cache {
         client: &Client,
         name: &str,
     ) -> Result<Option<MachineClass>, kube::Error> {
-        let key = ObjectRef::new(name).within(&self.namespace);
-        if let Some(class) = self.classes.get(&key) {
-            return Ok(Some((*class).clone()));
-        }
-        Api::<MachineClass>::namespaced(client.clone(), &self.namespace)
-            .get_opt(name)
-            .await
+        read_through(&self.classes, client, &self.namespace, name).await
     }
 
     /// The Secret `namespace/name`: from the store, else from the API server.
@@ -61,13 +55,7 @@ impl Cache {
         namespace: &str,
         name: &str,
     ) -> Result<Option<Secret>, kube::Error> {
-        let key = ObjectRef::new(name).within(namespace);
-        if let Some(secret) = self.secrets.get(&key) {
-            return Ok(Some((*secret).clone()));
-        }
-        Api::<Secret>::namespaced(client.clone(), namespace)
-            .get_opt(name)
-            .await
+        read_through(&self.secrets, client, namespace, name).await
     }
 
     /// Put objects into the stores by hand (what a watch event does): for tests that run a
@@ -89,20 +77,8 @@ impl Cache {
     /// task keeps them current until it is dropped or aborted.
     pub async fn run(&self, client: &Client) -> Option<tokio::task::JoinHandle<()>> {
         let (class_writer, secret_writer) = self.writers.lock().expect("cache writers").take()?;
-        let classes = watcher(
-            Api::<MachineClass>::namespaced(client.clone(), &self.namespace),
-            watcher::Config::default(),
-        )
-        .default_backoff()
-        .reflect(class_writer)
-        .for_each(|_| futures::future::ready(()));
-        let secrets = watcher(
-            Api::<Secret>::namespaced(client.clone(), &self.namespace),
-            watcher::Config::default(),
-        )
-        .default_backoff()
-        .reflect(secret_writer)
-        .for_each(|_| futures::future::ready(()));
+        let classes = reflect(client, &self.namespace, class_writer);
+        let secrets = reflect(client, &self.namespace, secret_writer);
         let task = tokio::spawn(async move {
             futures::join!(classes, secrets);
         });
@@ -124,4 +100,49 @@ impl Cache {
         }
         Some(task)
     }
+}
+
+/// A namespaced object: from `store`, else one GET.
+async fn read_through<K>(
+    store: &Store<K>,
+    client: &Client,
+    namespace: &str,
+    name: &str,
+) -> Result<Option<K>, kube::Error>
+where
+    K: kube::Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    if let Some(object) = store.get(&ObjectRef::new(name).within(namespace)) {
+        return Ok(Some((*object).clone()));
+    }
+    Api::<K>::namespaced(client.clone(), namespace)
+        .get_opt(name)
+        .await
+}
+
+/// Keep `writer`'s store current with the objects of `namespace` (retrying with backoff).
+fn reflect<K>(
+    client: &Client,
+    namespace: &str,
+    writer: Writer<K>,
+) -> impl Future<Output = ()> + Send + use<K>
+where
+    K: kube::Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    watcher(
+        Api::<K>::namespaced(client.clone(), namespace),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .reflect(writer)
+    .for_each(|_| futures::future::ready(()))
 }
