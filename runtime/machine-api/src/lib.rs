@@ -5,6 +5,9 @@
 //! Gardener's Go types do (same JSON names, `omitempty` fields left out), and [`crds()`] gives the
 //! CustomResourceDefinitions (schemas, printer columns, short names, status and scale
 //! subresources) that `kubernetes/crds/` holds.
+//!
+//! It also holds mcm-wasm's own kind, [`Provider`] (`mcm-wasm.io/v1alpha1`, module `provider`),
+//! so that one generator writes every CRD the controller needs.
 
 // kube's `printcolumn(...)` repeats keys such as `type_` per column, which clippy mistakes for
 // duplicated attributes.
@@ -15,6 +18,7 @@ mod machine;
 mod machine_class;
 mod machine_deployment;
 mod machine_set;
+mod provider;
 mod schema;
 mod shared;
 
@@ -35,6 +39,10 @@ pub use machine_deployment::{
 pub use machine_set::{
     MachineSet, MachineSetCondition, MachineSetConditionType, MachineSetSpec, MachineSetStatus,
 };
+pub use provider::{
+    ConfigMapSource, FileSource, HttpsSource, LocalObjectReference, OciSource, PROVIDER_GROUP,
+    Provider, ProviderEgress, ProviderLimits, ProviderSource, ProviderSpec, ProviderStatus,
+};
 pub use shared::{
     ClassSpec, ConditionStatus, LastOperation, MachineConfiguration, MachineOperationType,
     MachinePhase, MachineState, MachineSummary, MachineTemplateSpec, NodeTemplateSpec,
@@ -52,14 +60,15 @@ pub const MC_SECRET_FINALIZER: &str = "machine.sapcloud.io/machine-controller";
 /// Finalizer that the machine controller puts on Nodes.
 pub const MC_NODE_FINALIZER: &str = "node.machine.sapcloud.io/machine-controller";
 
-/// The CustomResourceDefinitions of the four kinds, in the order of their file names
-/// (`machine.sapcloud.io_<plural>.yaml`).
+/// The CustomResourceDefinitions: the four machine kinds in the order of their file names
+/// (`machine.sapcloud.io_<plural>.yaml`), then `Provider` (`mcm-wasm.io_providers.yaml`).
 pub fn crds() -> Vec<CustomResourceDefinition> {
     vec![
         MachineClass::crd(),
         MachineDeployment::crd(),
         Machine::crd(),
         MachineSet::crd(),
+        Provider::crd(),
     ]
     .into_iter()
     .map(finish_crd)

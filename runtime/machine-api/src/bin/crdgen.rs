@@ -1,4 +1,4 @@
-//! Writes the CRDs of `machine.sapcloud.io` into a directory (default: `kubernetes/crds`).
+//! Writes the CRDs (`machine.sapcloud.io` and `mcm-wasm.io`) into a directory (default: `kubernetes/crds`).
 //!
 //! Usage: `crdgen [DIR]` or `crdgen --check [DIR]` (exits 1 when a file is missing or stale).
 
