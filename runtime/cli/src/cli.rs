@@ -180,6 +180,7 @@ async fn call(
         config,
         deadlines: Some(Deadlines::all(deadline)),
         broker_credentials: false,
+        ..Default::default()
     };
     let provider = match Provider::load(&sandbox, &file, settings).await {
         Ok(p) => p,

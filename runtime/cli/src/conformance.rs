@@ -531,6 +531,7 @@ pub async fn main(args: ConformanceArgs) -> ExitCode {
         config: args.config.clone(),
         deadlines: Some(Deadlines::all(args.deadline)),
         broker_credentials: args.broker_credentials,
+        ..Default::default()
     };
     let provider = match Provider::load(&sandbox, &args.file, settings).await {
         Ok(p) => p,

@@ -285,6 +285,7 @@ impl ControllerArgs {
                     config: configs.get(name).cloned(),
                     deadlines: None,
                     broker_credentials: self.provider_broker_credentials.contains(name),
+                    ..Default::default()
                 },
             );
         }

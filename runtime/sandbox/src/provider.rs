@@ -28,6 +28,12 @@ pub struct ProviderSettings {
     /// Host-brokered credentials: the secret's cloud credential keys never enter the sandbox;
     /// the host signs the provider's requests with them (`capability::credentials`).
     pub broker_credentials: bool,
+    /// Linear memory per call, in bytes; `None` (or more than the sandbox's limit) uses the
+    /// sandbox-wide `memory_limit`, which also sizes the pooling allocator's slots.
+    pub memory_limit: Option<usize>,
+    /// At most this many calls of the provider at once; `None`: only the sandbox-wide
+    /// `max_concurrent_instances` bounds them.
+    pub max_concurrent_calls: Option<u32>,
 }
 
 /// A provider ready to serve calls. Cheap to share (`Arc`); calls run concurrently.
@@ -39,6 +45,8 @@ pub struct Provider {
     settings: ProviderSettings,
     call_ctx: CallContextTemplate,
     operations: Vec<String>,
+    /// Bounds the provider's concurrent calls (`max_concurrent_calls`).
+    permits: Option<Arc<tokio::sync::Semaphore>>,
     /// How the compiled code was obtained, and how long loading took.
     pub load_stats: LoadStats,
 }
@@ -116,6 +124,7 @@ impl Provider {
             path: path.to_path_buf(),
             pre,
             sandbox: sandbox.clone(),
+            permits: permits(&settings),
             settings,
             call_ctx,
             operations,
@@ -163,6 +172,7 @@ impl Provider {
                 egress: Arc::new(settings.egress.clone()),
                 config_json: Arc::from(settings.config.as_deref().unwrap_or("{}")),
             },
+            permits: permits(&settings),
             settings,
             operations: self.operations.clone(),
             load_stats: self.load_stats,
@@ -194,6 +204,7 @@ impl Provider {
             config_json: self.call_ctx.config_json.clone(),
             http: self.sandbox.http.clone(),
             brokered,
+            memory_limit: self.settings.memory_limit,
         }
     }
 
@@ -208,6 +219,31 @@ impl Provider {
         }
         let (visible, brokered) = credentials::withhold(secret);
         (std::borrow::Cow::Owned(visible), Some(Arc::new(brokered)))
+    }
+
+    /// A slot among the provider's `max_concurrent_calls`, waited for within the operation's
+    /// deadline; `None` when the provider has no such limit.
+    async fn permit(
+        &self,
+        op: Operation,
+    ) -> Result<Option<tokio::sync::OwnedSemaphorePermit>, DriverError> {
+        let Some(permits) = &self.permits else {
+            return Ok(None);
+        };
+        let deadline = self.deadline(op);
+        match tokio::time::timeout(deadline, permits.clone().acquire_owned()).await {
+            Ok(Ok(permit)) => Ok(Some(permit)),
+            _ => Err(DriverError::new(
+                Code::ResourceExhausted,
+                format!(
+                    "provider {} ran {} calls at once (its maxConcurrentCalls) for the whole {:?} deadline of {}",
+                    self.name(),
+                    self.settings.max_concurrent_calls.unwrap_or_default(),
+                    deadline,
+                    op.wit_name()
+                ),
+            )),
+        }
     }
 
     fn deadline(&self, op: Operation) -> Duration {
@@ -260,6 +296,10 @@ impl MachineDriver for Provider {
         let (visible, brokered) = self.broker(request.secret().unwrap_or(&no_secret));
         let wreq = engine::wit_request(&request, &visible);
         let started = Instant::now();
+        let _permit = match self.permit(op).await {
+            Ok(permit) => permit,
+            Err(e) => return Err(e),
+        };
         let result = self
             .sandbox
             .call(
@@ -283,6 +323,12 @@ impl MachineDriver for Provider {
         }
         result
     }
+}
+
+fn permits(settings: &ProviderSettings) -> Option<Arc<tokio::sync::Semaphore>> {
+    settings
+        .max_concurrent_calls
+        .map(|n| Arc::new(tokio::sync::Semaphore::new(n.max(1) as usize)))
 }
 
 fn exported_operations(

@@ -28,6 +28,8 @@ pub(crate) struct CallContext {
     pub http: HttpClient,
     /// The credentials the host withheld from the request, when brokering is on.
     pub brokered: Option<Arc<Brokered>>,
+    /// The provider's own memory limit, below the sandbox's (`ProviderSettings::memory_limit`).
+    pub memory_limit: Option<usize>,
 }
 
 /// What the host learns during a call and classifies the outcome by afterwards (shared with
@@ -72,7 +74,9 @@ impl CallState {
             wasi,
             table,
             limiter: CallLimiter {
-                memory_limit: config.memory_limit,
+                memory_limit: ctx
+                    .memory_limit
+                    .map_or(config.memory_limit, |m| m.min(config.memory_limit)),
                 table_limit: config.table_limit,
                 record: record.clone(),
             },

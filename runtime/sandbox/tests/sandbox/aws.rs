@@ -30,6 +30,7 @@ async fn env_with_broker(config: serde_json::Value, broker_credentials: bool) ->
         config: Some(config.to_string()),
         deadlines: None,
         broker_credentials,
+        ..Default::default()
     };
     let provider = load(&sandbox(Duration::from_secs(30)), "aws_provider", settings).await;
     Env {

@@ -383,3 +383,93 @@ async fn no_state_survives_from_one_call_to_the_next() {
         );
     }
 }
+
+/// A provider's own memory limit (the Provider resource's `limits.memory`) is below the
+/// sandbox's: an allocation the sandbox allows is ResourceExhausted for that provider only.
+#[tokio::test]
+async fn a_providers_memory_limit_is_its_own() {
+    let sandbox = sandbox(Duration::from_secs(5));
+    let roomy = load(&sandbox, "test_abuser", ProviderSettings::default()).await;
+    let tight = load(
+        &sandbox,
+        "test_abuser",
+        ProviderSettings {
+            memory_limit: Some(8 << 20),
+            ..Default::default()
+        },
+    )
+    .await;
+    let big = abuse("allocation", 16 << 20, 0);
+    roomy.create_machine(&big).await.expect("16 MiB fits 64 MiB");
+    let err = tight.create_machine(&big).await.unwrap_err();
+    assert_eq!(err.code, Code::ResourceExhausted, "{err}");
+    assert!(err.message.contains("memory"), "{err}");
+    // A limit above the sandbox's cannot raise it.
+    let above = load(
+        &sandbox,
+        "test_abuser",
+        ProviderSettings {
+            memory_limit: Some(1 << 30),
+            ..Default::default()
+        },
+    )
+    .await;
+    let err = above
+        .create_machine(&abuse("allocation", 200 << 20, 0))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code, Code::ResourceExhausted, "{err}");
+}
+
+/// `limits.maxConcurrentCalls`: a call beyond the limit waits for a slot within its own
+/// deadline, then fails ResourceExhausted naming the limit; without the limit the same call
+/// runs at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_concurrent_calls_bounds_one_provider() {
+    let sandbox = sandbox(Duration::from_millis(600));
+    let mut deadlines = mcm_driver::Deadlines::all(Duration::from_millis(600));
+    deadlines.set(mcm_driver::Operation::DeleteMachine, Duration::from_millis(150));
+    for limit in [None, Some(1)] {
+        let looper = std::sync::Arc::new(
+            load(
+                &sandbox,
+                "test_looper",
+                ProviderSettings {
+                    deadlines: Some(deadlines.clone()),
+                    max_concurrent_calls: limit,
+                    ..Default::default()
+                },
+            )
+            .await,
+        );
+        let busy = {
+            let looper = looper.clone();
+            tokio::spawn(async move {
+                looper
+                    .create_machine(&machine_request("a", serde_json::json!({})))
+                    .await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let second = looper
+            .delete_machine(&machine_request("b", serde_json::json!({})))
+            .await;
+        match limit {
+            None => assert!(second.is_ok(), "{second:?}"),
+            Some(_) => {
+                let err = second.unwrap_err();
+                assert_eq!(err.code, Code::ResourceExhausted, "{err}");
+                assert!(err.message.contains("maxConcurrentCalls"), "{err}");
+            }
+        }
+        assert_eq!(
+            busy.await.unwrap().unwrap_err().code,
+            Code::DeadlineExceeded
+        );
+        // The slot is free again.
+        looper
+            .delete_machine(&machine_request("c", serde_json::json!({})))
+            .await
+            .unwrap();
+    }
+}
