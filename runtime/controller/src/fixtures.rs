@@ -252,10 +252,12 @@ impl MachineDriver for FakeDriver {
     }
 }
 
-/// One provider, by name.
+/// One provider, by name; optionally a claimed name with nothing loaded (a `Provider`
+/// resource that is not ready).
 pub struct FakeLookup {
     name: String,
     driver: Arc<FakeDriver>,
+    not_ready: Option<(String, String)>,
     loaded: tokio::sync::broadcast::Sender<mcm_driver::ProviderLoaded>,
 }
 
@@ -264,8 +266,15 @@ impl FakeLookup {
         FakeLookup {
             name: name.to_string(),
             driver,
+            not_ready: None,
             loaded: tokio::sync::broadcast::channel(1).0,
         }
+    }
+
+    /// `name` is claimed but not served, for `reason`.
+    pub fn with_not_ready(mut self, name: &str, reason: &str) -> FakeLookup {
+        self.not_ready = Some((name.to_string(), reason.to_string()));
+        self
     }
 }
 
@@ -276,6 +285,13 @@ impl ProviderLookup for FakeLookup {
 
     fn served_names(&self) -> Vec<String> {
         vec![self.name.clone()]
+    }
+
+    fn not_ready(&self, name: &str) -> Option<String> {
+        self.not_ready
+            .as_ref()
+            .filter(|(n, _)| n == name)
+            .map(|(_, reason)| reason.clone())
     }
 
     fn subscribe_loaded(&self) -> tokio::sync::broadcast::Receiver<mcm_driver::ProviderLoaded> {

@@ -66,7 +66,7 @@ use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{WatchStreamExt as _, reflector, watcher};
 use kube::{Client, ResourceExt as _};
-use machine_api::{MCM_FINALIZER, Machine, MachineClass};
+use machine_api::{MCM_FINALIZER, Machine, MachineClass, MachineOperationType, MachineState};
 
 use mcm_driver::ProviderLookup;
 use retry::Retry;
@@ -228,7 +228,10 @@ pub async fn reconcile(machine: Arc<Machine>, ctx: Arc<Context>) -> Result<Actio
         return Ok(Action::requeue(Retry::Long.period()));
     };
     let Some(provider) = ctx.registry.get(&class.spec.provider) else {
-        unserved(&ctx, &machine, &class).await;
+        match ctx.registry.not_ready(&class.spec.provider) {
+            Some(why) => provider_not_ready(&ctx, &machine, &class, &why).await?,
+            None => unserved(&ctx, &machine, &class).await,
+        }
         return Ok(Action::requeue(Retry::Long.period()));
     };
     machine::ensure_class_finalizers(&ctx, &class).await?;
@@ -463,6 +466,53 @@ async fn unserved(ctx: &Context, machine: &Machine, class: &MachineClass) {
         )
         .await;
     }
+}
+
+/// A `Provider` resource claims the class's provider but has no version loaded (fetching, or
+/// every version so far rejected): the Machine is ours, so it says why in lastOperation
+/// (Processing, code Unavailable: the phase is left alone, so a MachineSet does not replace
+/// the machine) and gets a Warning event `ProviderNotReady` whenever the reason changes. It is
+/// served as soon as a version loads (the registry's loaded notice requeues it).
+async fn provider_not_ready(
+    ctx: &Context,
+    machine: &Machine,
+    class: &MachineClass,
+    why: &str,
+) -> Result<(), Error> {
+    let description = format!(
+        "MachineClass {:?} names provider {:?}: {why}; the machine waits for it",
+        class.name_any(),
+        class.spec.provider
+    );
+    let mut st = machine.status.clone().unwrap_or_default();
+    if st.last_operation.description == description {
+        return Ok(());
+    }
+    let operation = if machine.metadata.deletion_timestamp.is_some() {
+        MachineOperationType::Delete
+    } else if machine.spec.provider_id.is_empty() {
+        MachineOperationType::Create
+    } else {
+        MachineOperationType::HealthCheck
+    };
+    st.last_operation = status::last_op(
+        description.clone(),
+        MachineState::Processing,
+        operation,
+        "Unavailable",
+    );
+    tracing::warn!(machine = %machine.name_any(), "{description}");
+    status::write(&ctx.machines(), &machine.name_any(), &st).await?;
+    machine::publish_event(
+        ctx,
+        machine,
+        kube::runtime::events::EventType::Warning,
+        "ProviderNotReady",
+        "Reconcile",
+        description,
+    )
+    .await;
+    Ok(())
 }
 
 /// Add a finalizer only when it is missing, with a merge patch guarded by the resourceVersion.

@@ -354,3 +354,61 @@ async fn a_machine_of_a_provider_not_served_here_is_not_touched() {
         "no finalizer on a machine that is not ours"
     );
 }
+
+/// A class naming a `Provider` resource that has no version loaded: the machine says why in
+/// lastOperation (code Unavailable, phase untouched), gets one Warning event, and no driver is
+/// called; an unchanged reason is not written again.
+#[tokio::test]
+async fn a_machine_of_a_provider_not_ready_says_why_and_waits() {
+    let mut m = machine(false);
+    m.spec.class.name = "pending".into();
+    let api = FakeApi::default();
+    api.put(&machine_path(), &m);
+    let mut pending = class();
+    pending.metadata.name = Some("pending".into());
+    pending.spec.provider = "AWS".into();
+    api.put(&machine_api_path("machineclasses", "pending"), &pending);
+    let driver = Arc::new(FakeDriver::default());
+    let lookup = FakeLookup::new("fake", driver.clone()).with_not_ready(
+        "AWS",
+        "Provider aws has no version loaded yet (registry unreachable)",
+    );
+    let ctx = Context::new(api.client(), None, Arc::new(lookup), Config::default());
+    let w = World { api, driver, ctx };
+    assert_eq!(
+        w.reconcile().await,
+        Action::requeue(Duration::from_secs(600))
+    );
+    assert!(w.driver.calls().is_empty());
+    let st = w.stored().status.expect("status written");
+    assert_eq!(st.last_operation.error_code, "Unavailable");
+    assert_eq!(
+        st.last_operation.state,
+        Some(machine_api::MachineState::Processing)
+    );
+    assert!(
+        st.last_operation
+            .description
+            .contains("registry unreachable")
+            && st.last_operation.description.contains("\"AWS\""),
+        "{}",
+        st.last_operation.description
+    );
+    assert!(st.current_status.phase.is_none(), "phase left alone");
+    let events = || {
+        w.api
+            .writes_to("/apis/events.k8s.io/v1/namespaces/default/events")
+            .into_iter()
+            .filter(|e| e.body["reason"] == "ProviderNotReady" && e.body["type"] == "Warning")
+            .count()
+    };
+    assert_eq!(events(), 1);
+    let writes = w.api.writes_to(&format!("{}/status", machine_path())).len();
+    assert_eq!(writes, 1);
+    w.reconcile().await;
+    assert_eq!(
+        w.api.writes_to(&format!("{}/status", machine_path())).len(),
+        writes
+    );
+    assert_eq!(events(), 1);
+}

@@ -251,6 +251,12 @@ pub trait ProviderLookup: Send + Sync {
     /// Every name served (own names and aliases), sorted, for messages.
     fn served_names(&self) -> Vec<String>;
 
+    /// Why nothing serves `name` although something (a `Provider` resource) claims it; `None`
+    /// when a provider serves it or nothing claims it.
+    fn not_ready(&self, _name: &str) -> Option<String> {
+        None
+    }
+
     /// Notified whenever a provider is loaded or replaced.
     fn subscribe_loaded(&self) -> tokio::sync::broadcast::Receiver<ProviderLoaded>;
 }

@@ -1,5 +1,12 @@
 //! The provider registry: providers by name, loaded from a directory of `.wasm` files and
-//! hot-swapped when the directory changes.
+//! hot-swapped when the directory changes, or delivered by `Provider` resources
+//! (`mcm-wasm.io/v1alpha1`, fetched by `mcm-providers`) and swapped when their source changes.
+//!
+//! A MachineClass's `provider` is looked up among the resources first: a resource's name, the
+//! aliases in its spec, or the name and aliases its artifact declares. A name a resource
+//! claims is never served by a directory provider, even while the resource has nothing
+//! loaded yet (then [`Registry::not_ready`] says why), so an operator who moves a provider
+//! from the directory to a resource never has machines silently served by the old file.
 //!
 //! The providers and the operator's settings are one immutable state behind an `ArcSwap`:
 //! lookups never lock, and every change (a load, an unload, new settings) is one swap made
@@ -59,6 +66,41 @@ struct FileState {
 struct State {
     providers: HashMap<String, Arc<Provider>>,
     settings: HashMap<String, ProviderSettings>,
+    /// Providers delivered by `Provider` resources, by the resource's name.
+    resources: HashMap<String, Resource>,
+}
+
+/// What a `Provider` resource put in the registry: the version serving (the last good one), the
+/// names its spec adds, its settings, and why nothing serves yet when nothing does.
+#[derive(Clone, Default)]
+struct Resource {
+    provider: Option<Arc<Provider>>,
+    aliases: Vec<String>,
+    not_ready: Option<String>,
+}
+
+impl Resource {
+    fn claims(&self, key: &str, name: &str) -> bool {
+        key == name
+            || self.aliases.iter().any(|a| a == name)
+            || self
+                .provider
+                .as_ref()
+                .is_some_and(|p| p.info().metadata.serves(name))
+    }
+}
+
+impl State {
+    /// The resources claiming `name`, the resource of that very name first, then by name.
+    fn claiming(&self, name: &str) -> Vec<(&String, &Resource)> {
+        let mut claiming: Vec<_> = self
+            .resources
+            .iter()
+            .filter(|(key, r)| r.claims(key, name))
+            .collect();
+        claiming.sort_by_key(|(key, _)| (key.as_str() != name, key.as_str()));
+        claiming
+    }
 }
 
 pub struct Registry {
@@ -103,6 +145,10 @@ impl Registry {
     /// MachineClass written for provider-aws says `AWS`).
     pub fn get(&self, name: &str) -> Option<Arc<Provider>> {
         let state = self.state.load();
+        let claiming = state.claiming(name);
+        if !claiming.is_empty() {
+            return claiming.iter().find_map(|(_, r)| r.provider.clone());
+        }
         let providers = &state.providers;
         providers.get(name).cloned().or_else(|| {
             providers
@@ -128,8 +174,153 @@ impl Registry {
                 }
             })
             .collect();
+        for (key, r) in &state.resources {
+            let mut also: Vec<&str> = r.aliases.iter().map(String::as_str).collect();
+            if let Some(p) = &r.provider {
+                let meta = &p.info().metadata;
+                also.extend(
+                    std::iter::once(meta.name.as_str())
+                        .chain(meta.aliases.iter().map(String::as_str)),
+                );
+            }
+            also.retain(|n| n != key);
+            also.sort();
+            also.dedup();
+            let ready = if r.provider.is_some() {
+                ""
+            } else {
+                ", not ready"
+            };
+            names.push(if also.is_empty() {
+                format!("{key} (Provider{ready})")
+            } else {
+                format!("{key} (Provider{ready}, also {})", also.join(", "))
+            });
+        }
         names.sort();
         names
+    }
+
+    /// Why no provider serves `name` although a `Provider` resource claims it; `None` when one
+    /// serves or no resource claims the name.
+    pub fn not_ready(&self, name: &str) -> Option<String> {
+        let state = self.state.load();
+        let claiming = state.claiming(name);
+        if claiming.is_empty() || claiming.iter().any(|(_, r)| r.provider.is_some()) {
+            return None;
+        }
+        let reasons: Vec<String> = claiming
+            .iter()
+            .map(|(key, r)| {
+                format!(
+                    "Provider {key} has no version loaded yet ({})",
+                    r.not_ready.as_deref().unwrap_or("not reconciled yet")
+                )
+            })
+            .collect();
+        Some(reasons.join("; "))
+    }
+
+    /// The provider a `Provider` resource has serving (its last good version).
+    pub fn resource(&self, key: &str) -> Option<Arc<Provider>> {
+        self.state
+            .load()
+            .resources
+            .get(key)
+            .and_then(|r| r.provider.clone())
+    }
+
+    /// Compile and smoke-instantiate a `Provider` resource's artifact off the hot path, then
+    /// swap it in with the resource's settings and aliases. `origin` names the source in errors
+    /// and events (`Provider default/aws from oci://…`). On failure the resource's last good
+    /// version keeps serving and the error is returned (and sent as `Rejected`).
+    pub async fn load_resource(
+        &self,
+        key: &str,
+        origin: &str,
+        bytes: &[u8],
+        aliases: Vec<String>,
+        settings: ProviderSettings,
+    ) -> Result<Arc<Provider>, LoadError> {
+        let path = PathBuf::from(origin);
+        let compiled = match Provider::from_bytes(
+            &self.sandbox,
+            &path,
+            bytes,
+            ProviderSettings::default(),
+        )
+        .await
+        {
+            Ok(compiled) => compiled,
+            Err(e) => {
+                tracing::warn!(resource = %key, "provider rejected, the previous version (if any) keeps serving: {e}");
+                let _ = self.events.send(RegistryEvent::Rejected {
+                    path,
+                    error: e.to_string(),
+                });
+                return Err(e);
+            }
+        };
+        let (provider, replaced) = self.update(|state| {
+            let entry = state.resources.entry(key.to_string()).or_default();
+            let settings = with_endpoint_env(&compiled.info().metadata, settings);
+            let provider = Arc::new(compiled.with_settings(settings));
+            let replaced = entry
+                .provider
+                .replace(provider.clone())
+                .map(|old| old.version().to_string());
+            entry.aliases = aliases;
+            entry.not_ready = None;
+            (provider, replaced)
+        });
+        self.announce_loaded(key, &provider, &path, replaced);
+        Ok(provider)
+    }
+
+    /// New settings or aliases for a resource's provider, without recompiling: applies to the
+    /// serving version at once. Returns whether a version is serving.
+    pub fn configure_resource(
+        &self,
+        key: &str,
+        aliases: Vec<String>,
+        settings: ProviderSettings,
+    ) -> bool {
+        self.update(|state| {
+            let entry = state.resources.entry(key.to_string()).or_default();
+            entry.aliases = aliases;
+            let Some(current) = &entry.provider else {
+                return false;
+            };
+            let settings = with_endpoint_env(&current.info().metadata, settings);
+            entry.provider = Some(Arc::new(current.with_settings(settings)));
+            true
+        })
+    }
+
+    /// Record why a resource has nothing (new) loaded: a machine whose class names it gets this
+    /// reason while no version serves; a serving last good version keeps serving.
+    pub fn mark_not_ready(&self, key: &str, aliases: Vec<String>, reason: &str) {
+        self.update(|state| {
+            let entry = state.resources.entry(key.to_string()).or_default();
+            entry.aliases = aliases;
+            entry.not_ready = Some(reason.to_string());
+        })
+    }
+
+    /// The resource is gone: unload its provider.
+    pub fn unload_resource(&self, key: &str) -> bool {
+        let removed = self.update(|state| state.resources.remove(key));
+        let Some(removed) = removed else {
+            return false;
+        };
+        if let Some(p) = removed.provider {
+            tracing::info!(resource = %key, provider = %p.name(), "provider unloaded: Provider resource deleted");
+            let _ = self.events.send(RegistryEvent::Unloaded {
+                name: p.name().to_string(),
+                path: p.path().to_path_buf(),
+            });
+        }
+        true
     }
 
     /// Names of the loaded providers, sorted.
@@ -214,21 +405,35 @@ impl Registry {
                 provider: Some(name.clone()),
             },
         );
+        self.announce_loaded(&name, &provider, path, replaced);
+        Ok(provider)
+    }
+
+    /// Log a swap and tell the controller (machines waiting for `name` can go on) and the
+    /// event subscribers.
+    fn announce_loaded(
+        &self,
+        name: &str,
+        provider: &Arc<Provider>,
+        path: &Path,
+        replaced: Option<String>,
+    ) {
         tracing::info!(
             provider = %name, version = provider.version(), digest = %provider.info().digest,
             cache = ?provider.load_stats.cache, elapsed = ?provider.load_stats.elapsed,
             "provider loaded{}", replaced.as_ref().map(|v| format!(" (replaces version {v})")).unwrap_or_default()
         );
-        let _ = self.loaded.send(ProviderLoaded { name: name.clone() });
+        let _ = self.loaded.send(ProviderLoaded {
+            name: name.to_string(),
+        });
         let _ = self.events.send(RegistryEvent::Loaded {
-            name,
+            name: name.to_string(),
             version: provider.version().to_string(),
             digest: provider.info().digest.clone(),
             path: path.to_path_buf(),
             replaced,
             elapsed: provider.load_stats.elapsed,
         });
-        Ok(provider)
     }
 
     /// Bring the registry in line with a directory: load new and changed `.wasm` files, unload
@@ -331,6 +536,10 @@ impl ProviderLookup for Registry {
 
     fn served_names(&self) -> Vec<String> {
         Registry::served_names(self)
+    }
+
+    fn not_ready(&self, name: &str) -> Option<String> {
+        Registry::not_ready(self, name)
     }
 
     fn subscribe_loaded(&self) -> broadcast::Receiver<ProviderLoaded> {

@@ -400,7 +400,10 @@ async fn a_providers_memory_limit_is_its_own() {
     )
     .await;
     let big = abuse("allocation", 16 << 20, 0);
-    roomy.create_machine(&big).await.expect("16 MiB fits 64 MiB");
+    roomy
+        .create_machine(&big)
+        .await
+        .expect("16 MiB fits 64 MiB");
     let err = tight.create_machine(&big).await.unwrap_err();
     assert_eq!(err.code, Code::ResourceExhausted, "{err}");
     assert!(err.message.contains("memory"), "{err}");
@@ -428,7 +431,10 @@ async fn a_providers_memory_limit_is_its_own() {
 async fn max_concurrent_calls_bounds_one_provider() {
     let sandbox = sandbox(Duration::from_millis(600));
     let mut deadlines = mcm_driver::Deadlines::all(Duration::from_millis(600));
-    deadlines.set(mcm_driver::Operation::DeleteMachine, Duration::from_millis(150));
+    deadlines.set(
+        mcm_driver::Operation::DeleteMachine,
+        Duration::from_millis(150),
+    );
     for limit in [None, Some(1)] {
         let looper = std::sync::Arc::new(
             load(

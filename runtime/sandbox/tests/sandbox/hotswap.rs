@@ -186,3 +186,117 @@ async fn second_load_comes_from_the_compile_cache() {
     names.sort();
     assert_eq!(names, ["cwasm", "sha256"]);
 }
+
+/// Providers delivered by `Provider` resources: served by the resource's name, its spec's
+/// aliases and the artifact's own name; they shadow a directory provider of the same name;
+/// a broken artifact leaves the last good version serving; settings change without a
+/// recompile; a resource with nothing loaded says why; deleting it unloads it.
+#[tokio::test]
+async fn provider_resources_swap_shadow_and_roll_back() {
+    let dir = tempfile::tempdir().unwrap();
+    install(&guest("test_noop"), dir.path(), "noop.wasm");
+    let registry = Registry::new(sandbox(Duration::from_secs(5)));
+    assert!(registry.sync_dir(dir.path()).await.is_empty());
+    let served_version = |name: &'static str| {
+        let registry = registry.clone();
+        async move {
+            let provider = registry.get(name)?;
+            let answer = provider
+                .create_machine(&machine_request("m", serde_json::json!({})))
+                .await
+                .unwrap();
+            Some(answer.last_known_state)
+        }
+    };
+    let mut events = registry.subscribe();
+
+    // Nothing loaded yet for the resource: it claims its name and aliases, so the directory's
+    // noop no longer serves "noop" through it, and the reason is given.
+    registry.mark_not_ready("noop", vec!["Noop".into()], "fetching oci://x");
+    assert!(registry.get("noop").is_none());
+    assert!(registry.get("Noop").is_none());
+    let why = registry.not_ready("Noop").unwrap();
+    assert!(
+        why.contains("Provider noop") && why.contains("fetching oci://x"),
+        "{why}"
+    );
+    assert!(registry.not_ready("other").is_none());
+
+    let v2 = std::fs::read(guest("test_noop_v2")).unwrap();
+    let loaded = registry
+        .load_resource(
+            "noop",
+            "Provider default/noop",
+            &v2,
+            vec!["Noop".into()],
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    assert!(
+        matches!(next_event(&mut events).await, RegistryEvent::Loaded { ref name, ref version, .. } if name == "noop" && version == loaded.version())
+    );
+    let v2_version = loaded.version().to_string();
+    assert_ne!(v2_version, "0.1.0");
+    for name in ["noop", "Noop"] {
+        assert_eq!(
+            served_version(name).await.as_deref(),
+            Some(v2_version.as_str()),
+            "{name}"
+        );
+    }
+    assert!(registry.not_ready("noop").is_none());
+    assert!(
+        registry
+            .served_names()
+            .iter()
+            .any(|n| n == "noop (Provider, also Noop)"),
+        "{:?}",
+        registry.served_names()
+    );
+
+    // A broken artifact: rejected with its origin named, v2 keeps serving.
+    let err = registry
+        .load_resource(
+            "noop",
+            "Provider default/noop from https://x",
+            b"\0asm\x01\0\0\0junk",
+            vec![],
+            Default::default(),
+        )
+        .await
+        .err()
+        .expect("junk is rejected");
+    assert!(
+        err.to_string()
+            .contains("Provider default/noop from https://x"),
+        "{err}"
+    );
+    assert!(matches!(
+        next_event(&mut events).await,
+        RegistryEvent::Rejected { .. }
+    ));
+    assert_eq!(
+        served_version("Noop").await.as_deref(),
+        Some(v2_version.as_str())
+    );
+
+    // New settings without recompiling: the serving version is the same code, configured anew.
+    let config = r#"{"k":"v"}"#;
+    assert!(registry.configure_resource(
+        "noop",
+        vec!["Noop".into()],
+        mcm_sandbox::ProviderSettings {
+            config: Some(config.into()),
+            ..Default::default()
+        },
+    ));
+    let now = registry.resource("noop").unwrap();
+    assert_eq!(now.settings().config.as_deref(), Some(config));
+    assert_eq!(now.info().digest, loaded.info().digest);
+
+    // Deleted: the resource's provider is unloaded and the directory's noop serves again.
+    assert!(registry.unload_resource("noop"));
+    assert!(registry.get("Noop").is_none());
+    assert_eq!(served_version("noop").await.as_deref(), Some("0.1.0"));
+}
