@@ -1,0 +1,12 @@
+//! Provider resources (`mcm-wasm.io/v1alpha1`, kind `Provider`): what the controller decides
+//! from a resource before any I/O.
+//!
+//! - [`spec`]: the sandbox settings a spec asks for (egress, config, limits, brokering) and
+//!   the one source it names, each refusal naming the field that is wrong.
+//!
+//! Fetching (OCI, https, ConfigMap, file) and the reconciler that loads into the registry and
+//! writes status build on these decisions (issue 13, in progress).
+
+pub mod spec;
+
+pub use spec::{Source, SpecError, settings, source};
