@@ -337,6 +337,18 @@ async fn optional_operations_default_to_unimplemented() {
     );
 }
 
+/// The looper's create-machine, running in the background until its deadline.
+fn spawn_looping_create(
+    looper: &std::sync::Arc<Provider>,
+) -> tokio::task::JoinHandle<Result<mcm_driver::CreateMachineResponse, mcm_driver::DriverError>> {
+    let looper = looper.clone();
+    tokio::spawn(async move {
+        looper
+            .create_machine(&machine_request("a", serde_json::json!({})))
+            .await
+    })
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_pool_is_unavailable_not_a_crash() {
     // One instance slot: a second concurrent call cannot get one.
@@ -345,14 +357,7 @@ async fn full_pool_is_unavailable_not_a_crash() {
     });
     let looper =
         std::sync::Arc::new(load(&sandbox, "test_looper", ProviderSettings::default()).await);
-    let busy = {
-        let looper = looper.clone();
-        tokio::spawn(async move {
-            looper
-                .create_machine(&machine_request("a", serde_json::json!({})))
-                .await
-        })
-    };
+    let busy = spawn_looping_create(&looper);
     tokio::time::sleep(Duration::from_millis(100)).await;
     let err = looper
         .create_machine(&machine_request("b", serde_json::json!({})))
@@ -448,14 +453,7 @@ async fn max_concurrent_calls_bounds_one_provider() {
             )
             .await,
         );
-        let busy = {
-            let looper = looper.clone();
-            tokio::spawn(async move {
-                looper
-                    .create_machine(&machine_request("a", serde_json::json!({})))
-                    .await
-            })
-        };
+        let busy = spawn_looping_create(&looper);
         tokio::time::sleep(Duration::from_millis(50)).await;
         let second = looper
             .delete_machine(&machine_request("b", serde_json::json!({})))
