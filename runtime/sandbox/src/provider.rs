@@ -296,21 +296,22 @@ impl MachineDriver for Provider {
         let (visible, brokered) = self.broker(request.secret().unwrap_or(&no_secret));
         let wreq = engine::wit_request(&request, &visible);
         let started = Instant::now();
-        let _permit = match self.permit(op).await {
-            Ok(permit) => permit,
-            Err(e) => return Err(e),
+        // The deadline covers waiting for a slot (maxConcurrentCalls) and the call itself; a
+        // call that got no slot is logged and counted like any other outcome.
+        let result = match self.permit(op).await {
+            Ok(_permit) => self
+                .sandbox
+                .call(
+                    &self.pre,
+                    self.call_context(op, brokered),
+                    self.deadline(op).saturating_sub(started.elapsed()),
+                    async move |store, guest| engine::dispatch(store, guest, wreq).await,
+                )
+                .instrument(span.clone())
+                .await
+                .and_then(|value| engine::cap_result(value, self.sandbox.config.max_result_bytes)),
+            Err(e) => Err(e),
         };
-        let result = self
-            .sandbox
-            .call(
-                &self.pre,
-                self.call_context(op, brokered),
-                self.deadline(op),
-                async move |store, guest| engine::dispatch(store, guest, wreq).await,
-            )
-            .instrument(span.clone())
-            .await
-            .and_then(|value| engine::cap_result(value, self.sandbox.config.max_result_bytes));
         let elapsed = started.elapsed();
         let outcome = result.as_ref().err().map(|e| e.code);
         span.record("outcome", outcome.map_or("OK", Code::name));
