@@ -9,3 +9,4 @@ mod crds;
 mod deploy;
 mod gardener_compat;
 mod gardener_mcm;
+mod providers;
