@@ -3,11 +3,13 @@
 //!
 //! - [`spec`]: the sandbox settings a spec asks for (egress, config, limits, brokering) and
 //!   the one source it names, each refusal naming the field that is wrong.
+//! - [`fetch`]: the artifact's bytes from a source, checked against the pin.
 //! - [`status`]: the status conditions (Ready, Progressing, Degraded) after a reconcile.
 //!
-//! Fetching (OCI, https, ConfigMap, file) and the reconciler that loads into the registry and
+//! Fetching OCI and https sources and the reconciler that loads into the registry and
 //! writes status build on these decisions (issue 13, in progress).
 
+pub mod fetch;
 pub mod spec;
 pub mod status;
 
