@@ -2,7 +2,7 @@
 //! with all its fields and read back through kube-rs, kubectl lists the objects with Gardener's
 //! printer columns, and bad objects are refused with the schema's message.
 
-use crate::common::{control_plane, example, example_json, namespace, table};
+use crate::common::{control_plane, example, example_json, namespace, refused, table};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, PostParams};
 use kube::{Resource, ResourceExt};
@@ -283,22 +283,6 @@ async fn kubectl_lists_objects_with_gardeners_printer_columns() {
     let rows = table(&cp.kubectl_run(["-n", &ns, "get", "mcc"]).unwrap());
     assert_eq!(rows[0], ["NAME", "AGE"]);
     assert_eq!(rows[1][0], "aws-small");
-}
-
-/// Sends `object` (which the Rust types cannot even express) and returns the API server's refusal.
-async fn refused<K: Resource<DynamicType = ()>>(
-    client: &kube::Client,
-    ns: &str,
-    object: Value,
-) -> kube::core::Status {
-    let api =
-        Api::<DynamicObject>::namespaced_with(client.clone(), ns, &ApiResource::erase::<K>(&()));
-    let object: DynamicObject = serde_json::from_value(object).unwrap();
-    match api.create(&PostParams::default(), &object).await {
-        Ok(created) => panic!("the API server accepted an invalid object: {created:?}"),
-        Err(kube::Error::Api(status)) => *status,
-        Err(other) => panic!("unexpected error: {other}"),
-    }
 }
 
 #[tokio::test]

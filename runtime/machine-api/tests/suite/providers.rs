@@ -2,7 +2,7 @@
 //! stored and read back through the Rust types, status is a subresource, kubectl lists the
 //! printer columns, and the CEL rules refuse a source with two kinds or an unpinned tag.
 
-use crate::common::{control_plane, namespace, table};
+use crate::common::{control_plane, namespace, refused, table};
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, PostParams};
 use machine_api::Provider;
 use serde_json::json;
@@ -109,22 +109,15 @@ async fn providers_are_stored_listed_and_validated() {
     )
     .await
     .expect("a tag with a digest is accepted");
-    let refused = |object| {
-        let client = client.clone();
-        let ns = ns.clone();
-        async move {
-            match create(&client, &ns, object).await {
-                Ok(created) => panic!("the API server accepted an invalid Provider: {created:?}"),
-                Err(kube::Error::Api(status)) => *status,
-                Err(other) => panic!("unexpected error: {other}"),
-            }
-        }
-    };
-    let err = refused(provider(
+    let err = refused::<Provider>(
+        &client,
         &ns,
-        "unpinned",
-        json!({ "oci": { "reference": "r/aws:1.0" } }),
-    ))
+        provider(
+            &ns,
+            "unpinned",
+            json!({ "oci": { "reference": "r/aws:1.0" } }),
+        ),
+    )
     .await;
     assert_eq!(err.code, 422, "{err:?}");
     assert!(
@@ -132,11 +125,15 @@ async fn providers_are_stored_listed_and_validated() {
         "{}",
         err.message
     );
-    let err = refused(provider(
+    let err = refused::<Provider>(
+        &client,
         &ns,
-        "two",
-        json!({ "oci": { "reference": reference }, "file": { "path": "/providers/aws.wasm" } }),
-    ))
+        provider(
+            &ns,
+            "two",
+            json!({ "oci": { "reference": reference }, "file": { "path": "/providers/aws.wasm" } }),
+        ),
+    )
     .await;
     assert_eq!(err.code, 422, "{err:?}");
     assert!(
@@ -145,6 +142,6 @@ async fn providers_are_stored_listed_and_validated() {
         "{}",
         err.message
     );
-    let err = refused(provider(&ns, "none", json!({}))).await;
+    let err = refused::<Provider>(&client, &ns, provider(&ns, "none", json!({}))).await;
     assert!(err.message.contains("exactly one of"), "{}", err.message);
 }

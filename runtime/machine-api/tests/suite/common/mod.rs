@@ -7,8 +7,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Namespace;
-use kube::api::{Api, PostParams};
+use kube::Resource;
+use kube::api::{Api, ApiResource, DynamicObject, PostParams};
 use serde::de::DeserializeOwned;
+use serde_json::Value;
 use testenv::ControlPlane;
 
 /// The control plane shared by the tests of this binary, with `kubernetes/crds/` applied.
@@ -92,4 +94,20 @@ pub fn table(output: &str) -> Vec<Vec<String>> {
         .filter(|l| !l.trim().is_empty())
         .map(|l| l.split_whitespace().map(str::to_owned).collect())
         .collect()
+}
+
+/// Sends `object` (which the Rust types cannot even express) and returns the API server's refusal.
+pub async fn refused<K: Resource<DynamicType = ()>>(
+    client: &kube::Client,
+    ns: &str,
+    object: Value,
+) -> kube::core::Status {
+    let api =
+        Api::<DynamicObject>::namespaced_with(client.clone(), ns, &ApiResource::erase::<K>(&()));
+    let object: DynamicObject = serde_json::from_value(object).unwrap();
+    match api.create(&PostParams::default(), &object).await {
+        Ok(created) => panic!("the API server accepted an invalid object: {created:?}"),
+        Err(kube::Error::Api(status)) => *status,
+        Err(other) => panic!("unexpected error: {other}"),
+    }
 }
