@@ -105,7 +105,11 @@ pub async fn config_map(
     };
     let mut binary = cm.binary_data.unwrap_or_default();
     let Some(bytes) = binary.remove(key) else {
-        let present: Vec<&String> = binary.keys().collect();
+        let present = binary
+            .keys()
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+            .join(", ");
         return Err(FetchError::NoKey {
             namespace,
             name: name.to_string(),
@@ -114,10 +118,6 @@ pub async fn config_map(
                 "none".into()
             } else {
                 present
-                    .iter()
-                    .map(|k| k.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
             },
         });
     };

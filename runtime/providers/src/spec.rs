@@ -226,8 +226,9 @@ fn json_kind(v: &serde_json::Value) -> &'static str {
     }
 }
 
-/// Bytes of a Kubernetes memory quantity: plain or with a binary (Ki..Ei) or decimal (k..E)
-/// suffix; fractions and exponents are refused (nobody writes them for a memory limit).
+/// Bytes of a Kubernetes memory quantity: plain or with a binary (Ki, Mi, Gi, Ti) or decimal
+/// (k, M, G, T) suffix; fractions, exponents and larger suffixes are refused (nobody writes
+/// them for a provider's memory limit).
 fn memory_quantity(text: &str) -> Option<usize> {
     let text = text.trim();
     let split = text

@@ -70,8 +70,9 @@ struct State {
     resources: HashMap<String, Resource>,
 }
 
-/// What a `Provider` resource put in the registry: the version serving (the last good one), the
-/// names its spec adds, its settings, and why nothing serves yet when nothing does.
+/// What a `Provider` resource put in the registry: the version serving (the last good one, with
+/// the resource's settings applied), the names its spec adds, and why nothing serves yet when
+/// nothing does.
 #[derive(Clone, Default)]
 struct Resource {
     provider: Option<Arc<Provider>>,
@@ -243,24 +244,16 @@ impl Registry {
         settings: ProviderSettings,
     ) -> Result<Arc<Provider>, LoadError> {
         let path = PathBuf::from(origin);
-        let compiled = match Provider::from_bytes(
-            &self.sandbox,
-            &path,
-            bytes,
-            ProviderSettings::default(),
-        )
-        .await
-        {
-            Ok(compiled) => compiled,
-            Err(e) => {
-                tracing::warn!(resource = %key, "provider rejected, the previous version (if any) keeps serving: {e}");
-                let _ = self.events.send(RegistryEvent::Rejected {
-                    path,
-                    error: e.to_string(),
-                });
-                return Err(e);
-            }
-        };
+        let compiled =
+            match Provider::from_bytes(&self.sandbox, &path, bytes, ProviderSettings::default())
+                .await
+            {
+                Ok(compiled) => compiled,
+                Err(e) => {
+                    self.announce_rejected(&path, &e);
+                    return Err(e);
+                }
+            };
         let (provider, replaced) = self.update(|state| {
             let entry = state.resources.entry(key.to_string()).or_default();
             let settings = with_endpoint_env(&compiled.info().metadata, settings);
@@ -357,7 +350,6 @@ impl Registry {
             })?;
         let result = self.load_bytes(path, &bytes).await;
         if let Err(e) = &result {
-            tracing::warn!(path = %path.display(), "provider rejected, the previous version (if any) keeps serving: {e}");
             // Remember the rejected content so an unchanged bad file is not retried.
             let mut files = self.files.lock().expect("files lock");
             let provider = files.get(path).and_then(|f| f.provider.clone());
@@ -369,10 +361,7 @@ impl Registry {
                 },
             );
             drop(files);
-            let _ = self.events.send(RegistryEvent::Rejected {
-                path: path.to_path_buf(),
-                error: e.to_string(),
-            });
+            self.announce_rejected(path, e);
         }
         result
     }
@@ -433,6 +422,16 @@ impl Registry {
             path: path.to_path_buf(),
             replaced,
             elapsed: provider.load_stats.elapsed,
+        });
+    }
+
+    /// Log a rejected artifact and tell the event subscribers (the previous version, if any,
+    /// keeps serving).
+    fn announce_rejected(&self, path: &Path, e: &LoadError) {
+        tracing::warn!(path = %path.display(), "provider rejected, the previous version (if any) keeps serving: {e}");
+        let _ = self.events.send(RegistryEvent::Rejected {
+            path: path.to_path_buf(),
+            error: e.to_string(),
         });
     }
 
