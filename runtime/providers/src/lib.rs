@@ -10,6 +10,7 @@
 //! writes status build on these decisions (issue 13, in progress).
 
 pub mod fetch;
+pub mod oci;
 pub mod spec;
 pub mod status;
 

@@ -17,6 +17,7 @@ mod certs;
 pub mod ec2;
 pub mod moto;
 pub mod node_sim;
+pub mod registry;
 mod process;
 pub mod sample;
 
