@@ -16,6 +16,7 @@ cache := env_var_or_default("MCM_WASM_CACHE", env_var("HOME") + "/.cache/mcm-was
 setup:
     rustup target add wasm32-wasip2
     just moto
+    just registry
     just controlplane
     just guests
 
@@ -29,6 +30,23 @@ moto:
     python3 -m venv "$venv"
     "$venv/bin/pip" install --quiet 'moto[server]>=5.1,<6'
     "$venv/bin/moto_server" --help >/dev/null && echo "moto: ok"
+
+# A real OCI registry (CNCF Distribution) for tests and `just run`: Debian's docker-registry when
+# apt can install it, else built from Go into {{cache}}/registry (a few minutes).
+registry:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    if command -v docker-registry >/dev/null || [ -x "{{cache}}/registry/bin/registry" ]; then echo "registry: already installed"; exit 0; fi
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        echo "registry: installing Debian's docker-registry"
+        if apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker-registry >/dev/null; then
+            docker-registry --version && exit 0
+        fi
+        echo "registry: apt-get could not install docker-registry; building from Go instead" >&2
+    fi
+    echo "registry: building CNCF Distribution v3.1.2 into {{cache}}/registry"
+    GOBIN="{{cache}}/registry/bin" go install github.com/distribution/distribution/v3/cmd/registry@v3.1.2
+    "{{cache}}/registry/bin/registry" --version
 
 # Build every guest component (wasm32-wasip2, release: small and fast).
 guests:

@@ -102,6 +102,10 @@ pub struct OciSource {
     /// A Secret of type `kubernetes.io/dockerconfigjson` in the Provider's namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pull_secret_ref: Option<LocalObjectReference>,
+    /// A Secret in the Provider's namespace whose `ca.crt` (PEM) is trusted for the registry's
+    /// TLS certificate, besides the system roots (a registry with a private CA).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_secret_ref: Option<LocalObjectReference>,
     /// Plain HTTP to the registry; only for a registry on a loopback address (development).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub insecure: bool,

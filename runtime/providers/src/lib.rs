@@ -15,3 +15,16 @@ pub mod spec;
 pub mod status;
 
 pub use spec::{Source, SpecError, settings, source};
+
+/// An error with its causes on one line (reqwest's own text omits them: "error sending
+/// request" says nothing of the refused connection or the untrusted certificate).
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}

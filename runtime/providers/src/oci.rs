@@ -170,16 +170,7 @@ fn describe(e: &oci_client::errors::OciDistributionError) -> String {
         E::AuthenticationFailure(m) => format!("unauthorized: {m}"),
         E::UnauthorizedError { url } => format!("unauthorized (GET {url})"),
         E::ImageManifestNotFoundError(m) => format!("manifest not found: {m}"),
-        E::RequestError(r) => {
-            let mut text = r.to_string();
-            let mut source = std::error::Error::source(r);
-            while let Some(s) = source {
-                text.push_str(": ");
-                text.push_str(&s.to_string());
-                source = s.source();
-            }
-            text
-        }
+        E::RequestError(r) => crate::error_chain(r),
         other => other.to_string(),
     }
 }

@@ -25,6 +25,10 @@ pub enum SpecError {
         "spec.source.oci: reference {reference:?} and digest {digest:?} name different digests"
     )]
     DigestMismatch { reference: String, digest: String },
+    #[error(
+        "spec.source.oci.insecure: plain HTTP is only for a registry on a loopback address (127.0.0.1, ::1, localhost), not {0:?}"
+    )]
+    Insecure(String),
     #[error("spec.source.https.url {0:?}: must be an https:// URL")]
     NotHttps(String),
     #[error("spec.source.{0}: must not be empty")]
@@ -55,6 +59,8 @@ pub enum Source {
         /// `sha256:<hex>` the manifest must have.
         digest: String,
         pull_secret: Option<String>,
+        /// A Secret whose `ca.crt` is trusted for the registry.
+        cert_secret: Option<String>,
         insecure: bool,
     },
     Https {
@@ -111,10 +117,14 @@ pub fn source(spec: &ProviderSource) -> Result<Source, SpecError> {
             (Some(d), _) | (None, Some(d)) => d,
             (None, None) => return Err(SpecError::Unpinned(oci.reference.clone())),
         };
+        if oci.insecure && !loopback_registry(&oci.reference) {
+            return Err(SpecError::Insecure(oci.reference.clone()));
+        }
         return Ok(Source::Oci {
             reference: oci.reference.trim().to_string(),
             digest,
             pull_secret: oci.pull_secret_ref.as_ref().map(|r| r.name.clone()),
+            cert_secret: oci.cert_secret_ref.as_ref().map(|r| r.name.clone()),
             insecure: oci.insecure,
         });
     }
@@ -150,6 +160,19 @@ pub fn source(spec: &ProviderSource) -> Result<Source, SpecError> {
     Ok(Source::File {
         path: file.path.clone(),
     })
+}
+
+/// Does the reference's registry (its first path component) name a loopback address?
+fn loopback_registry(reference: &str) -> bool {
+    let registry = reference.split('/').next().unwrap_or_default();
+    let host = match registry.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => registry.split(':').next().unwrap_or_default(),
+    };
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// `sha256:` and 64 lowercase hex digits (upper case is accepted and lowered).
@@ -293,6 +316,24 @@ mod tests {
             err.to_string(),
             "spec.source.oci.reference \"sha256:abc\": not a sha256 digest (sha256: and 64 hex digits)"
         );
+    }
+
+    #[test]
+    fn plain_http_only_to_a_loopback_registry() {
+        let insecure = |reference: &str| {
+            let mut s = oci(&format!("{reference}@{D}"), None);
+            s.oci.as_mut().unwrap().insecure = true;
+            source(&s)
+        };
+        for ok in ["127.0.0.1:5000/aws", "localhost/aws", "[::1]:5000/aws"] {
+            assert!(insecure(ok).is_ok(), "{ok}");
+        }
+        for refused in ["registry.example:5000/aws", "10.0.0.1/aws", "ghcr.io/x/aws"] {
+            assert!(
+                matches!(insecure(refused), Err(SpecError::Insecure(_))),
+                "{refused}"
+            );
+        }
     }
 
     #[test]

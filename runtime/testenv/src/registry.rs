@@ -4,8 +4,8 @@
 //! process that started it, and with the [`Registry`] value.
 //!
 //! The binary is found as `$MCM_WASM_REGISTRY`, then `{cache}/registry/bin/registry` (what
-//! `just registry` builds from Go when the OS package is missing), then `docker-registry` or
-//! `registry` on `PATH`.
+//! `just registry` builds from Go when the OS package is missing), then `docker-registry` on
+//! `PATH` (Debian's package).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -44,11 +44,9 @@ pub fn binary() -> Result<PathBuf> {
     }
     let path = std::env::var_os("PATH").unwrap_or_default();
     for dir in std::env::split_paths(&path) {
-        for name in ["docker-registry", "registry"] {
-            let candidate = dir.join(name);
-            if candidate.is_file() {
-                return Ok(candidate);
-            }
+        let candidate = dir.join("docker-registry");
+        if candidate.is_file() {
+            return Ok(candidate);
         }
     }
     Err(Error::MissingBinary {
