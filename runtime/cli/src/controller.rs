@@ -12,9 +12,14 @@ use mcm_sandbox::{EgressPolicy, ProviderSettings, Registry, Sandbox, SandboxConf
 /// The machine controller's command line.
 #[derive(clap::Args, Debug)]
 pub struct ControllerArgs {
-    /// The directory of provider components (.wasm), watched and hot-swapped.
+    /// A directory of provider components (.wasm), watched and hot-swapped (development;
+    /// in a cluster, Provider resources deliver providers).
     #[arg(long, value_name = "DIR")]
-    pub providers_dir: PathBuf,
+    pub providers_dir: Option<PathBuf>,
+    /// Serve Provider resources (mcm-wasm.io/v1alpha1) of --namespace: fetch, verify, load
+    /// and hot-swap them, with status and events.
+    #[arg(long, default_value_t = true, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub provider_resources: bool,
     /// Kubeconfig of the cluster holding Machines (empty: $KUBECONFIG or in-cluster;
     /// `inClusterConfig`: in-cluster).
     #[arg(long, default_value = "")]
@@ -342,10 +347,17 @@ pub async fn main(args: ControllerArgs) -> ExitCode {
 async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     mcm_controller::install_crypto_provider();
     let settings = args.provider_settings()?;
-    if !args.providers_dir.is_dir() {
+    if let Some(dir) = &args.providers_dir
+        && !dir.is_dir()
+    {
         return Err(anyhow::anyhow!(
             "--providers-dir {} is not a directory",
-            args.providers_dir.display()
+            dir.display()
+        ));
+    }
+    if args.providers_dir.is_none() && !args.provider_resources {
+        return Err(anyhow::anyhow!(
+            "no providers: give --providers-dir, or leave --provider-resources on"
         ));
     }
     let compat = args.compat.given();
@@ -376,10 +388,43 @@ async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     for (name, s) in settings {
         registry.set_settings(&name, s);
     }
-    let _watch = registry
-        .watch_dir(args.providers_dir.clone(), Duration::from_secs(30))
-        .await
-        .map_err(|e| anyhow::anyhow!("watching {}: {e}", args.providers_dir.display()))?;
+    let _watch = match &args.providers_dir {
+        Some(dir) => Some(
+            registry
+                .watch_dir(dir.clone(), Duration::from_secs(30))
+                .await
+                .map_err(|e| anyhow::anyhow!("watching {}: {e}", dir.display()))?,
+        ),
+        None => None,
+    };
+    let resources = if args.provider_resources {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .timeout(Duration::from_secs(300))
+            .build()
+            .map_err(|e| anyhow::anyhow!("an HTTP client for https providers: {e}"))?;
+        let ctx = mcm_providers::reconcile::Context::new(
+            control.clone(),
+            &args.namespace,
+            registry.clone(),
+            http,
+        );
+        match mcm_providers::reconcile::prime(&ctx).await {
+            Ok(n) => {
+                tracing::info!(namespace = %args.namespace, providers = n, "serving Provider resources");
+                Some(ctx)
+            }
+            Err(kube::Error::Api(s)) if s.code == 404 => {
+                tracing::warn!(
+                    "the Provider CRD (mcm-wasm.io) is not installed: only --providers-dir providers serve (kubectl apply -f kubernetes/crds/)"
+                );
+                None
+            }
+            Err(e) => return Err(anyhow::anyhow!("listing Provider resources: {e}")),
+        }
+    } else {
+        None
+    };
     tracing::info!(providers = ?registry.names(), namespace = %args.namespace, "machine controller starting");
     let ctx = Context::new(control, target, registry, args.config());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -447,8 +492,17 @@ async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         let _ = stop_tx.send(true);
         lost
     };
+    let provider_ctrl = resources.map(|rctx| {
+        tokio::spawn(mcm_providers::reconcile::run(
+            rctx,
+            stopped(stop_rx.clone()),
+        ))
+    });
     let ctrl = mcm_controller::run(Arc::clone(&ctx), stopped(stop_rx.clone()));
     let (lost, ()) = tokio::join!(signal, ctrl);
+    if let Some(task) = provider_ctrl {
+        let _ = task.await;
+    }
     let _ = orphans.await;
     if let Some(http) = http {
         let _ = http.await;

@@ -11,6 +11,7 @@
 
 pub mod fetch;
 pub mod oci;
+pub mod reconcile;
 pub mod spec;
 pub mod status;
 
