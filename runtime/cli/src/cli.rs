@@ -26,11 +26,35 @@ pub struct Cli {
 pub enum Command {
     /// Show a provider's name, versions, exported operations, size and digest.
     Inspect {
-        /// The provider component (.wasm).
-        file: PathBuf,
+        /// The provider component: a file (.wasm), or an OCI reference
+        /// (`registry/repository@sha256:…` or `:tag`).
+        target: String,
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        registry: crate::artifacts::RegistryArgs,
+    },
+    /// Push a provider component to an OCI registry (the Wasm OCI artifact layout, with the
+    /// provider's name, version and contract as annotations); prints `repository@sha256:…`,
+    /// the reference a Provider resource pins.
+    Push {
+        /// The provider component (.wasm).
+        file: PathBuf,
+        /// Where to push: `registry/repository:tag`.
+        reference: String,
+        #[command(flatten)]
+        registry: crate::artifacts::RegistryArgs,
+    },
+    /// Pull a provider component from an OCI registry into a file; prints the pinned reference.
+    Pull {
+        /// `registry/repository@sha256:…` (or `:tag`, resolved to its current digest).
+        reference: String,
+        /// The file to write.
+        #[arg(long, short, default_value = "provider.wasm")]
+        output: PathBuf,
+        #[command(flatten)]
+        registry: crate::artifacts::RegistryArgs,
     },
     /// Call one driver operation in the sandbox and print its JSON result.
     Call {
@@ -65,7 +89,21 @@ pub enum Command {
 /// Exit codes: 0 success, 1 the driver answered with an error, 2 bad input.
 pub async fn run(cli: Cli) -> ExitCode {
     match cli.command {
-        Command::Inspect { file, json } => inspect(file, json).await,
+        Command::Inspect {
+            target,
+            json,
+            registry,
+        } => inspect(target, json, registry).await,
+        Command::Push {
+            file,
+            reference,
+            registry,
+        } => crate::artifacts::push(&file, &reference, &registry).await,
+        Command::Pull {
+            reference,
+            output,
+            registry,
+        } => crate::artifacts::pull(&reference, &output, &registry).await,
         Command::Call {
             file,
             operation,
@@ -100,18 +138,45 @@ fn sandbox() -> Result<Arc<Sandbox>, ExitCode> {
     Sandbox::new(SandboxConfig::default()).map_err(|e| bad_input(format!("{e:#}")))
 }
 
-async fn inspect(file: PathBuf, json: bool) -> ExitCode {
+async fn inspect(
+    target: String,
+    json: bool,
+    registry: crate::artifacts::RegistryArgs,
+) -> ExitCode {
     let sandbox = match sandbox() {
         Ok(s) => s,
         Err(code) => return code,
     };
-    let provider = match Provider::load(&sandbox, &file, ProviderSettings::default()).await {
+    let file = PathBuf::from(&target);
+    let (loaded, manifest) = if crate::artifacts::is_reference(&target) {
+        let pulled = match crate::artifacts::pull_for_inspect(&target, &registry).await {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(1);
+            }
+        };
+        let loaded = Provider::from_bytes(
+            &sandbox,
+            &PathBuf::from(format!("oci://{target}")),
+            &pulled.bytes,
+            ProviderSettings::default(),
+        )
+        .await;
+        (loaded, Some(pulled))
+    } else {
+        (
+            Provider::load(&sandbox, &file, ProviderSettings::default()).await,
+            None,
+        )
+    };
+    let provider = match loaded {
         Ok(p) => p,
         Err(e) => return bad_input(e),
     };
     let info = provider.info();
     if json {
-        let out = serde_json::json!({
+        let mut out = serde_json::json!({
             "file": file,
             "name": info.metadata.name,
             "version": info.metadata.version,
@@ -121,9 +186,20 @@ async fn inspect(file: PathBuf, json: bool) -> ExitCode {
             "size": info.size,
             "digest": info.digest,
         });
+        if let Some(m) = &manifest {
+            out["reference"] = target.clone().into();
+            out["manifestDigest"] = m.manifest_digest.clone().into();
+            out["annotations"] = serde_json::to_value(&m.annotations).expect("json");
+        }
         println!("{}", serde_json::to_string_pretty(&out).expect("json"));
     } else {
-        println!("file:       {}", file.display());
+        match &manifest {
+            Some(m) => {
+                println!("reference:  {target}");
+                println!("manifest:   {}", m.manifest_digest);
+            }
+            None => println!("file:       {}", file.display()),
+        }
         println!(
             "provider:   {} {}",
             info.metadata.name, info.metadata.version

@@ -2,6 +2,7 @@
 //! controller. The composition root: the only crate that wires the sandbox (`mcm-sandbox`)
 //! to the controller (`mcm-controller`). `main.rs` only parses and sets up logging.
 
+pub mod artifacts;
 pub mod cli;
 pub mod conformance;
 pub mod controller;

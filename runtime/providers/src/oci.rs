@@ -127,6 +127,12 @@ fn parse(reference: &str) -> Result<Reference, OciError> {
         })
 }
 
+/// The reference without tag or digest: `registry/repository`.
+pub fn repository(reference: &str) -> Result<String, OciError> {
+    let r = parse(reference)?;
+    Ok(format!("{}/{}", r.registry(), r.repository()))
+}
+
 fn client(access: &Access) -> Client {
     let mut config = ClientConfig {
         protocol: if access.insecure {

@@ -81,7 +81,7 @@ impl Provider {
     }
 
     /// Like [`Provider::load`], from bytes already read; `path` names the artifact in errors.
-    pub(crate) async fn from_bytes(
+    pub async fn from_bytes(
         sandbox: &Arc<Sandbox>,
         path: &Path,
         bytes: &[u8],

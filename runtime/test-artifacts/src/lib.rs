@@ -67,3 +67,46 @@ pub fn built_guest(name: &str) -> PathBuf {
     );
     path
 }
+
+/// The SDK's metadata section name (`mcm-wasm:provider`).
+const METADATA_SECTION: &str = "mcm-wasm:provider";
+
+/// The same component as `bytes` claiming provider version `version`: a new metadata section
+/// (the last one read wins) appended after the component's own. Same code, a new digest —
+/// what a rebuilt release of a provider looks like to a registry and to the sandbox.
+pub fn with_version(bytes: &[u8], version: &str) -> Vec<u8> {
+    let mut metadata = None;
+    for payload in wasmparser::Parser::new(0).parse_all(bytes) {
+        if let Ok(wasmparser::Payload::CustomSection(s)) = payload
+            && s.name() == METADATA_SECTION
+        {
+            metadata = Some(s.data().to_vec());
+        }
+    }
+    let metadata = metadata.expect("the component has an SDK metadata section");
+    let mut json: serde_json::Value =
+        serde_json::from_slice(&metadata).expect("the metadata section is JSON");
+    json["version"] = version.into();
+    let data = serde_json::to_vec(&json).unwrap();
+    let mut payload = leb128(METADATA_SECTION.len());
+    payload.extend_from_slice(METADATA_SECTION.as_bytes());
+    payload.extend_from_slice(&data);
+    let mut out = bytes.to_vec();
+    out.push(0); // custom section id
+    out.extend(leb128(payload.len()));
+    out.extend(payload);
+    out
+}
+
+fn leb128(mut n: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let byte = (n & 0x7f) as u8;
+        n >>= 7;
+        if n == 0 {
+            out.push(byte);
+            return out;
+        }
+        out.push(byte | 0x80);
+    }
+}
