@@ -9,3 +9,4 @@ mod conformance;
 mod controller_cli;
 mod controller_e2e;
 mod drop_in;
+mod providers_e2e;
