@@ -237,7 +237,8 @@ pub trait MachineDriver: Send + Sync {
     }
 }
 
-/// A provider was loaded or replaced (machines waiting for it can be served now).
+/// A provider was loaded or replaced, or why it is not ready changed: machines waiting for it
+/// are worth another look.
 #[derive(Clone, Debug)]
 pub struct ProviderLoaded {
     pub name: String,

@@ -176,6 +176,30 @@ fn describe(e: &oci_client::errors::OciDistributionError) -> String {
         E::AuthenticationFailure(m) => format!("unauthorized: {m}"),
         E::UnauthorizedError { url } => format!("unauthorized (GET {url})"),
         E::ImageManifestNotFoundError(m) => format!("manifest not found: {m}"),
+        E::RegistryError { envelope, url } => {
+            use oci_client::errors::OciErrorCode as C;
+            let errors: Vec<String> = envelope
+                .errors
+                .iter()
+                .map(|e| {
+                    let what = match &e.code {
+                        C::ManifestUnknown | C::ManifestBlobUnknown => "manifest not found",
+                        C::BlobUnknown => "blob not found",
+                        C::NameUnknown | C::NotFound => "repository not found",
+                        C::Unauthorized => "unauthorized",
+                        C::Denied => "denied",
+                        C::Toomanyrequests => "too many requests (rate limited)",
+                        _ => "registry error",
+                    };
+                    if e.message.is_empty() {
+                        what.to_string()
+                    } else {
+                        format!("{what} ({})", e.message)
+                    }
+                })
+                .collect();
+            format!("{} ({url})", errors.join("; "))
+        }
         E::RequestError(r) => crate::error_chain(r),
         other => other.to_string(),
     }

@@ -62,7 +62,9 @@ pub struct Context {
     pub registry: Arc<Registry>,
     /// For `https` sources.
     pub http: reqwest::Client,
-    recorder: Recorder,
+    reporter: Reporter,
+    /// The last note sent per (Provider, reason).
+    sent: Mutex<HashMap<String, Vec<(String, String)>>>,
     known: Mutex<HashMap<String, Known>>,
     backoff: Backoff,
 }
@@ -118,19 +120,16 @@ impl Context {
         http: reqwest::Client,
         backoff: Backoff,
     ) -> Arc<Context> {
-        let recorder = Recorder::new(
-            client.clone(),
-            Reporter {
-                controller: "mcm-wasm".into(),
-                instance: None,
-            },
-        );
         Arc::new(Context {
             client,
             namespace: namespace.to_string(),
             registry,
             http,
-            recorder,
+            reporter: Reporter {
+                controller: "mcm-wasm".into(),
+                instance: None,
+            },
+            sent: Default::default(),
             known: Default::default(),
             backoff,
         })
@@ -156,16 +155,35 @@ impl Context {
         entry.clone()
     }
 
+    /// An event on the Provider. kube's `Recorder` folds events of one reason into a series
+    /// that keeps the first note, which would hide the second `Loaded` (another version); so
+    /// each distinct note is its own Event, and a note repeated by a retry is not sent again.
     async fn event(&self, provider: &Provider, type_: EventType, reason: &str, note: String) {
+        let note = mcm_driver::text::cap_message(note, 1024);
+        let key = provider.name_any();
+        let repeated = {
+            let mut sent = self.sent.lock().expect("sent lock");
+            let last = sent.entry(key.clone()).or_default();
+            let repeated = last.iter().any(|(r, n)| r == reason && *n == note);
+            if !repeated {
+                last.retain(|(r, _)| r != reason);
+                last.push((reason.to_string(), note.clone()));
+            }
+            repeated
+        };
+        if repeated {
+            return;
+        }
         let ev = Event {
             type_,
             reason: reason.to_string(),
-            note: Some(mcm_driver::text::cap_message(note, 1024)),
+            note: Some(note),
             action: "Reconcile".into(),
             secondary: None,
         };
-        if let Err(e) = self.recorder.publish(&ev, &provider.object_ref(&())).await {
-            tracing::debug!(provider = %provider.name_any(), "cannot record event: {e}");
+        let recorder = Recorder::new(self.client.clone(), self.reporter.clone());
+        if let Err(e) = recorder.publish(&ev, &provider.object_ref(&())).await {
+            tracing::debug!(provider = %key, "cannot record event: {e}");
         }
     }
 }
@@ -335,7 +353,7 @@ async fn load(p: &Provider, ctx: &Context, known: &Known) -> (Outcome, Option<So
     {
         return (outcome, Some(source));
     }
-    if current.is_none() {
+    if current.is_none() && known.failures == 0 {
         ctx.registry.mark_not_ready(
             &key,
             aliases.clone(),
@@ -488,6 +506,7 @@ async fn fetch(ctx: &Context, source: &Source) -> Result<Fetched, FetchError> {
 async fn cleanup(p: &Provider, ctx: &Context) -> Result<Action, Error> {
     let key = p.name_any();
     let was = ctx.known.lock().expect("known lock").remove(&key);
+    ctx.sent.lock().expect("sent lock").remove(&key);
     if ctx.registry.unload_resource(&key) {
         let what = was
             .and_then(|k| k.serving)

@@ -204,9 +204,31 @@ impl Registry {
 
     /// Why no provider serves `name` although a `Provider` resource claims it; `None` when one
     /// serves or no resource claims the name.
+    ///
+    /// Before a resource's first load its artifact's aliases are unknown, so a name is also
+    /// taken as claimed by an unloaded resource whose key or spec aliases equal it ignoring
+    /// case: a class of `provider: AWS` waiting for the Provider `aws` hears why it waits
+    /// rather than that nothing serves `AWS`. (Serving always matches names exactly.)
     pub fn not_ready(&self, name: &str) -> Option<String> {
         let state = self.state.load();
-        let claiming = state.claiming(name);
+        let mut claiming = state.claiming(name);
+        let directory_serves = || {
+            state
+                .providers
+                .values()
+                .any(|p| p.name() == name || p.info().metadata.serves(name))
+        };
+        if claiming.is_empty() && !directory_serves() {
+            claiming = state
+                .resources
+                .iter()
+                .filter(|(key, r)| {
+                    r.provider.is_none()
+                        && (key.eq_ignore_ascii_case(name)
+                            || r.aliases.iter().any(|a| a.eq_ignore_ascii_case(name)))
+                })
+                .collect();
+        }
         if claiming.is_empty() || claiming.iter().any(|(_, r)| r.provider.is_some()) {
             return None;
         }
@@ -293,11 +315,18 @@ impl Registry {
     /// Record why a resource has nothing (new) loaded: a machine whose class names it gets this
     /// reason while no version serves; a serving last good version keeps serving.
     pub fn mark_not_ready(&self, key: &str, aliases: Vec<String>, reason: &str) {
-        self.update(|state| {
+        let changed = self.update(|state| {
             let entry = state.resources.entry(key.to_string()).or_default();
             entry.aliases = aliases;
-            entry.not_ready = Some(reason.to_string());
-        })
+            entry.not_ready.replace(reason.to_string()).as_deref() != Some(reason)
+        });
+        // Machines waiting for the provider re-read why (the controller reconciles them on
+        // this signal as on a load).
+        if changed {
+            let _ = self.loaded.send(ProviderLoaded {
+                name: key.to_string(),
+            });
+        }
     }
 
     /// The resource is gone: unload its provider.

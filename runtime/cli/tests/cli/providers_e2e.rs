@@ -83,7 +83,7 @@ impl World {
                 "--leader-elect=false",
                 "--machine-safety-orphan-vms-period=1h",
             ])
-            .env("RUST_LOG", "info")
+            .env("MCM_WASM_LOG", std::env::var("E2E_LOG").unwrap_or("info".into()))
             .env(
                 "MCM_WASM_CACHE",
                 std::env::temp_dir().join(format!("mcm-wasm-providers-e2e-{}", std::process::id())),
@@ -114,7 +114,7 @@ impl World {
         let secret: Secret = serde_json::from_value(serde_json::json!({
             "metadata": { "name": "cloudprovider" },
             "stringData": {
-                "userData": "#!/bin/bash\necho hello",
+                "userData": "#!/bin/bash\necho <<MACHINE_NAME>> <<BOOTSTRAP_TOKEN>>",
                 "providerAccessKeyId": ACCESS_KEY,
                 "providerSecretAccessKey": SECRET_KEY,
             },
@@ -216,7 +216,7 @@ impl World {
     }
 
     async fn create_machines(&self, prefix: &str, n: usize) -> Vec<String> {
-        let names: Vec<String> = (0..n).map(|i| format!("{prefix}-{i}")).collect();
+        let names: Vec<String> = (0..n).map(|i| format!("{prefix}-machine-{i}")).collect();
         for name in &names {
             create_machine(&self.client, NS, name).await;
         }
@@ -282,7 +282,8 @@ async fn a_provider_from_a_registry_serves_and_swaps_live() {
     let status = w.providers().get("aws").await.unwrap().status.unwrap();
     assert_eq!(status.digest.as_deref(), Some(v1_digest.as_str()));
     assert_eq!(status.provider.as_deref(), Some("aws"));
-    assert_eq!(status.contract.as_deref(), Some("0.1.0"));
+    let info = mcm_sandbox::artifact::inspect(&aws, &std::fs::read(&aws).unwrap()).unwrap();
+    assert_eq!(status.contract, Some(info.contract.to_string()));
     assert_eq!(condition(&status, "Degraded"), ("False", "AsExpected"));
     let v1_version = status.version.clone().unwrap();
 
@@ -352,7 +353,6 @@ async fn a_provider_from_a_registry_serves_and_swaps_live() {
         .await;
 
     // An artifact that is not a component (pushed with the right layout): LoadFailed.
-    let info = mcm_sandbox::artifact::inspect(&aws, &bytes).unwrap();
     let broken_digest = mcm_providers::oci::push(
         &format!("{}:broken", registry.reference("providers/aws")),
         bytes[..bytes.len() / 2].to_vec(),

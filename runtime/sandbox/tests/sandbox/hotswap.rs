@@ -221,6 +221,11 @@ async fn provider_resources_swap_shadow_and_roll_back() {
         "{why}"
     );
     assert!(registry.not_ready("other").is_none());
+    // Before the first load the artifact's aliases are unknown: a name equal to the resource's
+    // ignoring case hears why it waits (serving still matches exactly).
+    let why = registry.not_ready("NOOP").unwrap();
+    assert!(why.contains("fetching oci://x"), "{why}");
+    assert!(registry.get("NOOP").is_none());
 
     let v2 = std::fs::read(guest("test_noop_v2")).unwrap();
     let loaded = registry
