@@ -55,7 +55,7 @@ guests:
 # The main job: a local control plane (or $KUBECONFIG), moto, Gardener MCM and the controller with
 # the AWS provider; the examples' machines to Running. Ctrl-C stops everything.
 # Flags: --exit-when-running, --no-gardener-mcm, --timeout-secs N.
-run *args: guests moto controlplane
+run *args: guests moto registry controlplane
     cargo build --workspace --bins
     target/debug/mcm-wasm-stack {{args}}
 

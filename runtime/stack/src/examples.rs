@@ -11,6 +11,9 @@ use testenv::moto::ClassResources;
 pub const INSTANCE_PROFILE: &str = "mcm-wasm-nodes";
 pub const KEY_PAIR: &str = "mcm-wasm-nodes";
 
+/// The example Provider's placeholder reference.
+const PROVIDER_REFERENCE: &str = "registry.example.com/mcm-wasm/providers/aws@sha256:0000000000000000000000000000000000000000000000000000000000000000";
+
 /// The example class's placeholder IDs.
 const AMI: &str = "ami-0c55b159cbfafe1f0";
 const SUBNET: &str = "subnet-0a1b2c3d4e5f60718";
@@ -18,15 +21,27 @@ const SECURITY_GROUP: &str = "sg-0123456789abcdef0";
 
 /// The example files applied; the MachineDeployment needs Gardener's machine-controller-manager.
 pub fn names(with_deployment: bool) -> Vec<&'static str> {
-    let mut names = vec!["secret.yaml", "machine-class.yaml", "machine.yaml"];
+    let mut names = vec![
+        "provider-aws.yaml",
+        "secret.yaml",
+        "machine-class.yaml",
+        "machine.yaml",
+    ];
     if with_deployment {
         names.push("machine-deployment.yaml");
     }
     names
 }
 
-/// Writes the examples with moto's IDs into `dir/examples` and returns that directory.
-pub fn render(dir: &Path, ids: &ClassResources, with_deployment: bool) -> Result<PathBuf> {
+/// Writes the examples with moto's IDs and the local registry's provider reference (`pinned`,
+/// `registry/repository@sha256:…`, plain HTTP on loopback) into `dir/examples` and returns
+/// that directory.
+pub fn render(
+    dir: &Path,
+    ids: &ClassResources,
+    pinned: &str,
+    with_deployment: bool,
+) -> Result<PathBuf> {
     let source = testenv::kubernetes_dir().join("examples");
     let out = dir.join("examples");
     std::fs::create_dir_all(&out)?;
@@ -34,6 +49,10 @@ pub fn render(dir: &Path, ids: &ClassResources, with_deployment: bool) -> Result
         let path = source.join(name);
         let mut text = std::fs::read_to_string(&path)
             .map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
+        if name == "provider-aws.yaml" {
+            let local = format!("{pinned}\n      insecure: true");
+            text = replace_all(&path, text, &[(PROVIDER_REFERENCE, &local)])?;
+        }
         if name == "machine-class.yaml" {
             // The profile and key pair keep their names: moto gets them under those.
             for needed in [
@@ -88,14 +107,20 @@ mod tests {
             subnet: "subnet-moto".into(),
             security_group: "sg-moto".into(),
         };
-        let out = render(dir.path(), &ids, false).unwrap();
+        let pinned = "127.0.0.1:5000/providers/aws@sha256:abc";
+        let out = render(dir.path(), &ids, pinned, false).unwrap();
+        let provider = std::fs::read_to_string(out.join("provider-aws.yaml")).unwrap();
+        assert!(
+            provider.contains(&format!("reference: {pinned}\n      insecure: true\n")),
+            "{provider}"
+        );
         let class = std::fs::read_to_string(out.join("machine-class.yaml")).unwrap();
         assert!(class.contains("ami: ami-moto"), "{class}");
         assert!(class.contains("- subnetID: subnet-moto"), "{class}");
         assert!(class.contains("- sg-moto"), "{class}");
         assert!(!out.join("machine-deployment.yaml").exists());
         assert!(
-            render(dir.path(), &ids, true)
+            render(dir.path(), &ids, "r@sha256:abc", true)
                 .unwrap()
                 .join("machine-deployment.yaml")
                 .exists()

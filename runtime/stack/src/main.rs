@@ -1,8 +1,10 @@
 //! `just run`: the main job on one machine. Starts a local control plane (or uses
-//! `$KUBECONFIG`), moto's EC2 server, Gardener's machine-controller-manager (for the
-//! MachineDeployment example) and `mcm-wasm controller` with the AWS provider and the simulated
-//! node join; applies the CRDs and the examples; prints a line per machine phase until every
-//! machine is Running; and tears everything down on Ctrl-C.
+//! `$KUBECONFIG`), moto's EC2 server, an OCI registry on loopback holding the AWS provider
+//! (pushed with `mcm-wasm push`), Gardener's machine-controller-manager (for the
+//! MachineDeployment example) and `mcm-wasm controller` with the simulated node join; applies
+//! the CRDs and the examples, the `Provider` resource first (the controller pulls the provider
+//! from the registry by digest); prints a line per machine phase until every machine is
+//! Running; and tears everything down on Ctrl-C.
 
 mod examples;
 mod progress;
@@ -51,6 +53,7 @@ fn repo_root() -> PathBuf {
 /// talk to.
 struct Stack {
     controller: Option<ChildGuard>,
+    registry: Option<testenv::registry::Registry>,
     gardener_mcm: Option<GardenerMcmProcess>,
     moto: Option<Moto>,
     control_plane: Option<ControlPlane>,
@@ -76,6 +79,7 @@ async fn main() -> ExitCode {
     testenv::install_crypto_provider();
     let mut stack = Stack {
         controller: None,
+        registry: None,
         gardener_mcm: None,
         moto: None,
         control_plane: None,
@@ -103,7 +107,9 @@ async fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     };
-    stack.say("stopping: controller, machine-controller-manager, moto, kube-apiserver, etcd");
+    stack.say(
+        "stopping: controller, registry, machine-controller-manager, moto, kube-apiserver, etcd",
+    );
     let dir = stack.dir.path().to_path_buf();
     drop(stack);
     println!("stopped; nothing left running ({} removed)", dir.display());
@@ -194,17 +200,40 @@ async fn run(args: &Args, stack: &mut Stack) -> Result<()> {
     kubectl.apply(&testenv::kubernetes_dir().join("deploy/namespace.yaml"))?;
     stack.say("cluster: CRDs established, namespace mcm-wasm");
 
-    // The controller, with the provider in a watched providers directory.
-    let providers = stack.dir.path().join("providers");
-    std::fs::create_dir_all(&providers)?;
-    std::fs::copy(&args.provider, providers.join("aws.wasm"))
-        .with_context(|| format!("copying {}", args.provider.display()))?;
+    // The provider as an OCI artifact in a registry on loopback, pushed as an operator would.
+    let registry = tokio::task::spawn_blocking(|| {
+        testenv::registry::Registry::start(testenv::registry::Options::default())
+    })
+    .await?
+    .context("starting the OCI registry")?;
+    let reference = format!("{}:dev", registry.reference("providers/aws"));
+    let push = Command::new(&mcm_wasm)
+        .arg("push")
+        .arg(&args.provider)
+        .arg(&reference)
+        .arg("--insecure")
+        .output()
+        .context("running mcm-wasm push")?;
+    if !push.status.success() {
+        bail!(
+            "mcm-wasm push {} {reference}: {}",
+            args.provider.display(),
+            String::from_utf8_lossy(&push.stderr).trim()
+        );
+    }
+    let pinned = String::from_utf8_lossy(&push.stdout).trim().to_string();
+    stack.say(format!(
+        "registry: {} (pid {}); pushed {} as {pinned}",
+        registry.host,
+        registry.pid(),
+        args.provider.display()
+    ));
+    stack.registry = Some(registry);
+
     let metrics_port = testenv::free_port()?;
     let log = stack.dir.path().join("controller.log");
     let mut cmd = Command::new(&mcm_wasm);
     cmd.arg("controller")
-        .arg("--providers-dir")
-        .arg(&providers)
         .arg("--control-kubeconfig")
         .arg(&kubeconfig)
         .args(["--namespace", NAMESPACE, "--leader-elect=false"])
@@ -233,10 +262,6 @@ async fn run(args: &Args, stack: &mut Stack) -> Result<()> {
         controller.id(),
         log.display()
     ));
-    stack.say(format!(
-        "controller: providers dir {} (copy a new aws.wasm there to hot-swap the provider)",
-        providers.display()
-    ));
     stack.controller = Some(controller);
 
     // Gardener's MachineDeployment/MachineSet controllers, when built.
@@ -264,8 +289,14 @@ async fn run(args: &Args, stack: &mut Stack) -> Result<()> {
     };
 
     // The examples, pointed at what moto made.
-    let rendered = examples::render(stack.dir.path(), &resources, with_deployment)?;
+    let rendered = examples::render(stack.dir.path(), &resources, &pinned, with_deployment)?;
     kubectl.apply(&rendered)?;
+    progress::until_provider_ready(stack, &client, NAMESPACE, "aws", Duration::from_secs(120))
+        .await?;
+    stack.say(format!(
+        "provider: hot-swap it with `mcm-wasm push NEW.wasm {reference} --insecure`, then \
+         `kubectl -n {NAMESPACE} patch provider aws --type merge -p '{{\"spec\":{{\"source\":{{\"oci\":{{\"reference\":\"<printed reference>\"}}}}}}}}'`"
+    ));
     stack.say(format!(
         "examples: applied {} (kubectl --kubeconfig {} -n {NAMESPACE} get machines)",
         examples::names(with_deployment).join(", "),

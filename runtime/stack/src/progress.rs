@@ -131,3 +131,58 @@ fn describe(m: &Machine) -> String {
     }
     line.trim_end().to_string()
 }
+
+/// Waits until the Provider `name` is Ready, printing each new Ready/Degraded reason; fails
+/// with its last error when it is not Ready after `timeout` or the controller exits.
+pub async fn until_provider_ready(
+    stack: &mut Stack,
+    client: &kube::Client,
+    namespace: &str,
+    name: &str,
+    timeout: Duration,
+) -> Result<()> {
+    let providers: Api<machine_api::Provider> = Api::namespaced(client.clone(), namespace);
+    let start = Instant::now();
+    let mut shown = String::new();
+    loop {
+        let status = providers.get(name).await?.status.unwrap_or_default();
+        let reason = |t: &str| {
+            status
+                .condition(t)
+                .map(|c| format!("{t}={} ({})", c.status, c.reason))
+                .unwrap_or_default()
+        };
+        let line = format!("{} {}", reason("Ready"), reason("Degraded"));
+        if line.trim() != shown {
+            shown = line.trim().to_string();
+            if !shown.is_empty() {
+                stack.say(format!("provider {name}: {shown}"));
+            }
+        }
+        if status
+            .condition("Ready")
+            .is_some_and(|c| c.status == "True")
+        {
+            stack.say(format!(
+                "provider {name}: {} {} (contract {}) serves, digest {}",
+                status.provider.unwrap_or_default(),
+                status.version.unwrap_or_default(),
+                status.contract.unwrap_or_default(),
+                status.digest.unwrap_or_default()
+            ));
+            return Ok(());
+        }
+        if let Some(c) = stack.controller.as_mut()
+            && !c.is_running()
+        {
+            bail!("the controller exited before the provider was Ready");
+        }
+        if start.elapsed() > timeout {
+            bail!(
+                "Provider {namespace}/{name} not Ready after {timeout:?}: {}",
+                status.last_error.unwrap_or_else(|| "no status yet".into())
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
