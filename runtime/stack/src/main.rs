@@ -303,8 +303,12 @@ async fn run(args: &Args, stack: &mut Stack) -> Result<()> {
         kubeconfig.display()
     ));
     println!(
-        "pids: controller={} gardener-mcm={} moto={} control-plane={}",
+        "pids: controller={} registry={} gardener-mcm={} moto={} control-plane={}",
         stack.controller.as_ref().map_or(0, ChildGuard::id),
+        stack
+            .registry
+            .as_ref()
+            .map_or(0, testenv::registry::Registry::pid),
         stack
             .gardener_mcm
             .as_ref()

@@ -105,6 +105,8 @@ fn brings_the_examples_to_running_and_stops_everything_on_ctrl_c() {
     }
     let text = output.join("\n");
     for expected in [
+        "pushed ",
+        "provider aws: Ready=True (Loaded) Degraded=False (AsExpected)",
         "machine aws-small-single: Pending  Create/Processing: Creating machine on cloud provider",
         "machine aws-small-single: Running  Create/Successful: Machine aws-small-single successfully joined the cluster",
         "all 3 machines Running; moto has 3 running instances",
@@ -131,8 +133,8 @@ fn brings_the_examples_to_running_and_stops_everything_on_ctrl_c() {
         .collect();
     assert_eq!(
         pids.len(),
-        5,
-        "controller, gardener mcm, moto, etcd, apiserver: {pids:?}"
+        6,
+        "controller, registry, gardener mcm, moto, etcd, apiserver: {pids:?}"
     );
     assert!(pids.iter().all(|&p| alive(p)));
 
