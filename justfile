@@ -69,6 +69,7 @@ test: guests
 bench *args: guests
     cargo bench -p mcm-sandbox --bench sandbox
     cargo bench -p mcm-sandbox --bench aws
+    cargo bench -p mcm-providers --bench providers
     cargo bench -p mcm-wasm --bench controller -- {{args}}
 
 # Build the mcm-wasm binary (release).
