@@ -72,6 +72,25 @@ bench *args: guests
     cargo bench -p mcm-providers --bench providers
     cargo bench -p mcm-wasm --bench controller -- {{args}}
 
+# The controller image (kubernetes/image/Containerfile): a static mcm-wasm (musl) on scratch,
+# built with buildah (or podman). `just image registry.example.com/mcm-wasm:v0.1.0`, then push it.
+image tag="mcm-wasm:dev":
+    #!/usr/bin/env bash
+    set -euo pipefail
+    rustup target add x86_64-unknown-linux-musl
+    if ! command -v musl-gcc >/dev/null; then
+        echo "image: installing musl-tools (aws-lc and ring compile C for the static binary)"
+        apt-get update -qq && apt-get install -y -qq --no-install-recommends musl-tools >/dev/null
+    fi
+    CC_x86_64_unknown_linux_musl=musl-gcc cargo build --release --target x86_64-unknown-linux-musl -p mcm-wasm
+    ctx="$(mktemp -d)"; trap 'rm -rf "$ctx"' EXIT
+    cp target/x86_64-unknown-linux-musl/release/mcm-wasm "$ctx/"
+    cp /etc/ssl/certs/ca-certificates.crt "$ctx/"
+    if command -v buildah >/dev/null; then builder=(buildah bud); elif command -v podman >/dev/null; then builder=(podman build); else
+        echo "image: needs buildah or podman (apt-get install buildah)" >&2; exit 1; fi
+    "${builder[@]}" -f kubernetes/image/Containerfile -t "{{tag}}" "$ctx"
+    echo "image: {{tag}} ($(du -h "$ctx/mcm-wasm" | cut -f1) binary)"
+
 # Build the mcm-wasm binary (release).
 build:
     cargo build --release -p mcm-wasm

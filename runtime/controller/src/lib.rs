@@ -254,6 +254,7 @@ pub async fn reconcile(machine: Arc<Machine>, ctx: Arc<Context>) -> Result<Actio
         class: Arc::new(class),
         provider,
         name,
+        warnings: Default::default(),
     };
     if !deleting {
         return create::reconcile(&job, machine).await;

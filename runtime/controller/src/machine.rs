@@ -20,6 +20,8 @@ pub struct Job {
     pub class: Arc<MachineClass>,
     pub provider: Arc<dyn MachineDriver>,
     pub name: String,
+    /// Warnings the provider recorded in this job's driver calls, not yet shown as events.
+    pub warnings: std::sync::Mutex<Vec<String>>,
 }
 
 impl Job {
@@ -58,7 +60,15 @@ impl Job {
         call: impl Future<Output = Result<T, DriverError>>,
     ) -> Result<T, DriverError> {
         let started = std::time::Instant::now();
-        let result = call.await;
+        let (result, warnings) = mcm_driver::warnings::collect(call).await;
+        if !warnings.is_empty() {
+            let mut pending = self.warnings.lock().expect("warnings lock");
+            for w in warnings {
+                if !pending.contains(&w) {
+                    pending.push(w);
+                }
+            }
+        }
         let outcome = result.as_ref().err().map(|e| e.code);
         self.ctx
             .metrics
@@ -88,6 +98,14 @@ impl Job {
         };
         self.event(machine, type_, &reason, op.go_name(), note)
             .await;
+        // What the provider warned about during the call (e.g. a credential of an unusual
+        // shape, which provider-aws accepts too): one Warning event each.
+        let warnings = std::mem::take(&mut *self.warnings.lock().expect("warnings lock"));
+        for w in warnings {
+            let note = format!("provider {}: {w}", self.provider.name());
+            self.event(machine, EventType::Warning, "ProviderWarning", op.go_name(), note)
+                .await;
+        }
     }
 
     pub async fn event(

@@ -10,6 +10,7 @@
 mod call;
 mod operation;
 pub mod text;
+pub mod warnings;
 
 pub use call::{
     BadRequest, MachineDriver, OwnedRequest, ProviderLoaded, ProviderLookup, Request, Response,

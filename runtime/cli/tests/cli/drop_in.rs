@@ -197,10 +197,28 @@ async fn a_provider_aws_deployment_runs_unchanged() {
         log.contains("DEBUG"),
         "--v=3 did not enable debug logs:\n{log}"
     );
-    // The trimmed `test` key is accepted, with a warning from the provider.
+    // The trimmed `test` key is accepted, with a warning from the provider: in the log, and
+    // as a Warning event on the machine where the operator looks.
     assert!(
         log.contains("does not look like an AWS access key ID"),
         "{log}"
+    );
+    let warned: Vec<String> = Api::<k8s_openapi::api::events::v1::Event>::namespaced(
+        s.client.clone(),
+        "default",
+    )
+    .list(&Default::default())
+    .await
+    .unwrap()
+    .items
+    .into_iter()
+    .filter(|e| e.reason.as_deref() == Some("ProviderWarning"))
+    .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("pa-machine"))
+    .filter_map(|e| Some(format!("{}: {}", e.type_?, e.note?)))
+    .collect();
+    assert!(
+        warned.iter().any(|w| w.starts_with("Warning: provider aws: secret.providerAccessKeyId does not look like an AWS access key ID")),
+        "{warned:#?}"
     );
     // The GCP class: one info line for the class, though two machines use it.
     let unserved: Vec<_> = log

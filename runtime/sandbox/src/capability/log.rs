@@ -1,6 +1,7 @@
 //! The `log` capability: a guest's log lines become the host's `tracing` events (target
 //! `guest`, with provider and operation), escaped and bounded, so a guest can neither forge a
-//! host log line nor flood the log.
+//! host log line nor flood the log. Warnings are also recorded for the call's caller
+//! (`mcm_driver::warnings`).
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -73,6 +74,8 @@ impl wit::Host for LogCall {
                 tracing::info!(target: "guest", provider, operation, fields, "{message}")
             }
             Level::Warn => {
+                // Also for the caller of this call (the controller's ProviderWarning event).
+                mcm_driver::warnings::record(&message);
                 tracing::warn!(target: "guest", provider, operation, fields, "{message}")
             }
             Level::Error => {
