@@ -85,6 +85,7 @@ image tag="mcm-wasm:dev":
     CC_x86_64_unknown_linux_musl=musl-gcc cargo build --release --target x86_64-unknown-linux-musl -p mcm-wasm
     ctx="$(mktemp -d)"; trap 'rm -rf "$ctx"' EXIT
     cp target/x86_64-unknown-linux-musl/release/mcm-wasm "$ctx/"
+    strip "$ctx/mcm-wasm"
     cp /etc/ssl/certs/ca-certificates.crt "$ctx/"
     if command -v buildah >/dev/null; then builder=(buildah bud); elif command -v podman >/dev/null; then builder=(podman build); else
         echo "image: needs buildah or podman (apt-get install buildah)" >&2; exit 1; fi
