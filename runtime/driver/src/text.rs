@@ -29,3 +29,16 @@ pub fn floor_char_boundary(s: &str, mut i: usize) -> usize {
     }
     i
 }
+
+/// An error with its causes on one line (reqwest's own text omits them: "error sending
+/// request" says nothing of the refused connection or the untrusted certificate).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}

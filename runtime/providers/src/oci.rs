@@ -200,7 +200,7 @@ fn describe(e: &oci_client::errors::OciDistributionError) -> String {
                 .collect();
             format!("{} ({url})", errors.join("; "))
         }
-        E::RequestError(r) => crate::error_chain(r),
+        E::RequestError(r) => mcm_driver::text::error_chain(r),
         other => other.to_string(),
     }
 }

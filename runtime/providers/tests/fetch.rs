@@ -1,7 +1,7 @@
 //! Fetching from the sources that need no registry: a file, and a ConfigMap's binaryData on a
 //! real kube-apiserver (testenv's shared control plane); every mismatch or absence is named.
 
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
+use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, PostParams};
 use mcm_providers::fetch::{self, FetchError};
 
@@ -39,13 +39,7 @@ async fn a_file_is_fetched_and_checked_against_its_pin() {
 async fn a_config_maps_binary_data_is_fetched_and_absences_are_named() {
     let cp = testenv::shared();
     let client = cp.client().await.unwrap();
-    let ns = format!("fetch-{}", std::process::id());
-    let namespace: Namespace =
-        serde_json::from_value(serde_json::json!({ "metadata": { "name": ns } })).unwrap();
-    Api::<Namespace>::all(client.clone())
-        .create(&PostParams::default(), &namespace)
-        .await
-        .unwrap();
+    let ns = testenv::create_namespace(&client, "fetch").await;
     let cms = Api::<ConfigMap>::namespaced(client.clone(), &ns);
     let cm: ConfigMap = serde_json::from_value(serde_json::json!({
         "metadata": { "name": "aws-provider" },

@@ -542,6 +542,12 @@ pub fn secret() -> std::collections::BTreeMap<String, Vec<u8>> {
 /// The Secret `aws-secret` (user data and moto's credentials) and the MachineClass `aws-class`
 /// of the AWS provider in namespace `ns`, pointed at moto's AMI, subnet and security group.
 pub async fn create_aws_class(client: &kube::Client, ns: &str, moto: &Moto) {
+    create_aws_class_for(client, ns, moto, "aws").await
+}
+
+/// [`create_aws_class`] with the class's `provider` set to `provider` (e.g. `AWS`, as
+/// provider-aws users write it).
+pub async fn create_aws_class_for(client: &kube::Client, ns: &str, moto: &Moto, provider: &str) {
     use kube::api::{Api, PostParams};
     let (ami, subnet, group) = moto.class_resources().await;
     let secret: k8s_openapi::api::core::v1::Secret = serde_json::from_value(serde_json::json!({
@@ -561,7 +567,7 @@ pub async fn create_aws_class(client: &kube::Client, ns: &str, moto: &Moto) {
         "apiVersion": "machine.sapcloud.io/v1alpha1",
         "kind": "MachineClass",
         "metadata": { "name": "aws-class" },
-        "provider": "aws",
+        "provider": provider,
         "providerSpec": provider_spec(&ami, &subnet, &group),
         "secretRef": { "name": "aws-secret", "namespace": ns },
     }))

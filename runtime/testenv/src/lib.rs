@@ -486,6 +486,36 @@ pub fn free_port() -> Result<u16> {
         .port())
 }
 
+/// Start `name` listening on a free loopback port: `command(port)` builds the process (and
+/// writes whatever configuration it needs); a port taken between finding it and the process
+/// binding it is retried with another (3 attempts). Returns the process and its port.
+pub(crate) fn spawn_on_free_port(
+    name: &str,
+    log: &Path,
+    mut command: impl FnMut(u16) -> Result<std::process::Command>,
+) -> Result<(ChildGuard, u16)> {
+    let mut last_err = None;
+    for _ in 0..3 {
+        let port = free_port()?;
+        let process = process::spawn(name, command(port)?, log)?;
+        let ready = wait_until(
+            name,
+            log,
+            || {
+                tcp_open(port)
+                    .then_some(())
+                    .ok_or("not listening yet".to_owned())
+            },
+            &process,
+        );
+        match ready {
+            Ok(()) => return Ok((process, port)),
+            Err(e) => last_err = Some(e),
+        }
+    }
+    Err(last_err.expect("at least one attempt"))
+}
+
 pub(crate) fn tcp_open(port: u16) -> bool {
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
     std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
@@ -571,4 +601,24 @@ fn write_kubeconfig(path: &Path, server: &str, certs: &certs::Files) -> Result<(
     });
     let yaml = serde_yaml_ng::to_string(&kubeconfig).expect("kubeconfig serializes");
     std::fs::write(path, yaml).map_err(io_err(format!("writing {}", path.display())))
+}
+
+/// A fresh namespace `{prefix}-{n}-{pid}` (unique in this process and among concurrent test
+/// processes on one control plane); returns its name.
+pub async fn create_namespace(client: &kube::Client, prefix: &str) -> String {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let name = format!(
+        "{prefix}-{}-{}",
+        N.fetch_add(1, Ordering::SeqCst),
+        std::process::id()
+    );
+    let ns: k8s_openapi::api::core::v1::Namespace =
+        serde_json::from_value(serde_json::json!({ "metadata": { "name": name } }))
+            .expect("a namespace");
+    kube::Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone())
+        .create(&Default::default(), &ns)
+        .await
+        .expect("create namespace");
+    name
 }

@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use crate::process::{self, ChildGuard};
-use crate::{Error, Result, cache_root, free_port, io_err, tail, tcp_open, wait_until};
+use crate::process::ChildGuard;
+use crate::{Error, Result, cache_root, io_err, tail};
 
 /// The region the local stack uses.
 pub const REGION: &str = "eu-west-1";
@@ -52,43 +52,24 @@ impl Moto {
             .tempdir()
             .map_err(io_err("creating moto's directory"))?;
         let log = dir.path().join("moto.log");
-        // A port can be taken between finding it and moto binding it: retry with another.
-        let mut last_err = None;
-        for _ in 0..3 {
-            let port = free_port()?;
+        let (process, port) = crate::spawn_on_free_port("moto_server", &log, |port| {
             let mut cmd = Command::new(&bin);
             cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()]);
-            let process = process::spawn("moto_server", cmd, &log)?;
-            let ready = wait_until(
-                "moto_server",
-                &log,
-                || {
-                    tcp_open(port)
-                        .then_some(())
-                        .ok_or("not listening yet".to_owned())
-                },
-                &process,
-            );
-            match ready {
-                Ok(()) => {
-                    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-                    return Ok(Moto {
-                        addr,
-                        endpoint: format!("http://{addr}"),
-                        process,
-                        log,
-                        _dir: dir,
-                        http: reqwest::Client::builder()
-                            .no_proxy()
-                            .timeout(Duration::from_secs(60))
-                            .build()
-                            .expect("an HTTP client"),
-                    });
-                }
-                Err(e) => last_err = Some(e),
-            }
-        }
-        Err(last_err.expect("at least one attempt"))
+            Ok(cmd)
+        })?;
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        Ok(Moto {
+            addr,
+            endpoint: format!("http://{addr}"),
+            process,
+            log,
+            _dir: dir,
+            http: reqwest::Client::builder()
+                .no_proxy()
+                .timeout(Duration::from_secs(60))
+                .build()
+                .expect("an HTTP client"),
+        })
     }
 
     /// moto's process id.

@@ -10,8 +10,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::process::{self, ChildGuard};
-use crate::{Error, Result, cache_root, free_port, io_err, tail, tcp_open, wait_until};
+use crate::process::ChildGuard;
+use crate::{Error, Result, cache_root, io_err, tail};
 
 /// How the registry is served.
 #[derive(Clone, Debug, Default)]
@@ -94,10 +94,7 @@ impl Registry {
         }
         let log = dir.path().join("registry.log");
         let storage = dir.path().join("storage");
-        let mut last_err = None;
-        // A port can be taken between finding it and the registry binding it: retry.
-        for _ in 0..3 {
-            let port = free_port()?;
+        let (process, port) = crate::spawn_on_free_port("registry", &log, |port| {
             let config = write(
                 "config.yml",
                 &format!(
@@ -111,31 +108,15 @@ impl Registry {
             cmd.arg("serve").arg(&config);
             // The registry reads REGISTRY_* variables as configuration overrides.
             cmd.env_remove("REGISTRY_HTTP_ADDR");
-            let process = process::spawn("registry", cmd, &log)?;
-            let ready = wait_until(
-                "registry",
-                &log,
-                || {
-                    tcp_open(port)
-                        .then_some(())
-                        .ok_or("not listening yet".to_owned())
-                },
-                &process,
-            );
-            match ready {
-                Ok(()) => {
-                    return Ok(Registry {
-                        host: format!("127.0.0.1:{port}"),
-                        ca_pem,
-                        process,
-                        log,
-                        _dir: dir,
-                    });
-                }
-                Err(e) => last_err = Some(e),
-            }
-        }
-        Err(last_err.expect("at least one attempt"))
+            Ok(cmd)
+        })?;
+        Ok(Registry {
+            host: format!("127.0.0.1:{port}"),
+            ca_pem,
+            process,
+            log,
+            _dir: dir,
+        })
     }
 
     /// A reference in this registry: `127.0.0.1:PORT/{repository}`.

@@ -110,33 +110,7 @@ impl World {
     /// The MachineClass `aws-class` as provider-aws users write it (`provider: AWS`) and its
     /// Secret.
     async fn class(&self) {
-        let (ami, subnet, group) = self.moto.class_resources().await;
-        let secret: Secret = serde_json::from_value(serde_json::json!({
-            "metadata": { "name": "cloudprovider" },
-            "stringData": {
-                "userData": "#!/bin/bash\necho <<MACHINE_NAME>> <<BOOTSTRAP_TOKEN>>",
-                "providerAccessKeyId": ACCESS_KEY,
-                "providerSecretAccessKey": SECRET_KEY,
-            },
-        }))
-        .unwrap();
-        Api::<Secret>::namespaced(self.client.clone(), NS)
-            .create(&PostParams::default(), &secret)
-            .await
-            .unwrap();
-        let class: machine_api::MachineClass = serde_json::from_value(serde_json::json!({
-            "apiVersion": "machine.sapcloud.io/v1alpha1",
-            "kind": "MachineClass",
-            "metadata": { "name": "aws-class" },
-            "provider": "AWS",
-            "providerSpec": provider_spec(&ami, &subnet, &group),
-            "secretRef": { "name": "cloudprovider", "namespace": NS },
-        }))
-        .unwrap();
-        Api::<machine_api::MachineClass>::namespaced(self.client.clone(), NS)
-            .create(&PostParams::default(), &class)
-            .await
-            .unwrap();
+        create_aws_class_for(&self.client, NS, &self.moto, "AWS").await;
     }
 
     /// The Provider `aws` from `oci` (the spec's source.oci), reaching moto only.

@@ -87,6 +87,11 @@ async fn manifests_and_examples_apply_and_rbac_is_least_privilege() {
         .get("aws-small-pool")
         .await
         .unwrap();
+    // The Provider example passes the CRD's rules (exactly one source, pinned by digest).
+    Api::<machine_api::Provider>::namespaced(client.clone(), "mcm-wasm")
+        .get("aws")
+        .await
+        .unwrap();
 
     let ns = ["-n", "mcm-wasm"];
     let allowed: &[&[&str]] = &[
@@ -109,6 +114,10 @@ async fn manifests_and_examples_apply_and_rbac_is_least_privilege() {
         &["patch", "nodes", "--subresource=status"],
         &["create", "pods", "--subresource=eviction"],
         &["list", "volumeattachments.storage.k8s.io"],
+        &["watch", "providers.mcm-wasm.io"],
+        &["patch", "providers.mcm-wasm.io"],
+        &["patch", "providers.mcm-wasm.io", "--subresource=status"],
+        &["watch", "configmaps"],
     ];
     let denied: &[&[&str]] = &[
         &["create", "machines.machine.sapcloud.io"],
@@ -118,6 +127,10 @@ async fn manifests_and_examples_apply_and_rbac_is_least_privilege() {
         &["delete", "machineclasses.machine.sapcloud.io"],
         &["create", "secrets"],
         &["delete", "secrets"],
+        &["create", "providers.mcm-wasm.io"],
+        &["delete", "providers.mcm-wasm.io"],
+        &["create", "configmaps"],
+        &["patch", "configmaps"],
         &["update", "leases.coordination.k8s.io/someone-else"],
         &["create", "pods"],
         &["create", "nodes"],

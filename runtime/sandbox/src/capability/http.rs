@@ -137,21 +137,10 @@ fn transport_error(e: reqwest::Error) -> Error {
     if e.is_timeout() {
         Error::Timeout
     } else if e.is_connect() {
-        Error::Connect(error_chain(&e))
+        Error::Connect(mcm_driver::text::error_chain(&e))
     } else {
-        Error::Other(error_chain(&e))
+        Error::Other(mcm_driver::text::error_chain(&e))
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 /// URLs in logs lose their query (it may carry signatures or tokens).

@@ -3,10 +3,8 @@
 
 use std::path::PathBuf;
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::Namespace;
 use kube::Resource;
 use kube::api::{Api, ApiResource, DynamicObject, PostParams};
 use serde::de::DeserializeOwned;
@@ -46,23 +44,9 @@ pub fn example<T: DeserializeOwned>(file: &str, namespace: &str) -> T {
         .unwrap_or_else(|e| panic!("{file} does not deserialize into its Rust type: {e}"))
 }
 
-/// Creates a fresh namespace `<prefix>-<n>-<pid>`.
+/// A fresh namespace for one test (see `testenv::create_namespace`).
 pub async fn namespace(client: &kube::Client, prefix: &str) -> String {
-    static N: AtomicUsize = AtomicUsize::new(0);
-    let name = format!(
-        "{prefix}-{}-{}",
-        N.fetch_add(1, Ordering::SeqCst),
-        std::process::id()
-    );
-    let ns: Namespace = serde_json::from_value(serde_json::json!({
-        "metadata": { "name": name }
-    }))
-    .unwrap();
-    Api::<Namespace>::all(client.clone())
-        .create(&PostParams::default(), &ns)
-        .await
-        .expect("create namespace");
-    name
+    testenv::create_namespace(client, prefix).await
 }
 
 /// Polls `check` every 500 ms until it returns `Some`, or panics after `timeout` with `context()`.
