@@ -35,8 +35,7 @@ impl RegistryArgs {
         };
         let ca_pem = match &self.ca_file {
             Some(path) => Some(
-                std::fs::read(path)
-                    .map_err(|e| format!("--ca-file {}: {e}", path.display()))?,
+                std::fs::read(path).map_err(|e| format!("--ca-file {}: {e}", path.display()))?,
             ),
             None => None,
         };

@@ -138,11 +138,7 @@ fn sandbox() -> Result<Arc<Sandbox>, ExitCode> {
     Sandbox::new(SandboxConfig::default()).map_err(|e| bad_input(format!("{e:#}")))
 }
 
-async fn inspect(
-    target: String,
-    json: bool,
-    registry: crate::artifacts::RegistryArgs,
-) -> ExitCode {
+async fn inspect(target: String, json: bool, registry: crate::artifacts::RegistryArgs) -> ExitCode {
     let sandbox = match sandbox() {
         Ok(s) => s,
         Err(code) => return code,

@@ -103,8 +103,14 @@ impl Job {
         let warnings = std::mem::take(&mut *self.warnings.lock().expect("warnings lock"));
         for w in warnings {
             let note = format!("provider {}: {w}", self.provider.name());
-            self.event(machine, EventType::Warning, "ProviderWarning", op.go_name(), note)
-                .await;
+            self.event(
+                machine,
+                EventType::Warning,
+                "ProviderWarning",
+                op.go_name(),
+                note,
+            )
+            .await;
         }
     }
 

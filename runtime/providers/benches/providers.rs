@@ -90,9 +90,14 @@ async fn main() {
     for i in 0..=2 * N {
         let version = format!("1.0.{i}");
         let artifact = test_artifacts::with_version(&bytes, &version);
-        let digest = oci::push(&format!("{repo}:{version}"), artifact.clone(), &info, &insecure())
-            .await
-            .unwrap();
+        let digest = oci::push(
+            &format!("{repo}:{version}"),
+            artifact.clone(),
+            &info,
+            &insecure(),
+        )
+        .await
+        .unwrap();
         versions.push((version, format!("{repo}@{digest}"), digest, artifact));
     }
 

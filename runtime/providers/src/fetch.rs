@@ -240,7 +240,11 @@ pub async fn https(client: &reqwest::Client, url: &str) -> Result<Fetched, Fetch
         return Err(fail(format!("redirected to {}, not https", resp.url())));
     }
     let mut bytes = Vec::new();
-    while let Some(chunk) = resp.chunk().await.map_err(|e| fail(mcm_driver::text::error_chain(&e)))? {
+    while let Some(chunk) = resp
+        .chunk()
+        .await
+        .map_err(|e| fail(mcm_driver::text::error_chain(&e)))?
+    {
         bytes.extend_from_slice(&chunk);
         if bytes.len() as i64 > MAX_COMPONENT_BYTES {
             return Err(fail(format!(

@@ -15,4 +15,3 @@ pub mod spec;
 pub mod status;
 
 pub use spec::{Source, SpecError, settings, source};
-

@@ -162,7 +162,9 @@ fn registry_auth(auth: &Auth) -> RegistryAuth {
     }
 }
 
-fn registry_error(reference: &str) -> impl Fn(oci_client::errors::OciDistributionError) -> OciError {
+fn registry_error(
+    reference: &str,
+) -> impl Fn(oci_client::errors::OciDistributionError) -> OciError {
     move |e| OciError::Registry {
         reference: reference.to_string(),
         message: describe(&e),
@@ -395,9 +397,8 @@ pub fn auth_from_docker_config(json: &[u8], registry: &str) -> Result<Auth, OciE
                 .map_err(|e| {
                     OciError::PullSecret(format!("auths.{registry}.auth is not base64: {e}"))
                 })?;
-            let text = String::from_utf8(decoded).map_err(|_| {
-                OciError::PullSecret(format!("auths.{registry}.auth is not UTF-8"))
-            })?;
+            let text = String::from_utf8(decoded)
+                .map_err(|_| OciError::PullSecret(format!("auths.{registry}.auth is not UTF-8")))?;
             let (username, password) = text.split_once(':').ok_or_else(|| {
                 OciError::PullSecret(format!("auths.{registry}.auth is not user:password"))
             })?;
@@ -435,7 +436,9 @@ mod tests {
                 password: "pw".into()
             }
         );
-        let missing = auth_from_docker_config(json, "ghcr.io").unwrap_err().to_string();
+        let missing = auth_from_docker_config(json, "ghcr.io")
+            .unwrap_err()
+            .to_string();
         assert!(
             missing.contains("no credentials for registry ghcr.io")
                 && missing.contains("other.example"),
@@ -484,7 +487,10 @@ mod tests {
             ),
         ] {
             let err = wasm_layer("r", &m).unwrap_err().to_string();
-            assert!(err.contains("not a Wasm component artifact") && err.contains(want), "{err}");
+            assert!(
+                err.contains("not a Wasm component artifact") && err.contains(want),
+                "{err}"
+            );
         }
     }
 }

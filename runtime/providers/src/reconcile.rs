@@ -218,7 +218,11 @@ pub async fn prime(ctx: &Context) -> Result<usize, kube::Error> {
             ctx.registry.mark_not_ready(
                 &p.name_any(),
                 p.spec.aliases.clone(),
-                &format!("Provider {}/{}: not loaded yet", ctx.namespace, p.name_any()),
+                &format!(
+                    "Provider {}/{}: not loaded yet",
+                    ctx.namespace,
+                    p.name_any()
+                ),
             );
         }
     }
@@ -357,7 +361,11 @@ async fn load(p: &Provider, ctx: &Context, known: &Known) -> (Outcome, Option<So
         ctx.registry.mark_not_ready(
             &key,
             aliases.clone(),
-            &format!("Provider {}/{key}: fetching {}", ctx.namespace, describe(&source)),
+            &format!(
+                "Provider {}/{key}: fetching {}",
+                ctx.namespace,
+                describe(&source)
+            ),
         );
     }
     let fetched = match fetch(ctx, &source).await {

@@ -29,7 +29,10 @@ async fn a_component_round_trips_through_a_registry_by_digest() {
     let digest = oci::push(&tagged, bytes.clone(), &info, &insecure())
         .await
         .unwrap();
-    assert!(digest.starts_with("sha256:") && digest.len() == 71, "{digest}");
+    assert!(
+        digest.starts_with("sha256:") && digest.len() == 71,
+        "{digest}"
+    );
     assert_eq!(oci::resolve(&tagged, &insecure()).await.unwrap(), digest);
 
     // By the pin, even through the tag's reference; the annotations carry the metadata.

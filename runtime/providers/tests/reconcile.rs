@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use machine_api::{Provider, ProviderStatus};
+use mcm_providers::oci;
 use mcm_providers::reconcile::{self, Backoff};
 use mcm_sandbox::{Registry, Sandbox, SandboxConfig};
-use mcm_providers::oci;
 use testenv::registry::{Options, Registry as OciRegistry};
 
 fn b64(bytes: &[u8]) -> String {
@@ -73,9 +73,14 @@ async fn config_map_https_and_refused_specs() {
         ca_pem: Some(ca.clone().into_bytes()),
         ..Default::default()
     };
-    oci::push(&tls.reference("blobs/sample:v1"), v1.clone(), &info, &access)
-        .await
-        .unwrap();
+    oci::push(
+        &tls.reference("blobs/sample:v1"),
+        v1.clone(),
+        &info,
+        &access,
+    )
+    .await
+    .unwrap();
     let http = reqwest::Client::builder()
         .add_root_certificate(reqwest::Certificate::from_pem(ca.as_bytes()).unwrap())
         .build()
@@ -121,7 +126,8 @@ async fn config_map_https_and_refused_specs() {
     )
     .await;
     wait(&providers, "from-cm", "Ready", |s| {
-        reason(s, "Ready") == ("True", "Loaded") && s.version.as_deref() == Some(&info.metadata.version)
+        reason(s, "Ready") == ("True", "Loaded")
+            && s.version.as_deref() == Some(&info.metadata.version)
     })
     .await;
     assert!(registry.get("from-cm").is_some());
@@ -136,14 +142,14 @@ async fn config_map_https_and_refused_specs() {
         s.version.as_deref() == Some("2.0.0")
     })
     .await;
-    assert_eq!(registry.get("from-cm").unwrap().info().metadata.version, "2.0.0");
+    assert_eq!(
+        registry.get("from-cm").unwrap().info().metadata.version,
+        "2.0.0"
+    );
 
     // https pinned by sha256: the right pin loads, a wrong one is DigestMismatch.
     let digest = mcm_sandbox::artifact::digest(&v1);
-    let url = format!(
-        "https://{}/v2/blobs/sample/blobs/{digest}",
-        tls.host
-    );
+    let url = format!("https://{}/v2/blobs/sample/blobs/{digest}", tls.host);
     create(
         "from-https",
         serde_json::json!({ "https": { "url": url, "sha256": digest } }),
@@ -158,16 +164,18 @@ async fn config_map_https_and_refused_specs() {
         .patch(
             "from-https",
             &PatchParams::default(),
-            &Patch::Merge(serde_json::json!({ "spec": { "source": { "https": { "sha256": wrong } } } })),
+            &Patch::Merge(
+                serde_json::json!({ "spec": { "source": { "https": { "sha256": wrong } } } }),
+            ),
         )
         .await
         .unwrap();
     wait(&providers, "from-https", "DigestMismatch", |s| {
         reason(s, "Degraded") == ("True", "DigestMismatch")
             && reason(s, "Ready") == ("True", "ServingPreviousVersion")
-            && s.last_error
-                .as_deref()
-                .is_some_and(|e| e.contains(&format!("has digest {digest}, not the pinned {wrong}")))
+            && s.last_error.as_deref().is_some_and(|e| {
+                e.contains(&format!("has digest {digest}, not the pinned {wrong}"))
+            })
     })
     .await;
 

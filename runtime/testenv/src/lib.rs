@@ -17,8 +17,8 @@ mod certs;
 pub mod ec2;
 pub mod moto;
 pub mod node_sim;
-pub mod registry;
 mod process;
+pub mod registry;
 pub mod sample;
 
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};

@@ -203,19 +203,17 @@ async fn a_provider_aws_deployment_runs_unchanged() {
         log.contains("does not look like an AWS access key ID"),
         "{log}"
     );
-    let warned: Vec<String> = Api::<k8s_openapi::api::events::v1::Event>::namespaced(
-        s.client.clone(),
-        "default",
-    )
-    .list(&Default::default())
-    .await
-    .unwrap()
-    .items
-    .into_iter()
-    .filter(|e| e.reason.as_deref() == Some("ProviderWarning"))
-    .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("pa-machine"))
-    .filter_map(|e| Some(format!("{}: {}", e.type_?, e.note?)))
-    .collect();
+    let warned: Vec<String> =
+        Api::<k8s_openapi::api::events::v1::Event>::namespaced(s.client.clone(), "default")
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .filter(|e| e.reason.as_deref() == Some("ProviderWarning"))
+            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("pa-machine"))
+            .filter_map(|e| Some(format!("{}: {}", e.type_?, e.note?)))
+            .collect();
     assert!(
         warned.iter().any(|w| w.starts_with("Warning: provider aws: secret.providerAccessKeyId does not look like an AWS access key ID")),
         "{warned:#?}"

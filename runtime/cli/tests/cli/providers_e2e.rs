@@ -83,7 +83,10 @@ impl World {
                 "--leader-elect=false",
                 "--machine-safety-orphan-vms-period=1h",
             ])
-            .env("MCM_WASM_LOG", std::env::var("E2E_LOG").unwrap_or("info".into()))
+            .env(
+                "MCM_WASM_LOG",
+                std::env::var("E2E_LOG").unwrap_or("info".into()),
+            )
             .env(
                 "MCM_WASM_CACHE",
                 std::env::temp_dir().join(format!("mcm-wasm-providers-e2e-{}", std::process::id())),
@@ -205,9 +208,7 @@ impl World {
             .unwrap()
             .items
             .into_iter()
-            .filter(|e| {
-                e.regarding.as_ref().and_then(|r| r.kind.as_deref()) == Some("Provider")
-            })
+            .filter(|e| e.regarding.as_ref().and_then(|r| r.kind.as_deref()) == Some("Provider"))
             .map(|e| {
                 format!(
                     "{}: {}",
@@ -269,7 +270,11 @@ async fn a_provider_from_a_registry_serves_and_swaps_live() {
     // every machine stays Running with its one VM, and new machines run on it.
     let bytes = std::fs::read(&aws).unwrap();
     let v2_file = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(v2_file.path(), test_artifacts::with_version(&bytes, "9.9.9")).unwrap();
+    std::fs::write(
+        v2_file.path(),
+        test_artifacts::with_version(&bytes, "9.9.9"),
+    )
+    .unwrap();
     let v2 = push(
         v2_file.path(),
         &format!("{}:v2", registry.reference("providers/aws")),
@@ -342,13 +347,14 @@ async fn a_provider_from_a_registry_serves_and_swaps_live() {
         "reference": format!("{}@{broken_digest}", registry.reference("providers/aws")) } } }))
         .await;
     w.wait_provider("Degraded by a broken artifact", |s| {
-        condition(s, "Degraded") == ("True", "LoadFailed")
-            && s.version.as_deref() == Some("9.9.9")
+        condition(s, "Degraded") == ("True", "LoadFailed") && s.version.as_deref() == Some("9.9.9")
     })
     .await;
     let events = w.provider_events().await;
     assert!(
-        events.iter().any(|e| e.starts_with("RolledBack: ") && e.contains("9.9.9")),
+        events
+            .iter()
+            .any(|e| e.starts_with("RolledBack: ") && e.contains("9.9.9")),
         "{events:#?}"
     );
     assert!(
@@ -441,7 +447,12 @@ async fn a_private_registry_needs_the_right_pull_secret() {
     let pinned = push(
         &guest("aws_provider"),
         &format!("{}:v1", registry.reference("private/aws")),
-        &["--ca-file", ca.path().to_str().unwrap(), "--username", "alice"],
+        &[
+            "--ca-file",
+            ca.path().to_str().unwrap(),
+            "--username",
+            "alice",
+        ],
         &[("MCM_WASM_REGISTRY_PASSWORD", "s3cret")],
     );
     let docker_config = |password: &str| {
