@@ -262,12 +262,9 @@ async fn a_provider_from_a_registry_serves_and_swaps_live() {
     assert_eq!(condition(&status, "Degraded"), ("False", "AsExpected"));
     let v1_version = status.version.clone().unwrap();
 
-    // Machines of `provider: AWS` (an alias the artifact declares) run.
-    let names = w.create_machines("m", 20).await;
-    w.wait_machines(&names, running, "Running").await;
-
-    // A new version (same code, new metadata and digest) swaps in under the 20 machines:
-    // every machine stays Running with its one VM, and new machines run on it.
+    // A new version (same code, new metadata and digest) swaps in while 20 machines of
+    // `provider: AWS` (an alias the artifact declares) are being created: every one reaches
+    // Running with exactly one VM, no reconcile fails, and calls after the swap run 9.9.9.
     let bytes = std::fs::read(&aws).unwrap();
     let v2_file = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(
@@ -281,6 +278,7 @@ async fn a_provider_from_a_registry_serves_and_swaps_live() {
         &["--insecure"],
         &[],
     );
+    let names = w.create_machines("m", 20).await;
     w.patch_provider(serde_json::json!({ "source": { "oci": { "reference": v2 } } }))
         .await;
     w.wait_provider("swapped to 9.9.9", |s| {
@@ -298,6 +296,19 @@ async fn a_provider_from_a_registry_serves_and_swaps_live() {
             "{name}: exactly one VM"
         );
     }
+    // No reconcile failed but for optimistic-concurrency conflicts with the simulated
+    // kubelet's Node writes (retried at once, as MCM does).
+    let log = w.log_text();
+    let failed: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("reconcile failed") && !l.contains("409"))
+        .collect();
+    assert!(failed.is_empty(), "{failed:#?}");
+    assert!(
+        log.contains(&format!("provider=\"aws\" version=\"{v1_version}\""))
+            && log.contains("driver_call{provider=\"aws\" version=\"9.9.9\""),
+        "driver calls of both versions expected:\n{log}"
+    );
     let events = w.provider_events().await;
     assert!(
         events.iter().any(|e| e.starts_with("Fetched: ")),
@@ -331,15 +342,52 @@ async fn a_provider_from_a_registry_serves_and_swaps_live() {
     w.wait_machines(&during, running, "Running while Degraded")
         .await;
 
+    // A registry that is down: FetchFailed naming it. (A reference to the digest that
+    // serves, wherever it points, needs no fetch: the content is the same.)
+    w.patch_provider(serde_json::json!({ "source": { "oci": {
+        "reference": missing.replacen(&registry.host, "127.0.0.1:1", 1) } } }))
+        .await;
+    w.wait_provider("Degraded by a registry that is down", |s| {
+        condition(s, "Degraded") == ("True", "FetchFailed")
+            && s.version.as_deref() == Some("9.9.9")
+            && s.last_error.as_deref().is_some_and(|e| {
+                e.starts_with("127.0.0.1:1/providers/aws@") && e.contains("onnect")
+            })
+    })
+    .await;
+
+    // A component built against an incompatible contract: LoadFailed naming both versions.
+    let incompatible = std::fs::read(guest("test_incompatible")).unwrap();
+    let access = mcm_providers::oci::Access {
+        insecure: true,
+        ..Default::default()
+    };
+    let incompatible_digest = mcm_providers::oci::push(
+        &format!("{}:incompatible", registry.reference("providers/aws")),
+        incompatible,
+        &info,
+        &access,
+    )
+    .await
+    .unwrap();
+    w.patch_provider(serde_json::json!({ "source": { "oci": {
+        "reference": format!("{}@{incompatible_digest}", registry.reference("providers/aws")) } } }))
+        .await;
+    w.wait_provider("Degraded by an incompatible contract", |s| {
+        condition(s, "Degraded") == ("True", "LoadFailed")
+            && s.version.as_deref() == Some("9.9.9")
+            && s.last_error
+                .as_deref()
+                .is_some_and(|e| e.contains("contract"))
+    })
+    .await;
+
     // An artifact that is not a component (pushed with the right layout): LoadFailed.
     let broken_digest = mcm_providers::oci::push(
         &format!("{}:broken", registry.reference("providers/aws")),
         bytes[..bytes.len() / 2].to_vec(),
         &info,
-        &mcm_providers::oci::Access {
-            insecure: true,
-            ..Default::default()
-        },
+        &access,
     )
     .await
     .unwrap();
