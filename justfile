@@ -59,8 +59,9 @@ run *args: guests moto registry controlplane
     cargo build --workspace --bins
     target/debug/mcm-wasm-stack {{args}}
 
-# Run all tests: guests run in the real sandbox.
-test: guests
+# Run all tests: guests run in the real sandbox; the controller image is built first (a test
+# pushes it to a local registry and runs it).
+test: guests image
     cargo test --manifest-path guests/Cargo.toml -p aws-provider
     cargo test --workspace --no-fail-fast
 
@@ -87,8 +88,12 @@ image tag="mcm-wasm:dev":
     cp target/x86_64-unknown-linux-musl/release/mcm-wasm "$ctx/"
     strip "$ctx/mcm-wasm"
     cp /etc/ssl/certs/ca-certificates.crt "$ctx/"
-    if command -v buildah >/dev/null; then builder=(buildah bud); elif command -v podman >/dev/null; then builder=(podman build); else
-        echo "image: needs buildah or podman (apt-get install buildah)" >&2; exit 1; fi
+    if ! command -v buildah >/dev/null && ! command -v podman >/dev/null; then
+        echo "image: installing buildah (builds OCI images without a daemon)"
+        apt-get update -qq && apt-get install -y -qq --no-install-recommends buildah >/dev/null \
+            || { echo "image: needs buildah or podman (apt-get install buildah)" >&2; exit 1; }
+    fi
+    if command -v buildah >/dev/null; then builder=(buildah bud --quiet); else builder=(podman build --quiet); fi
     "${builder[@]}" -f kubernetes/image/Containerfile -t "{{tag}}" "$ctx"
     echo "image: {{tag}} ($(du -h "$ctx/mcm-wasm" | cut -f1) binary)"
 
