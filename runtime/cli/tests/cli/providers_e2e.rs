@@ -36,35 +36,26 @@ fn push(file: &std::path::Path, reference: &str, args: &[&str], env: &[(&str, &s
     pinned
 }
 
+/// The shared controller set-up (control plane with the CRDs, moto, the simulated kubelets,
+/// which ask moto through their own copy of the provider), the controller's log, and the
+/// controller under test, which has no providers directory at all.
 struct World {
-    cp: testenv::ControlPlane,
-    client: kube::Client,
-    moto: Moto,
-    _kubelet: SimulatedKubelet,
-    _providers: tempfile::TempDir,
+    base: ControllerSetup,
     log: tempfile::NamedTempFile,
     controller: Option<KillOnDrop>,
 }
 
+impl std::ops::Deref for World {
+    type Target = ControllerSetup;
+    fn deref(&self) -> &ControllerSetup {
+        &self.base
+    }
+}
+
 impl World {
     async fn start() -> World {
-        mcm_controller::install_crypto_provider();
-        let cp = testenv::ControlPlane::start().expect("control plane (run `just controlplane`)");
-        cp.apply_crds().unwrap();
-        let client = cp.client().await.unwrap();
-        let moto = Moto::start();
-        // The simulated kubelet asks moto (through its own copy of the provider) whether a VM
-        // runs; the controller under test has no providers directory at all.
-        let providers = tempfile::tempdir().unwrap();
-        std::fs::copy(guest("aws_provider"), providers.path().join("aws.wasm")).unwrap();
-        let kubelet =
-            SimulatedKubelet::start(&client, NS, "aws", &moto.endpoint, providers.path()).await;
         World {
-            cp,
-            client,
-            moto,
-            _kubelet: kubelet,
-            _providers: providers,
+            base: ControllerSetup::start(&guest("aws_provider")).await,
             log: tempfile::NamedTempFile::new().unwrap(),
             controller: None,
         }
