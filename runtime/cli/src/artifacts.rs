@@ -88,12 +88,7 @@ pub async fn push(file: &Path, reference: &str, registry: &RegistryArgs) -> Exit
 /// Pull by digest (a tag is resolved first, and the digest printed so it can be pinned);
 /// writes the component to `output`.
 pub async fn pull(reference: &str, output: &Path, registry: &RegistryArgs) -> ExitCode {
-    mcm_controller::install_crypto_provider();
-    let access = match registry.access() {
-        Ok(a) => a,
-        Err(e) => return fail(2, e),
-    };
-    let pulled = match fetch(reference, &access).await {
+    let pulled = match pull_artifact(reference, registry).await {
         Ok(p) => p,
         Err(e) => return fail(1, e),
     };
@@ -114,7 +109,7 @@ pub async fn pull(reference: &str, output: &Path, registry: &RegistryArgs) -> Ex
 }
 
 /// The artifact a reference names: by its digest, or the tag's current one.
-pub async fn fetch(reference: &str, access: &Access) -> Result<oci::Pulled, String> {
+async fn fetch(reference: &str, access: &Access) -> Result<oci::Pulled, String> {
     let pin = match reference.split_once('@') {
         Some((_, digest)) => digest.to_string(),
         None => oci::resolve(reference, access)
@@ -138,8 +133,9 @@ pub fn is_reference(target: &str) -> bool {
     first.contains('.') || first.contains(':') || first == "localhost"
 }
 
-/// For `inspect REFERENCE`: the pulled bytes and the registry access of the arguments.
-pub async fn pull_for_inspect(
+/// The artifact `reference` names, reached with the arguments' registry access (for `pull`
+/// and `inspect REFERENCE`).
+pub async fn pull_artifact(
     reference: &str,
     registry: &RegistryArgs,
 ) -> Result<oci::Pulled, String> {

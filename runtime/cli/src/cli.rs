@@ -145,7 +145,7 @@ async fn inspect(target: String, json: bool, registry: crate::artifacts::Registr
     };
     let file = PathBuf::from(&target);
     let (loaded, manifest) = if crate::artifacts::is_reference(&target) {
-        let pulled = match crate::artifacts::pull_for_inspect(&target, &registry).await {
+        let pulled = match crate::artifacts::pull_artifact(&target, &registry).await {
             Ok(p) => p,
             Err(e) => {
                 eprintln!("error: {e}");

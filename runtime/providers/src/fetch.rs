@@ -159,11 +159,11 @@ pub async fn oci(
     cert_secret: Option<&str>,
     insecure: bool,
 ) -> Result<Fetched, FetchError> {
-    let registry = reference.split('/').next().unwrap_or_default();
     let auth = match pull_secret {
         Some(name) => {
             let json = secret_key(secrets, name, ".dockerconfigjson", "pull secret").await?;
-            oci::auth_from_docker_config(&json, registry).map_err(|e| FetchError::Secret {
+            let registry = oci::registry_host(reference)?;
+            oci::auth_from_docker_config(&json, &registry).map_err(|e| FetchError::Secret {
                 namespace: secrets.namespace().unwrap_or("default").to_string(),
                 name: name.to_string(),
                 purpose: "pull secret",

@@ -127,6 +127,12 @@ fn parse(reference: &str) -> Result<Reference, OciError> {
         })
 }
 
+/// The registry host a reference names (`docker.io` when it names none, as the OCI
+/// reference grammar says).
+pub fn registry_host(reference: &str) -> Result<String, OciError> {
+    Ok(parse(reference)?.registry().to_string())
+}
+
 /// The reference without tag or digest: `registry/repository`.
 pub fn repository(reference: &str) -> Result<String, OciError> {
     let r = parse(reference)?;
@@ -374,10 +380,18 @@ pub fn auth_from_docker_config(json: &[u8], registry: &str) -> Result<Auth, OciE
             .unwrap_or_default()
             .to_string()
     };
+    // Docker Hub's credentials are keyed by its index host.
+    let hub = |h: &str| {
+        if h == "index.docker.io" {
+            "docker.io".to_string()
+        } else {
+            h.to_string()
+        }
+    };
     let Some(entry) = config
         .auths
         .iter()
-        .find_map(|(k, v)| (host(k) == registry).then_some(v))
+        .find_map(|(k, v)| (hub(&host(k)) == hub(registry)).then_some(v))
     else {
         let named = config.auths.keys().cloned().collect::<Vec<_>>().join(", ");
         return Err(OciError::PullSecret(format!(
@@ -436,6 +450,11 @@ mod tests {
                 password: "pw".into()
             }
         );
+        let hub = br#"{"auths":{"https://index.docker.io/v1/":{"username":"u","password":"p"}}}"#;
+        assert!(matches!(
+            auth_from_docker_config(hub, &registry_host("mcm/aws:v1").unwrap()),
+            Ok(Auth::Basic { .. })
+        ));
         let missing = auth_from_docker_config(json, "ghcr.io")
             .unwrap_err()
             .to_string();

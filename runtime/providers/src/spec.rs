@@ -164,7 +164,9 @@ pub fn source(spec: &ProviderSource) -> Result<Source, SpecError> {
 
 /// Does the reference's registry (its first path component) name a loopback address?
 fn loopback_registry(reference: &str) -> bool {
-    let registry = reference.split('/').next().unwrap_or_default();
+    // oci-client's grammar has no IPv6 literals: then the first path component.
+    let registry = crate::oci::registry_host(reference)
+        .unwrap_or_else(|_| reference.split('/').next().unwrap_or_default().to_string());
     let host = match registry.strip_prefix('[') {
         Some(v6) => v6.split(']').next().unwrap_or_default(),
         None => registry.split(':').next().unwrap_or_default(),
