@@ -578,3 +578,83 @@ async fn a_private_registry_needs_the_right_pull_secret() {
     w.wait_machines(&waiting, running, "Running once the provider loads")
         .await;
 }
+
+/// `mcm-wasm push`, `pull` and `inspect REFERENCE` against a real registry: the pinned
+/// reference printed by push pulls back the same bytes, inspect reads the artifact's metadata
+/// from the registry, and what the sandbox would not load is not pushed.
+#[test]
+fn push_pull_and_inspect_a_reference() {
+    let registry = Registry::start(Options::default()).unwrap();
+    let aws = guest("aws_provider");
+    let pinned = push(
+        &aws,
+        &format!("{}:v1", registry.reference("cli/aws")),
+        &["--insecure"],
+        &[],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let out_file = dir.path().join("pulled.wasm");
+    let bin = || Command::new(env!("CARGO_BIN_EXE_mcm-wasm"));
+    // A tag is resolved to the digest push printed.
+    let pulled = bin()
+        .args([
+            "pull",
+            &format!("{}:v1", registry.reference("cli/aws")),
+            "--insecure",
+            "-o",
+        ])
+        .arg(&out_file)
+        .output()
+        .unwrap();
+    assert!(
+        pulled.status.success(),
+        "{}",
+        String::from_utf8_lossy(&pulled.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&pulled.stdout).trim(), pinned);
+    assert_eq!(
+        std::fs::read(&out_file).unwrap(),
+        std::fs::read(&aws).unwrap()
+    );
+
+    let inspected = bin()
+        .args(["inspect", &pinned, "--insecure", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        inspected.status.success(),
+        "{}",
+        String::from_utf8_lossy(&inspected.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&inspected.stdout).unwrap();
+    assert_eq!(json["name"], "aws");
+    assert_eq!(json["reference"], pinned.as_str());
+    assert_eq!(json["manifestDigest"], pinned.split_once('@').unwrap().1);
+    assert_eq!(json["annotations"]["mcm-wasm.io/provider"], "aws");
+    assert_eq!(json["annotations"]["mcm-wasm.io/aliases"], "AWS");
+
+    // Not a component: refused before anything is sent, naming the file.
+    let junk = dir.path().join("junk.wasm");
+    std::fs::write(&junk, b"not wasm").unwrap();
+    let refused = bin()
+        .arg("push")
+        .arg(&junk)
+        .args([
+            &format!("{}:junk", registry.reference("cli/aws")),
+            "--insecure",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(err.contains("junk.wasm"), "{err}");
+    // A reference that names nothing in the registry: exit 1, the reference named.
+    let missing = format!("{}:nope", registry.reference("cli/aws"));
+    let gone = bin()
+        .args(["inspect", &missing, "--insecure"])
+        .output()
+        .unwrap();
+    assert_eq!(gone.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&gone.stderr);
+    assert!(err.contains(&missing) && err.contains("not found"), "{err}");
+}
