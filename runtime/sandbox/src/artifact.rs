@@ -148,9 +148,24 @@ pub fn inspect(path: &Path, bytes: &[u8]) -> Result<ArtifactInfo, LoadError> {
     let mut imports = Vec::new();
     let mut metadata_text = None;
     let mut depth = 0usize;
+    if !bytes.starts_with(b"\0asm") {
+        let head: Vec<String> = bytes.iter().take(4).map(|b| format!("{b:02x}")).collect();
+        return Err(LoadError::NotWasm {
+            path: p,
+            reason: format!(
+                "no \\0asm magic header (the file starts with {})",
+                head.join(" ")
+            ),
+        });
+    }
+    // One line: wasmparser's messages may carry multi-line debug output.
     let not_wasm = |e: wasmparser::BinaryReaderError| LoadError::NotWasm {
         path: p.clone(),
-        reason: e.to_string(),
+        reason: e
+            .to_string()
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" "),
     };
     for payload in Parser::new(0).parse_all(bytes) {
         let payload = payload.map_err(not_wasm)?;
@@ -272,11 +287,19 @@ mod tests {
         assert!(matches!(inspect(p, b""), Err(LoadError::Empty { .. })));
         let err = inspect(p, b"not wasm at all").unwrap_err();
         assert!(matches!(err, LoadError::NotWasm { .. }), "{err}");
+        assert_eq!(
+            err.to_string(),
+            "x.wasm: not a WebAssembly binary: no \\0asm magic header (the file starts with 6e 6f 74 20)"
+        );
+        // Broken after a good header: wasmparser's reason, on one line.
+        let err = inspect(p, b"\0asm\x0d\0\x01\0\xff\xff")
+            .unwrap_err()
+            .to_string();
         assert!(
-            err.to_string()
-                .starts_with("x.wasm: not a WebAssembly binary"),
+            err.starts_with("x.wasm: not a WebAssembly binary: "),
             "{err}"
         );
+        assert!(!err.contains('\n'), "{err}");
     }
 
     #[test]

@@ -341,8 +341,10 @@ fn exported_operations(
     ty.exports(engine)
         .filter(|(name, _)| name.starts_with(artifact::DRIVER_INTERFACE))
         .flat_map(|(_, item)| match item.ty {
+            // The interface's functions only (its types are exported too).
             ComponentItem::ComponentInstance(instance) => instance
                 .exports(engine)
+                .filter(|(_, item)| matches!(item.ty, ComponentItem::ComponentFunc(_)))
                 .map(|(name, _)| name.to_string())
                 .collect::<Vec<_>>(),
             _ => Vec::new(),

@@ -43,6 +43,8 @@ fn inspect_shows_name_versions_operations_size_and_digest() {
     ] {
         assert!(ops.contains(&op.to_string()), "{op} missing from {ops:?}");
     }
+    // Only the exported functions: the interface's types are not operations.
+    assert_eq!(ops.len(), 8, "{ops:?}");
     let text = mcm_wasm(&["inspect", path.to_str().unwrap()]);
     assert!(String::from_utf8_lossy(&text.stdout).contains("provider:   sample 0.1.0"));
 }
