@@ -16,12 +16,15 @@ use mcm_sandbox::{EgressPolicy, Provider, ProviderSettings, Sandbox, SandboxConf
 /// Arguments of `mcm-wasm conformance`.
 #[derive(clap::Args, Debug)]
 #[command(after_help = "\
-CLASS is a JSON file holding a MachineClass: either the Kubernetes object \
+CLASS and SECRET are JSON files, or Kubernetes YAML manifests when named .yaml/.yml (e.g. \
+kubernetes/examples/machine-class.yaml and secret.yaml, as they are).
+
+CLASS holds a MachineClass: either the Kubernetes object \
 ({\"apiVersion\": \"machine.sapcloud.io/v1alpha1\", \"kind\": \"MachineClass\", \"metadata\": {\"name\": ...}, \
 \"provider\": ..., \"providerSpec\": {...}, \"nodeTemplate\": {...}}) or the runtime's short form \
 ({\"name\": ..., \"provider\": ..., \"providerSpec\": {...}}).
 
-SECRET is a JSON file holding a Secret: {\"data\": {KEY: BASE64}} and/or {\"stringData\": {KEY: TEXT}} \
+SECRET holds a Secret: {\"data\": {KEY: BASE64}} and/or {\"stringData\": {KEY: TEXT}} \
 (stringData wins, as in Kubernetes).
 
 Egress: without --allow-host the provider may reach only the host of the config's \"endpoint\"; for a \
@@ -36,10 +39,10 @@ Exit status: 0 every step passed, 1 a step failed, 2 bad input.")]
 pub struct ConformanceArgs {
     /// The provider component (.wasm).
     pub file: PathBuf,
-    /// MachineClass JSON file (see below).
+    /// MachineClass file: JSON, or a Kubernetes YAML manifest (.yaml/.yml; see below).
     #[arg(long, value_name = "CLASS")]
     pub class: PathBuf,
-    /// Secret JSON file (see below).
+    /// Secret file: JSON, or a Kubernetes YAML manifest (.yaml/.yml; see below).
     #[arg(long, value_name = "SECRET")]
     pub secret: PathBuf,
     /// The provider's own configuration (JSON), e.g. '{"endpoint": "http://127.0.0.1:5000"}'.
@@ -467,10 +470,19 @@ fn shape(path: &Path, what: &'static str) -> impl FnOnce(serde_json::Error) -> I
     move |source| InputError::Shape { path, what, source }
 }
 
+/// A JSON file, or a Kubernetes YAML manifest (`.yaml`/`.yml`, one document) as users keep
+/// their MachineClasses and Secrets.
 fn read_json(path: &Path) -> Result<serde_json::Value, InputError> {
     let p = || path.display().to_string();
     let text =
         std::fs::read_to_string(path).map_err(|source| InputError::Read { path: p(), source })?;
+    let yaml = path.extension().is_some_and(|e| e == "yaml" || e == "yml");
+    if yaml {
+        return serde_yaml_ng::from_str(&text).map_err(|e| InputError::Invalid {
+            path: p(),
+            message: format!("not valid YAML (one document expected): {e}"),
+        });
+    }
     serde_json::from_str(&text).map_err(|source| InputError::Json { path: p(), source })
 }
 
@@ -608,6 +620,22 @@ mod tests {
         std::fs::write(&secret, r#"{"data":{"a":"not base64!"}}"#).unwrap();
         let err = load_secret(&secret).unwrap_err().to_string();
         assert!(err.contains("base64"), "{err}");
+        let yaml = dir.join("bad.yaml");
+        std::fs::write(&yaml, "a: [unclosed").unwrap();
+        let err = load_secret(&yaml).unwrap_err().to_string();
+        assert!(err.contains("bad.yaml: not valid YAML"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// The examples a user already has (`kubernetes/examples/`), as they are.
+    #[test]
+    fn kubernetes_yaml_manifests() {
+        let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../kubernetes/examples");
+        let c = load_class(&examples.join("machine-class.yaml")).unwrap();
+        assert_eq!((c.name.as_str(), c.provider.as_str()), ("aws-small", "AWS"));
+        assert_eq!(c.provider_spec["region"], "eu-west-1");
+        let s = load_secret(&examples.join("secret.yaml")).unwrap();
+        assert_eq!(s["providerAccessKeyId"], b"AKIAIOSFODNN7EXAMPLE");
+        assert!(s.contains_key("userData"));
     }
 }
