@@ -45,6 +45,9 @@ pub struct ConformanceArgs {
     /// Secret file: JSON, or a Kubernetes YAML manifest (.yaml/.yml; see below).
     #[arg(long, value_name = "SECRET")]
     pub secret: PathBuf,
+    /// Also write the result as a JUnit XML report to FILE (for CI).
+    #[arg(long, value_name = "FILE")]
+    pub junit: Option<PathBuf>,
     /// The provider's own configuration (JSON), e.g. '{"endpoint": "http://127.0.0.1:5000"}'.
     #[arg(long)]
     pub config: Option<String>,
@@ -93,6 +96,33 @@ pub struct Report {
 impl Report {
     pub fn passed(&self) -> bool {
         !self.steps.is_empty() && self.steps.iter().all(|s| s.passed)
+    }
+
+    /// The run as a JUnit XML report (one test suite, a test case per step; a failed step is
+    /// a `<failure>` with its detail), for CI systems.
+    pub fn junit(&self) -> String {
+        use quick_junit::{NonSuccessKind, Report as JUnit, TestCase, TestCaseStatus, TestSuite};
+        let mut suite = TestSuite::new(format!("mcm-wasm conformance: {}", self.provider));
+        for step in &self.steps {
+            let status = if step.passed {
+                TestCaseStatus::success()
+            } else {
+                let mut failed = TestCaseStatus::non_success(NonSuccessKind::Failure);
+                failed.set_message(step.detail.clone());
+                failed
+            };
+            let mut case = TestCase::new(step.name, status);
+            case.set_classname(format!("conformance.{}", self.provider))
+                .set_time(step.elapsed);
+            if step.passed && !step.detail.is_empty() {
+                case.set_system_out(step.detail.clone());
+            }
+            suite.add_test_case(case);
+        }
+        suite.set_time(self.steps.iter().map(|s| s.elapsed).sum());
+        let mut report = JUnit::new("mcm-wasm conformance");
+        report.add_test_suite(suite);
+        report.to_string().expect("a JUnit report serializes")
     }
 
     pub fn step(&self, name: &str) -> Option<&Step> {
@@ -559,6 +589,11 @@ pub async fn main(args: ConformanceArgs) -> ExitCode {
         )
     });
     let report = run(&provider, &class, &secret, &name, &args.namespace).await;
+    if let Some(path) = &args.junit
+        && let Err(e) = std::fs::write(path, report.junit())
+    {
+        return bad_input(format!("--junit {}: {e}", path.display()));
+    }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report).expect("json"));
     } else {
@@ -625,6 +660,41 @@ mod tests {
         let err = load_secret(&yaml).unwrap_err().to_string();
         assert!(err.contains("bad.yaml: not valid YAML"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_junit_report_has_a_case_per_step_and_the_failures() {
+        let step = |name, passed, detail: &str| Step {
+            name,
+            passed,
+            detail: detail.into(),
+            elapsed: Duration::from_millis(12),
+        };
+        let report = Report {
+            provider: "sample".into(),
+            machine: "m".into(),
+            steps: vec![
+                step("create", true, "sample:///vm-1"),
+                step(
+                    "delete",
+                    false,
+                    "code = [Internal] message = [boom & <bust>]",
+                ),
+            ],
+        };
+        let xml = report.junit();
+        assert!(
+            xml.contains(r#"tests="2""#) && xml.contains(r#"failures="1""#),
+            "{xml}"
+        );
+        assert!(
+            xml.contains(r#"<testcase name="create" classname="conformance.sample""#),
+            "{xml}"
+        );
+        assert!(
+            xml.contains("message=\"code = [Internal] message = [boom &amp; &lt;bust&gt;]\""),
+            "{xml}"
+        );
     }
 
     /// The examples a user already has (`kubernetes/examples/`), as they are.

@@ -156,13 +156,29 @@ async fn wrong_credentials_fail_with_exit_1_and_say_why() {
     }});
     let secret = serde_json::json!({"stringData": {"token": "wrong"}});
     let config = serde_json::json!({"endpoint": backend.endpoint}).to_string();
+    let junit = tempfile::NamedTempFile::new().unwrap();
     let run = conformance_cli(
         &guest("sample_provider"),
         &class,
         &secret,
-        &["--config", &config],
+        &[
+            "--config",
+            &config,
+            "--junit",
+            junit.path().to_str().unwrap(),
+        ],
     );
     assert_eq!(run.code, 1, "{}", run.stdout);
+    // The JUnit report for CI: a case per step, the failed create with its code.
+    let xml = std::fs::read_to_string(junit.path()).unwrap();
+    assert!(
+        xml.contains(&format!(r#"tests="{}""#, STEPS.len())),
+        "{xml}"
+    );
+    assert!(
+        xml.contains(r#"<testcase name="create""#) && xml.contains("Unauthenticated"),
+        "{xml}"
+    );
     let rows = rows(&run.stdout);
     assert!(
         rows.iter()
