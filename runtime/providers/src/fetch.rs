@@ -19,8 +19,6 @@ pub struct Fetched {
     /// `sha256:<hex>` of the bytes.
     pub component_digest: String,
     pub origin: String,
-    /// The artifact's annotations (OCI only).
-    pub annotations: std::collections::BTreeMap<String, String>,
 }
 
 /// Why no bytes were had, naming the source.
@@ -77,7 +75,6 @@ impl Fetched {
             digest,
             bytes,
             origin,
-            annotations: Default::default(),
         }
     }
 
@@ -187,7 +184,6 @@ pub async fn oci(
     let pulled = oci::pull(reference, digest, &access).await?;
     let mut fetched = Fetched::new(pulled.bytes, format!("oci://{reference}"));
     fetched.digest = pulled.manifest_digest;
-    fetched.annotations = pulled.annotations;
     Ok(fetched)
 }
 

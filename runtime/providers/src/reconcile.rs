@@ -215,18 +215,17 @@ pub async fn prime(ctx: &Context) -> Result<usize, kube::Error> {
     let list = ctx.providers().list(&Default::default()).await?;
     for p in &list.items {
         if ctx.registry.resource(&p.name_any()).is_none() {
-            ctx.registry.mark_not_ready(
-                &p.name_any(),
-                p.spec.aliases.clone(),
-                &format!(
-                    "Provider {}/{}: not loaded yet",
-                    ctx.namespace,
-                    p.name_any()
-                ),
-            );
+            not_ready(ctx, p, "not loaded yet");
         }
     }
     Ok(list.items.len())
+}
+
+/// Nothing serves for `p`, because of `reason`; the registry's not-ready text names the
+/// Provider (`Provider aws has no version loaded yet (reason)`), so the reason does not.
+fn not_ready(ctx: &Context, p: &Provider, reason: &str) {
+    ctx.registry
+        .mark_not_ready(&p.name_any(), p.spec.aliases.clone(), reason);
 }
 
 /// One reconcile of one Provider.
@@ -287,11 +286,7 @@ async fn apply(p: &Provider, ctx: &Context) -> Result<Action, Error> {
                     )
                     .await
                 }
-                None => ctx.registry.mark_not_ready(
-                    &key,
-                    p.spec.aliases.clone(),
-                    &format!("Provider {}/{key}: {message}", ctx.namespace),
-                ),
+                None => not_ready(ctx, p, message),
             }
             if *stage == Stage::Spec {
                 // Only a new spec can fix it; the watch brings it.
@@ -358,15 +353,7 @@ async fn load(p: &Provider, ctx: &Context, known: &Known) -> (Outcome, Option<So
         return (outcome, Some(source));
     }
     if current.is_none() && known.failures == 0 {
-        ctx.registry.mark_not_ready(
-            &key,
-            aliases.clone(),
-            &format!(
-                "Provider {}/{key}: fetching {}",
-                ctx.namespace,
-                describe(&source)
-            ),
-        );
+        not_ready(ctx, p, &format!("fetching {}", describe(&source)));
     }
     let fetched = match fetch(ctx, &source).await {
         Ok(f) => f,
