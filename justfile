@@ -31,6 +31,17 @@ moto:
     "$venv/bin/pip" install --quiet 'moto[server]>=5.1,<6'
     "$venv/bin/moto_server" --help >/dev/null && echo "moto: ok"
 
+# componentize-py (PyPI), which builds Python providers, in its own venv ({{cache}}/py-venv).
+componentize-py:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    venv="{{cache}}/py-venv"
+    if [ -x "$venv/bin/componentize-py" ]; then exit 0; fi
+    echo "componentize-py: installing 0.25.1 into $venv"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet 'componentize-py==0.25.1'
+    "$venv/bin/componentize-py" --version
+
 # A real OCI registry (CNCF Distribution) for tests and `just run`: Debian's docker-registry when
 # apt can install it, else built from Go into {{cache}}/registry (a few minutes).
 registry:
@@ -48,9 +59,18 @@ registry:
     GOBIN="{{cache}}/registry/bin" go install github.com/distribution/distribution/v3/cmd/registry@v3.1.2
     "{{cache}}/registry/bin/registry" --version
 
-# Build every guest component (wasm32-wasip2, release: small and fast).
-guests:
+# Build every guest component: the Rust ones (wasm32-wasip2, release: small and fast) and the
+# Python sample (componentize-py, rebuilt only when guests/python or wit/ changed).
+guests: python-guests
     cargo build --release --target wasm32-wasip2 --manifest-path guests/Cargo.toml
+
+# The Python sample provider (guests/python/sample -> target/wasm32-wasip2/release/sample_py.wasm).
+python-guests: componentize-py
+    #!/usr/bin/env bash
+    set -euo pipefail
+    out=target/wasm32-wasip2/release/sample_py.wasm
+    if [ -f "$out" ] && [ -z "$(find guests/python wit -newer "$out" -type f -not -name '*.pyc' | head -1)" ]; then exit 0; fi
+    python3 guests/python/build.py guests/python/sample -o "$out"
 
 # The main job: a local control plane (or $KUBECONFIG), moto, Gardener MCM and the controller with
 # the AWS provider; the examples' machines to Running. Ctrl-C stops everything.

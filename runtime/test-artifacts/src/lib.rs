@@ -2,6 +2,9 @@
 //! built once per process: the first [`guest`] call runs cargo on the guests workspace (a
 //! no-op when `just guests` already built them), later calls only look the file up.
 //!
+//! The Python sample (`sample_py`) is built by `guests/python/build.py` (componentize-py) when
+//! its output is missing or older than `guests/python/` or `wit/` — as `just guests` does.
+//!
 //! Benchmarks use [`built_guest`], which never builds: `cargo bench` holds the release build
 //! directory that a nested guest build would need (`just bench` builds the guests first).
 
@@ -46,8 +49,49 @@ pub fn guests_dir() -> &'static Path {
             status.success(),
             "building the guests failed (see cargo's output above)"
         );
+        build_python_sample(&root);
         output_dir()
     })
+}
+
+/// `sample_py.wasm`, rebuilt when a file under `guests/python/` or `wit/` is newer.
+fn build_python_sample(root: &Path) {
+    let out = output_dir().join("sample_py.wasm");
+    let built = std::fs::metadata(&out).and_then(|m| m.modified()).ok();
+    let newest_source = [root.join("guests/python"), root.join("wit")]
+        .iter()
+        .filter_map(|dir| newest_mtime(dir))
+        .max();
+    if built.is_some() && built >= newest_source {
+        return;
+    }
+    let status = std::process::Command::new("python3")
+        .arg(root.join("guests/python/build.py"))
+        .arg(root.join("guests/python/sample"))
+        .arg("-o")
+        .arg(&out)
+        .status()
+        .expect("running python3 guests/python/build.py");
+    assert!(
+        status.success(),
+        "building the Python sample failed (see build.py's output above; `just guests` installs componentize-py)"
+    );
+}
+
+fn newest_mtime(dir: &Path) -> Option<std::time::SystemTime> {
+    let mut newest = None;
+    for entry in std::fs::read_dir(dir).ok()?.flatten() {
+        let path = entry.path();
+        let time = if path.is_dir() {
+            newest_mtime(&path)
+        } else if path.extension().is_some_and(|e| e == "pyc") {
+            None
+        } else {
+            entry.metadata().and_then(|m| m.modified()).ok()
+        };
+        newest = newest.max(time);
+    }
+    newest
 }
 
 /// Path of a guest, built if needed, e.g. `guest("test_panicker")`.

@@ -113,10 +113,20 @@ async fn aws_provider_passes_against_moto() {
 
 #[tokio::test]
 async fn sample_provider_passes_against_its_backend() {
+    sample_passes("sample_provider", "sample").await
+}
+
+/// The Python build of the sample (componentize-py): the same backend, the same twelve steps.
+#[tokio::test]
+async fn python_sample_provider_passes_against_its_backend() {
+    sample_passes("sample_py", "sample-py").await
+}
+
+async fn sample_passes(guest_name: &str, provider: &str) {
     let backend = SampleBackend::start("s3cret");
     let class = serde_json::json!({
         "name": "sample-conformance",
-        "provider": "sample",
+        "provider": provider,
         "providerSpec": {
             "machineType": "small",
             "image": "debian-12",
@@ -125,11 +135,12 @@ async fn sample_provider_passes_against_its_backend() {
     });
     let secret = serde_json::json!({"stringData": {"token": "s3cret"}});
     let config = serde_json::json!({"endpoint": backend.endpoint}).to_string();
-    let run = conformance_cli(
-        &guest("sample_provider"),
-        &class,
-        &secret,
-        &["--config", &config],
+    let run = conformance_cli(&guest(guest_name), &class, &secret, &["--config", &config]);
+    assert!(
+        run.stdout
+            .contains(&format!("conformance of provider {provider} ")),
+        "{}",
+        run.stdout
     );
     assert_eq!(
         run.code, 0,
