@@ -61,6 +61,64 @@ impl NativeDriver for NativeNoop {
     }
 }
 
+/// Size, cold compile + load, cached load and per-call cost of one build of the sample.
+fn sample_rows(
+    rt: &tokio::runtime::Runtime,
+    cache: &Path,
+    table: &mut Table,
+    language: &str,
+    name: &str,
+) {
+    let path = guest(name);
+    let size = std::fs::metadata(&path).unwrap().len();
+    let load = || {
+        rt.block_on(async {
+            let s = sandbox(cache, Duration::from_secs(5));
+            let started = Instant::now();
+            let p = Provider::load(&s, &path, ProviderSettings::default())
+                .await
+                .unwrap();
+            (started.elapsed(), p)
+        })
+    };
+    let (cold, _) = load();
+    let (cached, provider) = load();
+    assert_eq!(provider.load_stats.cache, mcm_sandbox::cache::CacheHit::Disk);
+    let spec = serde_json::json!({
+        "machineType": "small",
+        "image": "debian-12",
+        "tags": {"kubernetes.io/cluster/shoot--a": "1", "kubernetes.io/role/node": "1"},
+    });
+    let req = MetricsLabelsRequest {
+        machine: request().machine,
+        machine_class: MachineClass {
+            name: "bench".into(),
+            provider_spec: spec,
+            ..Default::default()
+        },
+    };
+    let mut samples = Vec::with_capacity(500);
+    rt.block_on(async {
+        for i in 0..550 {
+            let t = Instant::now();
+            provider.metrics_labels(&req).await.unwrap();
+            if i >= 50 {
+                samples.push(t.elapsed());
+            }
+        }
+    });
+    samples.sort();
+    let kb = size as f64 / 1000.0;
+    table.row(&format!("{language} sample: component size"), format!("{kb:.0} KB"), "—");
+    table.row(&format!("{language} sample: cold compile + load"), ms(cold), "—");
+    table.row(&format!("{language} sample: load from compile cache"), ms(cached), "—");
+    table.row(
+        &format!("{language} sample: metrics-labels call p50 (fresh instance, spec decoded)"),
+        us(percentile(&samples, 0.5)),
+        "—",
+    );
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
@@ -130,26 +188,11 @@ fn main() {
     let mut table = Table(Vec::new());
     println!("running sandbox benchmarks…");
 
-    // Cold compile, then cached load (new sandbox, same disk cache).
-    let cold = rt.block_on(async {
-        let s = sandbox(cache.path(), Duration::from_secs(5));
-        let started = Instant::now();
-        Provider::load(&s, &guest("sample_provider"), ProviderSettings::default())
-            .await
-            .unwrap();
-        started.elapsed()
-    });
-    let cached = rt.block_on(async {
-        let s = sandbox(cache.path(), Duration::from_secs(5));
-        let started = Instant::now();
-        let p = Provider::load(&s, &guest("sample_provider"), ProviderSettings::default())
-            .await
-            .unwrap();
-        assert_eq!(p.load_stats.cache, mcm_sandbox::cache::CacheHit::Disk);
-        started.elapsed()
-    });
-    table.row("cold compile + load (sample provider)", ms(cold), "—");
-    table.row("load from compile cache (sample provider)", ms(cached), "—");
+    // The sample provider in Rust and in Python (componentize-py): size, cold compile, cached
+    // load (new sandbox, same disk cache), and a call that does not leave the guest.
+    for (language, name) in [("Rust", "sample_provider"), ("Python", "sample_py")] {
+        sample_rows(&rt, cache.path(), &mut table, language, name);
+    }
 
     // Per-call overhead on the no-op guest.
     let s = sandbox(cache.path(), Duration::from_secs(5));
