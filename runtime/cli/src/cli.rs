@@ -80,6 +80,18 @@ pub enum Command {
         #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
         deadline: Duration,
     },
+    /// Create a provider project that builds and passes `mcm-wasm conformance` as generated:
+    /// the sample provider renamed, the contract, the SDK, a local backend, conformance files.
+    New {
+        /// The provider's name (the MachineClass's `provider`), e.g. `acme`.
+        name: String,
+        /// The provider's language.
+        #[arg(long, value_enum, default_value = "rust")]
+        lang: crate::scaffold::Language,
+        /// Where to create the project (default: ./NAME); must not exist or be empty.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
     /// Run the MCM machine lifecycle against the provider's real backend; print a pass/fail table.
     Conformance(crate::conformance::ConformanceArgs),
     /// Run the MCM-compatible machine controller (Machines of the loaded providers).
@@ -124,8 +136,32 @@ pub async fn run(cli: Cli) -> ExitCode {
             )
             .await
         }
+        Command::New { name, lang, dir } => new_project(&name, lang, dir),
         Command::Conformance(args) => crate::conformance::main(args).await,
         Command::Controller(args) => crate::controller::main(*args).await,
+    }
+}
+
+fn new_project(name: &str, lang: crate::scaffold::Language, dir: Option<PathBuf>) -> ExitCode {
+    let dir = dir.unwrap_or_else(|| PathBuf::from(name));
+    match crate::scaffold::generate(name, lang, &dir) {
+        Ok(files) => {
+            println!(
+                "created {lang:?} provider {name:?} in {} ({} files)",
+                dir.display(),
+                files.len()
+            );
+            let needs = match lang {
+                crate::scaffold::Language::Rust => "rustup target add wasm32-wasip2",
+                crate::scaffold::Language::Python => "pip install 'componentize-py==0.25.1'",
+            };
+            println!(
+                "next:\n  {needs}   # once, if you have not\n  cd {} && ./conformance.sh",
+                dir.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => bad_input(e),
     }
 }
 

@@ -6,3 +6,4 @@ pub mod artifacts;
 pub mod cli;
 pub mod conformance;
 pub mod controller;
+pub mod scaffold;

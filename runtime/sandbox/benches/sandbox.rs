@@ -83,7 +83,10 @@ fn sample_rows(
     };
     let (cold, _) = load();
     let (cached, provider) = load();
-    assert_eq!(provider.load_stats.cache, mcm_sandbox::cache::CacheHit::Disk);
+    assert_eq!(
+        provider.load_stats.cache,
+        mcm_sandbox::cache::CacheHit::Disk
+    );
     let spec = serde_json::json!({
         "machineType": "small",
         "image": "debian-12",
@@ -109,9 +112,21 @@ fn sample_rows(
     });
     samples.sort();
     let kb = size as f64 / 1000.0;
-    table.row(&format!("{language} sample: component size"), format!("{kb:.0} KB"), "—");
-    table.row(&format!("{language} sample: cold compile + load"), ms(cold), "—");
-    table.row(&format!("{language} sample: load from compile cache"), ms(cached), "—");
+    table.row(
+        &format!("{language} sample: component size"),
+        format!("{kb:.0} KB"),
+        "—",
+    );
+    table.row(
+        &format!("{language} sample: cold compile + load"),
+        ms(cold),
+        "—",
+    );
+    table.row(
+        &format!("{language} sample: load from compile cache"),
+        ms(cached),
+        "—",
+    );
     table.row(
         &format!("{language} sample: metrics-labels call p50 (fresh instance, spec decoded)"),
         us(percentile(&samples, 0.5)),

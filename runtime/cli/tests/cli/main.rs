@@ -9,4 +9,5 @@ mod conformance;
 mod controller_cli;
 mod controller_e2e;
 mod drop_in;
+mod new_project;
 mod providers_e2e;
