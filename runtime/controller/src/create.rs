@@ -15,6 +15,7 @@ use machine_api::{
     MachineStatus, NODE_LABEL_KEY,
 };
 
+use super::class_checks::{self, Verdict};
 use super::machine::Job;
 use super::retry::{self, Retry};
 use super::{Error, secrets, status};
@@ -28,6 +29,10 @@ pub const CRITICAL_COMPONENTS_TAINT: &str = "node.gardener.cloud/critical-compon
 /// Reconcile a live (not deleting) machine: health first when it has a node, then the
 /// creation flow when it has no VM yet.
 pub async fn reconcile(job: &Job, machine: Arc<Machine>) -> Result<Action, Error> {
+    if !machine.spec.provider_id.is_empty() {
+        // Labels for mcm_machine_info, once the machine has a VM (cached; no cloud call).
+        job.ctx.class_checks.refresh_labels(job, &machine).await;
+    }
     let phase = machine.phase().cloned();
     let has_node = machine.node_name().is_some_and(|n| !n.is_empty());
     if has_node
@@ -653,6 +658,7 @@ async fn launch(job: &Job, machine: &Machine) -> Result<Launch, Error> {
         },
         None => None,
     };
+    let class_secret = secret.clone();
     let (filled, missing) = secrets::fill_user_data(&user_data, token.as_deref(), name);
     for placeholder in missing {
         tracing::warn!(machine = %name, "userData has no {placeholder} placeholder");
@@ -696,6 +702,13 @@ async fn launch(job: &Job, machine: &Machine) -> Result<Launch, Error> {
         {
             // Uninitialized carries no response in our contract; CreateMachine is idempotent
             // per machine and answers the existing VM's ids.
+            if let Verdict::Invalid(e) = ctx.class_checks.validate(job, class_secret).await {
+                let e = class_checks::invalid_class_error(job, &e);
+                let rejected: Result<(), _> = Err(e.clone());
+                job.driver_event(machine, Operation::ValidateMachineClass, &rejected, "")
+                    .await;
+                return Ok(Launch::CreateFailed(e));
+            }
             let created = job
                 .timed(Operation::CreateMachine, provider.create_machine(&req))
                 .await;

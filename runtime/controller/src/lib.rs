@@ -5,7 +5,8 @@
 //! that MCM's MachineSet / MachineDeployment controllers run on top of it unchanged.
 //!
 //! One module per concern: [`cache`] (class and secret stores), [`machine`] (per-machine
-//! context, driver requests, events),
+//! context, driver requests, events), [`class_checks`] (validate-machine-class before create,
+//! metrics-labels),
 //! [`create`] (creation flow and health), [`delete`] (deletion state machine), [`drain`],
 //! [`secrets`] (merge + userData), [`status`] (status writes), [`retry`] (MCM's periods),
 //! [`orphans`] (orphan-VM collection), [`finalizers`] (class and secret finalizers),
@@ -38,6 +39,7 @@
 //! reattach waits; orphan Node annotation.
 
 pub mod cache;
+pub mod class_checks;
 pub mod create;
 pub mod delete;
 pub mod drain;
@@ -141,6 +143,8 @@ pub struct Context {
     pub metrics: metrics::Metrics,
     /// MachineClasses and Secrets of `--namespace`, watched.
     pub cache: cache::Cache,
+    /// validate-machine-class verdicts per class.
+    pub class_checks: class_checks::ClassChecks,
     /// (class, provider) pairs already reported as not served.
     unserved_classes: std::sync::Mutex<std::collections::HashSet<(String, String)>>,
     /// Machines already given a ProviderNotServed event.
@@ -168,6 +172,7 @@ impl Context {
             recorder,
             metrics: Default::default(),
             cache: cache::Cache::new(&config.namespace),
+            class_checks: Default::default(),
             unserved_classes: Default::default(),
             unserved_machines: Default::default(),
             config,

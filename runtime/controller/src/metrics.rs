@@ -6,7 +6,7 @@
 //! `mcm_wasm_reconcile_errors_total{error}`, and MCM's `mcm_machine_items_total` and
 //! `mcm_machine_current_status_phase{name,namespace}` (Terminating −4, Failed −3,
 //! CrashLoopBackOff −2, Unknown −1, Pending 0, Running 1, other 0), `mcm_machine_info` (labels
-//! as MCM's) and `mcm_machine_status_condition{name,namespace,condition}` (True 1, False 0,
+//! as MCM's, then the provider's metrics-labels, e.g. `size` — an addition) and `mcm_machine_status_condition{name,namespace,condition}` (True 1, False 0,
 //! Unknown 2). The machine families are read from the controller's Machine cache at each
 //! scrape (a collector), so they never go stale. Driver calls are counted here only (one path:
 //! `machine::Job::timed`), whatever serves them.
@@ -58,6 +58,8 @@ pub struct Metrics {
     reconcile_errors: Family<ErrorLabels, Counter>,
     machines: Arc<MachineFamilies>,
     ready: AtomicBool,
+    /// Per-machine labels from the providers (metrics-labels), shown on `mcm_machine_info`.
+    pub provider_labels: Arc<ProviderLabels>,
 }
 
 impl Default for Metrics {
@@ -83,7 +85,11 @@ impl Default for Metrics {
             "Reconciles that ended in an error, by error kind",
             reconcile_errors.clone(),
         );
-        let machines = Arc::new(MachineFamilies::default());
+        let provider_labels = Arc::new(ProviderLabels::default());
+        let machines = Arc::new(MachineFamilies {
+            store: OnceLock::new(),
+            provider_labels: provider_labels.clone(),
+        });
         registry.register_collector(Box::new(machines.clone()));
         Metrics {
             registry,
@@ -92,6 +98,7 @@ impl Default for Metrics {
             reconcile_errors,
             machines,
             ready: AtomicBool::new(false),
+            provider_labels,
         }
     }
 }
@@ -146,7 +153,64 @@ impl Metrics {
 #[derive(Default)]
 struct MachineFamilies {
     store: OnceLock<Store<Machine>>,
+    provider_labels: Arc<ProviderLabels>,
 }
+
+/// The labels each machine's provider gave through metrics-labels
+/// ([`crate::class_checks`]), added to its `mcm_machine_info` series.
+#[derive(Default)]
+pub struct ProviderLabels(
+    std::sync::Mutex<std::collections::HashMap<String, (String, Vec<(String, String)>)>>,
+);
+
+impl ProviderLabels {
+    /// Are `machine`'s labels known for `key` (class version + provider)?
+    pub fn is_current(&self, machine: &str, key: &str) -> bool {
+        self.0
+            .lock()
+            .expect("lock")
+            .get(machine)
+            .is_some_and(|(k, _)| k == key)
+    }
+
+    pub fn set(&self, machine: &str, key: String, labels: Vec<(String, String)>) {
+        self.0
+            .lock()
+            .expect("lock")
+            .insert(machine.to_string(), (key, labels));
+    }
+
+    /// `machine`'s labels (empty when unknown).
+    pub fn get(&self, machine: &str) -> Vec<(String, String)> {
+        self.0
+            .lock()
+            .expect("lock")
+            .get(machine)
+            .map(|(_, l)| l.clone())
+            .unwrap_or_default()
+    }
+
+    /// Forget machines that are gone.
+    fn retain(&self, live: &std::collections::HashSet<String>) {
+        self.0
+            .lock()
+            .expect("lock")
+            .retain(|name, _| live.contains(name));
+    }
+}
+
+/// The labels of `mcm_machine_info` as MCM has them; a provider label of the same name gets a
+/// `provider_` prefix.
+pub const MACHINE_INFO_LABELS: &[&str] = &[
+    "name",
+    "namespace",
+    "createdAt",
+    "spec_provider_id",
+    "spec_class_api_group",
+    "spec_class_kind",
+    "spec_class_name",
+    "node_name",
+];
 
 impl std::fmt::Debug for MachineFamilies {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -154,7 +218,7 @@ impl std::fmt::Debug for MachineFamilies {
     }
 }
 
-type Labels = Vec<(&'static str, String)>;
+type Labels = Vec<(std::borrow::Cow<'static, str>, String)>;
 
 fn gauge(
     encoder: &mut DescriptorEncoder,
@@ -182,10 +246,12 @@ impl Collector for MachineFamilies {
         let machines = store.state();
         let id = |m: &Machine| -> Labels {
             vec![
-                ("name", m.name_any()),
-                ("namespace", m.namespace().unwrap_or_default()),
+                ("name".into(), m.name_any()),
+                ("namespace".into(), m.namespace().unwrap_or_default()),
             ]
         };
+        let live = machines.iter().map(|m| m.name_any()).collect();
+        self.provider_labels.retain(&live);
         gauge(
             &mut encoder,
             "mcm_machine_items_total",
@@ -202,7 +268,13 @@ impl Collector for MachineFamilies {
             &mut encoder,
             "mcm_machine_info",
             "Information of the Machines currently managed by the mcm.",
-            machines.iter().map(|m| (machine_info(m), 1)),
+            machines.iter().map(|m| {
+                let mut labels = machine_info(m);
+                for (name, value) in self.provider_labels.get(&m.name_any()) {
+                    labels.push((name.into(), value));
+                }
+                (labels, 1)
+            }),
         )?;
         gauge(
             &mut encoder,
@@ -211,7 +283,7 @@ impl Collector for MachineFamilies {
             machines.iter().flat_map(|m| {
                 m.status.iter().flat_map(|s| &s.conditions).map(move |c| {
                     let mut labels = id(m);
-                    labels.push(("condition", c.type_.clone()));
+                    labels.push(("condition".into(), c.type_.clone()));
                     let value = match c.status.as_str() {
                         "True" => 1,
                         "False" => 0,
@@ -244,16 +316,21 @@ fn machine_info(m: &Machine) -> Labels {
         .as_ref()
         .map_or(0, |t| t.0.as_second());
     let class = &m.spec.class;
-    vec![
-        ("name", m.name_any()),
-        ("namespace", m.namespace().unwrap_or_default()),
-        ("createdAt", created.to_string()),
-        ("spec_provider_id", m.spec.provider_id.clone()),
-        ("spec_class_api_group", class.api_group.clone()),
-        ("spec_class_kind", class.kind.clone()),
-        ("spec_class_name", class.name.clone()),
-        ("node_name", m.node_name().unwrap_or_default().to_string()),
-    ]
+    let values = [
+        m.name_any(),
+        m.namespace().unwrap_or_default(),
+        created.to_string(),
+        m.spec.provider_id.clone(),
+        class.api_group.clone(),
+        class.kind.clone(),
+        class.name.clone(),
+        m.node_name().unwrap_or_default().to_string(),
+    ];
+    MACHINE_INFO_LABELS
+        .iter()
+        .zip(values)
+        .map(|(name, value)| ((*name).into(), value))
+        .collect()
 }
 
 /// Serve `/metrics`, `/healthz` and `/readyz` on `listener` until `shutdown` resolves.

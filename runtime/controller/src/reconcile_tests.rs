@@ -144,7 +144,8 @@ async fn a_new_machine_gets_its_finalizers_then_one_vm_and_goes_available() {
         Some(vec![MC_SECRET_FINALIZER.into()])
     );
 
-    // Second pass: status (none), create, initialize (not implemented), status written.
+    // Second pass: status (none), the class validated (not implemented: valid), create,
+    // initialize (not implemented), status written.
     w.driver.script(Operation::GetMachineStatus, not_found());
     w.driver
         .script(Operation::CreateMachine, created("fake:///i-1"));
@@ -153,6 +154,7 @@ async fn a_new_machine_gets_its_finalizers_then_one_vm_and_goes_available() {
         w.driver.operations(),
         [
             Operation::GetMachineStatus,
+            Operation::ValidateMachineClass,
             Operation::CreateMachine,
             Operation::InitializeMachine
         ]
@@ -411,4 +413,88 @@ async fn a_machine_of_a_provider_not_ready_says_why_and_waits() {
         writes
     );
     assert_eq!(events(), 1);
+}
+
+#[tokio::test]
+async fn an_invalid_class_fails_creation_with_the_providers_text_and_never_calls_create() {
+    let w = world(&machine(true), Some("#!/bin/sh"));
+    w.driver.script(Operation::GetMachineStatus, not_found());
+    w.driver.script(
+        Operation::ValidateMachineClass,
+        Err(DriverError::new(
+            Code::InvalidArgument,
+            "providerSpec.image must not be empty",
+        )),
+    );
+    w.reconcile().await;
+    assert_eq!(
+        w.driver.operations(),
+        [Operation::GetMachineStatus, Operation::ValidateMachineClass]
+    );
+    let st = w.stored().status.unwrap();
+    assert_eq!(st.current_status.phase, Some(Phase::CrashLoopBackOff));
+    assert_eq!(st.last_operation.error_code, "InvalidArgument");
+    assert_eq!(st.last_operation.state, Some(State::Failed));
+    let description = &st.last_operation.description;
+    assert!(
+        description.contains("MachineClass \"c1\" rejected by provider fake 0.0.0")
+            && description.contains("providerSpec.image must not be empty"),
+        "{description}"
+    );
+    let events = w
+        .api
+        .writes_to("/apis/events.k8s.io/v1/namespaces/default/events");
+    let rejected = events
+        .iter()
+        .find(|e| e.body["reason"] == "ValidateMachineClassInvalidArgument")
+        .expect("a ValidateMachineClassInvalidArgument event");
+    assert!(
+        rejected.body["note"]
+            .as_str()
+            .unwrap()
+            .contains("providerSpec.image must not be empty"),
+        "{:?}",
+        rejected.body
+    );
+
+    // The verdict is cached for this class version: the next pass does not ask again and
+    // still makes no VM.
+    w.driver.script(Operation::GetMachineStatus, not_found());
+    w.reconcile().await;
+    let ops = w.driver.operations();
+    assert_eq!(
+        ops.iter()
+            .filter(|op| **op == Operation::ValidateMachineClass)
+            .count(),
+        1,
+        "{ops:?}"
+    );
+    assert!(!ops.contains(&Operation::CreateMachine), "{ops:?}");
+
+    // A changed class (new resourceVersion) is asked again; valid now, the VM is made.
+    let mut fixed: MachineClass = w
+        .api
+        .get(&machine_api_path("machineclasses", "c1"))
+        .unwrap();
+    fixed.metadata.resource_version = Some("fixed-1".into());
+    w.ctx
+        .cache
+        .seed(vec![fixed], vec![w.api.get(&secret_path("s1")).unwrap()]);
+    w.driver.script(Operation::GetMachineStatus, not_found());
+    w.driver.script(
+        Operation::ValidateMachineClass,
+        Ok(Response::ValidateMachineClass),
+    );
+    w.driver
+        .script(Operation::CreateMachine, created("fake:///i-1"));
+    w.reconcile().await;
+    let ops = w.driver.operations();
+    assert_eq!(
+        ops.iter()
+            .filter(|op| **op == Operation::ValidateMachineClass)
+            .count(),
+        2,
+        "{ops:?}"
+    );
+    assert_eq!(w.stored().spec.provider_id, "fake:///i-1");
 }
