@@ -10,6 +10,7 @@ API (every call needs "Authorization: Bearer <token>"):
   GET    /v1/machines/ID     -> machine or 404
   DELETE /v1/machines/ID     -> 204 or 404
   GET    /debug/machines     -> every machine with all fields (no auth; for tests)
+  GET    /debug/requests     -> every API request so far as "METHOD PATH" (no auth; for tests)
 Faults for tests: header "X-Fail: 503" makes the next answer that status.
 """
 import argparse
@@ -23,6 +24,7 @@ LOCK = threading.Lock()
 MACHINES = {}  # id -> machine
 BY_KEY = {}  # idempotencyKey -> id
 IDS = itertools.count(1)
+REQUESTS = []  # "METHOD PATH" of every /v1 request, in order
 
 
 def public(m):
@@ -44,6 +46,8 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     def authorized(self):
+        with LOCK:
+            REQUESTS.append(f"{self.command} {self.path}")
         fail = self.headers.get("X-Fail")
         if fail:
             self.reply(int(fail), {"error": "injected fault"})
@@ -58,6 +62,9 @@ class Handler(BaseHTTPRequestHandler):
         if url.path == "/debug/machines":
             with LOCK:
                 return self.reply(200, list(MACHINES.values()))
+        if url.path == "/debug/requests":
+            with LOCK:
+                return self.reply(200, list(REQUESTS))
         if not self.authorized():
             return
         if url.path == "/v1/machines":

@@ -9,7 +9,10 @@
 //!   name and version — so a changed class, a changed secret or a swapped provider is asked
 //!   again, and nothing else is. An invalid class fails its Machines' creation with
 //!   InvalidArgument and the provider's message, with no CreateMachine call; the cloud is
-//!   never asked to make a VM from a class the provider itself rejects.
+//!   never asked to make a VM from a class the provider itself rejects. The Machine's
+//!   lastOperation carries the provider's error as it is — the text a create of the same
+//!   class would have failed with, so what users match on is unchanged — and the Warning
+//!   event `ValidateMachineClassInvalidArgument` says it came from validation.
 //! - **metrics-labels** per Machine, kept by (class uid, resourceVersion, provider, version)
 //!   and read by `mcm_machine_info` at scrape time ([`crate::metrics`]), e.g. kubermatic's
 //!   `size`.
@@ -193,21 +196,6 @@ impl ClassChecks {
         };
         store.set(&job.name, key, labels);
     }
-}
-
-/// The error an invalid class gives its Machines' creation: InvalidArgument, the class, the
-/// provider, and the provider's own message.
-pub fn invalid_class_error(job: &Job, e: &DriverError) -> DriverError {
-    DriverError::new(
-        Code::InvalidArgument,
-        format!(
-            "MachineClass {:?} rejected by provider {} {} (validate-machine-class): {}",
-            job.class.name_any(),
-            job.provider.name(),
-            job.provider.version(),
-            e.message
-        ),
-    )
 }
 
 #[cfg(test)]

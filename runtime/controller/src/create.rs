@@ -15,7 +15,7 @@ use machine_api::{
     MachineStatus, NODE_LABEL_KEY,
 };
 
-use super::class_checks::{self, Verdict};
+use super::class_checks::Verdict;
 use super::machine::Job;
 use super::retry::{self, Retry};
 use super::{Error, secrets, status};
@@ -703,7 +703,6 @@ async fn launch(job: &Job, machine: &Machine) -> Result<Launch, Error> {
             // Uninitialized carries no response in our contract; CreateMachine is idempotent
             // per machine and answers the existing VM's ids.
             if let Verdict::Invalid(e) = ctx.class_checks.validate(job, class_secret).await {
-                let e = class_checks::invalid_class_error(job, &e);
                 let rejected: Result<(), _> = Err(e.clone());
                 job.driver_event(machine, Operation::ValidateMachineClass, &rejected, "")
                     .await;

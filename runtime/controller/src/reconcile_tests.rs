@@ -436,10 +436,9 @@ async fn an_invalid_class_fails_creation_with_the_providers_text_and_never_calls
     assert_eq!(st.last_operation.error_code, "InvalidArgument");
     assert_eq!(st.last_operation.state, Some(State::Failed));
     let description = &st.last_operation.description;
-    assert!(
-        description.contains("MachineClass \"c1\" rejected by provider fake 0.0.0")
-            && description.contains("providerSpec.image must not be empty"),
-        "{description}"
+    assert_eq!(
+        description,
+        "Cloud provider message - machine codes error: code = [InvalidArgument] message = [providerSpec.image must not be empty]"
     );
     let events = w
         .api

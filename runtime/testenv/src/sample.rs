@@ -43,7 +43,16 @@ impl SampleBackend {
 
     /// The backend's own view of its machines (not through the provider).
     pub fn machines(&self) -> Vec<serde_json::Value> {
-        let url = format!("{}/debug/machines", self.endpoint);
+        serde_json::from_value(self.debug("machines")).unwrap()
+    }
+
+    /// Every API request the backend received, as `METHOD PATH`, in order.
+    pub fn requests(&self) -> Vec<String> {
+        serde_json::from_value(self.debug("requests")).unwrap()
+    }
+
+    fn debug(&self, what: &str) -> serde_json::Value {
+        let url = format!("{}/debug/{what}", self.endpoint);
         let out = std::process::Command::new("python3")
             .args(["-c", "import sys,urllib.request;print(urllib.request.urlopen(sys.argv[1]).read().decode())", &url])
             .output()

@@ -4,6 +4,7 @@
 
 mod support;
 
+mod class_checks;
 mod cli;
 mod conformance;
 mod controller_cli;
