@@ -159,9 +159,10 @@ struct MachineFamilies {
 /// The labels each machine's provider gave through metrics-labels
 /// ([`crate::class_checks`]), added to its `mcm_machine_info` series.
 #[derive(Default)]
-pub struct ProviderLabels(
-    std::sync::Mutex<std::collections::HashMap<String, (String, Vec<(String, String)>)>>,
-);
+pub struct ProviderLabels(std::sync::Mutex<std::collections::HashMap<String, KeyedLabels>>);
+
+/// (class version + provider, labels) of one machine.
+type KeyedLabels = (String, Vec<(String, String)>);
 
 impl ProviderLabels {
     /// Are `machine`'s labels known for `key` (class version + provider)?
