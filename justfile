@@ -12,13 +12,42 @@ default:
 # Where installed tools and build caches live (outside the checkout).
 cache := env_var_or_default("MCM_WASM_CACHE", env_var("HOME") + "/.cache/mcm-wasm")
 
-# Install what a fresh machine lacks: the wasm target, moto, and the control-plane binaries.
-setup:
-    rustup target add wasm32-wasip2
+# Install everything ahead of time (what `just run` and `just test` otherwise install on
+# their first run), and build the guests.
+setup: prereqs guests
+
+# What `just run` and `just test` need and this machine lacks, installed step by step (a step
+# already done is skipped in milliseconds): the wasm32-wasip2 target, moto, componentize-py,
+# an OCI registry, the control plane and Gardener's MCM (built from Go; the longest step).
+prereqs:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    step() { echo "prereqs [$1/6] $2"; }
+    fail() { echo "error: $*" >&2; exit 1; }
+    command -v python3 >/dev/null || fail "python3 is not installed (moto, the sample backend and componentize-py need it)"
+    command -v go >/dev/null || fail "Go is not installed (the control plane and Gardener's MCM are built from Go modules; install Go >= 1.26)"
+    step 1 "wasm32-wasip2 Rust target (guests)"
+    if [ -d "$(rustc --print sysroot)/lib/rustlib/wasm32-wasip2" ]; then
+        echo "  already installed"
+    elif command -v rustup >/dev/null && rustup target add wasm32-wasip2; then
+        echo "  installed"
+    elif [ -n "${MCM_WASM_RUST_STD_FALLBACK:-}" ]; then
+        echo "  rustup could not add it; unpacking $MCM_WASM_RUST_STD_FALLBACK/rust-std-*-wasm32-wasip2.tar.xz"
+        (cd "$MCM_WASM_RUST_STD_FALLBACK" && sha256sum -c --quiet SHA256SUMS)
+        tar -xJf "$MCM_WASM_RUST_STD_FALLBACK"/rust-std-*-wasm32-wasip2.tar.xz -C "$(rustc --print sysroot)/lib/rustlib/"
+        [ -d "$(rustc --print sysroot)/lib/rustlib/wasm32-wasip2" ] || fail "the fallback did not provide wasm32-wasip2"
+    else
+        fail "cannot install the wasm32-wasip2 target: run 'rustup target add wasm32-wasip2' (or set MCM_WASM_RUST_STD_FALLBACK to a directory with rust-std-<version>-wasm32-wasip2.tar.xz and SHA256SUMS)"
+    fi
+    step 2 "moto (EC2 API server for tests)"
     just moto
+    step 3 "componentize-py (builds Python providers)"
+    just componentize-py
+    step 4 "OCI registry (CNCF Distribution)"
     just registry
+    step 5 "control plane: etcd, kube-apiserver, kubectl, Gardener MCM (from Go; many minutes the first time)"
     just controlplane
-    just guests
+    step 6 "done"
 
 # moto's EC2 server in its own venv ({{cache}}/moto-venv); tests find it there.
 moto:
@@ -36,7 +65,7 @@ componentize-py:
     #!/usr/bin/env bash
     set -euo pipefail
     venv="{{cache}}/py-venv"
-    if [ -x "$venv/bin/componentize-py" ]; then exit 0; fi
+    if [ -x "$venv/bin/componentize-py" ]; then echo "componentize-py: already installed in $venv"; exit 0; fi
     echo "componentize-py: installing 0.25.1 into $venv"
     python3 -m venv "$venv"
     "$venv/bin/pip" install --quiet 'componentize-py==0.25.1'
@@ -62,6 +91,7 @@ registry:
 # Build every guest component: the Rust ones (wasm32-wasip2, release: small and fast) and the
 # Python sample (componentize-py, rebuilt only when guests/python or wit/ changed).
 guests: python-guests
+    @[ -d "$(rustc --print sysroot)/lib/rustlib/wasm32-wasip2" ] || { echo "error: the wasm32-wasip2 target is missing: run 'just prereqs' (or 'rustup target add wasm32-wasip2')" >&2; exit 1; }
     cargo build --release --target wasm32-wasip2 --manifest-path guests/Cargo.toml
 
 # The Python sample provider (guests/python/sample -> target/wasm32-wasip2/release/sample_py.wasm).
@@ -75,19 +105,19 @@ python-guests: componentize-py
 # The main job: a local control plane (or $KUBECONFIG), moto, Gardener MCM and the controller with
 # the AWS provider; the examples' machines to Running. Ctrl-C stops everything.
 # Flags: --exit-when-running, --no-gardener-mcm, --timeout-secs N.
-run *args: guests moto registry controlplane
+run *args: prereqs guests
     cargo build --workspace --bins
     target/debug/mcm-wasm-stack {{args}}
 
-# Run all tests: guests run in the real sandbox; the controller image is built first (a test
-# pushes it to a local registry and runs it).
-test: guests image
+# Run all tests (installing what this machine lacks first): guests run in the real sandbox;
+# the controller image is built first (a test pushes it to a local registry and runs it).
+test: prereqs guests image
     cargo test --manifest-path guests/Cargo.toml -p aws-provider
     cargo test --workspace --no-fail-fast
 
 # Benchmarks: prints tables (see BENCHMARKS.md for recorded figures).
 # `just bench --machines 1000`: the controller benchmark with 1000 machines (default 100).
-bench *args: guests
+bench *args: prereqs guests
     cargo bench -p mcm-sandbox --bench sandbox
     cargo bench -p mcm-sandbox --bench aws
     cargo bench -p mcm-providers --bench providers
