@@ -217,6 +217,11 @@ impl FakeDriver {
     pub fn operations(&self) -> Vec<Operation> {
         self.calls().into_iter().map(|(op, _)| op).collect()
     }
+
+    /// How often `op` was called so far.
+    pub fn count(&self, op: Operation) -> usize {
+        self.operations().iter().filter(|o| **o == op).count()
+    }
 }
 
 #[async_trait::async_trait]

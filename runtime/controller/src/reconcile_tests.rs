@@ -206,14 +206,7 @@ async fn a_new_machine_gets_its_finalizers_then_one_vm_and_goes_available() {
     );
     let status_writes = w.api.writes_to(&format!("{}/status", machine_path())).len();
     w.reconcile().await;
-    assert_eq!(
-        w.driver
-            .operations()
-            .iter()
-            .filter(|op| **op == Operation::CreateMachine)
-            .count(),
-        1
-    );
+    assert_eq!(w.driver.count(Operation::CreateMachine), 1);
     assert_eq!(
         w.api.writes_to(&format!("{}/status", machine_path())).len(),
         status_writes
@@ -462,9 +455,7 @@ async fn an_invalid_class_fails_creation_with_the_providers_text_and_never_calls
     w.reconcile().await;
     let ops = w.driver.operations();
     assert_eq!(
-        ops.iter()
-            .filter(|op| **op == Operation::ValidateMachineClass)
-            .count(),
+        w.driver.count(Operation::ValidateMachineClass),
         1,
         "{ops:?}"
     );
@@ -489,9 +480,7 @@ async fn an_invalid_class_fails_creation_with_the_providers_text_and_never_calls
     w.reconcile().await;
     let ops = w.driver.operations();
     assert_eq!(
-        ops.iter()
-            .filter(|op| **op == Operation::ValidateMachineClass)
-            .count(),
+        w.driver.count(Operation::ValidateMachineClass),
         2,
         "{ops:?}"
     );

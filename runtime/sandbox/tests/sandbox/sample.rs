@@ -187,3 +187,18 @@ async fn wrong_token_is_unauthenticated(guest: &str) {
     let err = p.create_machine(&req).await.unwrap_err();
     assert_eq!(err.code, Code::Unauthenticated, "{err}");
 }
+
+/// The Python SDK's own unit tests (spec decoding, exceptions → driver errors, the http
+/// capability's errors, secrets and config) in plain CPython against componentize-py's
+/// generated bindings: guests/python/test_sdk.py.
+#[test]
+fn python_sdk_unit_tests() {
+    let script = test_artifacts::repo_root().join("guests/python/test_sdk.py");
+    let out = std::process::Command::new("python3")
+        .arg(&script)
+        .output()
+        .expect("running python3");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{}:\n{stderr}", script.display());
+    assert!(stderr.contains("OK"), "{stderr}");
+}
