@@ -179,7 +179,7 @@ async fn runs_a_machine_to_running_and_stops_on_sigterm() {
     }
     let m = machines.get("cli-machine-1").await.unwrap();
     let info = format!(
-        "mcm_machine_info{{name=\"cli-machine-1\",namespace=\"default\",createdAt=\"{}\",spec_provider_id=\"{}\",spec_class_api_group=\"\",spec_class_kind=\"MachineClass\",spec_class_name=\"aws-class\",node_name=\"{}\"}} 1",
+        "mcm_machine_info{{name=\"cli-machine-1\",namespace=\"default\",createdAt=\"{}\",spec_provider_id=\"{}\",spec_class_api_group=\"\",spec_class_kind=\"MachineClass\",spec_class_name=\"aws-class\",node_name=\"{}\",size=\"m5.large\",region=\"eu-west-1\"}} 1",
         m.metadata
             .creation_timestamp
             .as_ref()
