@@ -70,6 +70,10 @@ pub struct ControllerArgs {
     /// Machines reconciled concurrently.
     #[arg(long, default_value_t = 50)]
     pub concurrent_syncs: u16,
+    /// Pause between deletion steps, e.g. 5s as Gardener's machine controller requeues
+    /// (default: none, every step runs on in one reconcile).
+    #[arg(long, value_parser = machine_api::parse_duration)]
+    pub deletion_step_pause: Option<Duration>,
     /// Node condition types that make a machine unhealthy unless False.
     #[arg(
         long,
@@ -250,6 +254,7 @@ impl ControllerArgs {
                 .collect(),
             bootstrap_token_auth_extra_groups: self.bootstrap_token_auth_extra_groups.clone(),
             sole_machine_controller: self.leader_elect,
+            deletion_step_pause: self.deletion_step_pause.filter(|d| !d.is_zero()),
             ..Config::default()
         }
     }

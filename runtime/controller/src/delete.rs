@@ -101,7 +101,13 @@ pub async fn reconcile(job: &Job, machine: Arc<Machine>) -> Result<Pass, Error> 
             return Ok(Pass::Done);
         }
         match run_step(job, &mut machine, step).await? {
-            Outcome::Next => continue,
+            Outcome::Next => match job.ctx.config.deletion_step_pause {
+                Some(pause) => {
+                    let reason = "next deletion step (paced as Gardener's machine controller)";
+                    return Ok(Pass::Requeue(retry::requeue(&job.name, pause, reason)));
+                }
+                None => continue,
+            },
             Outcome::Retry(after, reason) => {
                 return Ok(Pass::Requeue(retry::requeue(&job.name, after, &reason)));
             }

@@ -27,7 +27,8 @@
 //!
 //! Deliberate differences from Gardener's MC (v0.62.1):
 //! - a deletion step that succeeds goes straight on to the next step in the same reconcile
-//!   (MCM requeues after 5 s in between); every step still writes MCM's description first;
+//!   (MCM requeues after 5 s in between; `--deletion-step-pause 5s` restores that pace);
+//!   every step still writes MCM's description first;
 //! - after InitializeMachine succeeds the machine goes to Pending in the same pass;
 //! - `Uninitialized` from GetMachineStatus carries no ids in our contract: CreateMachine
 //!   (idempotent per machine) is called to learn them, then InitializeMachine;
@@ -103,6 +104,11 @@ pub struct Config {
     /// so no other machine controller serves the namespace: Machines of unserved classes get
     /// an event.
     pub sole_machine_controller: bool,
+    /// Pause between deletion steps (`None`: the steps run on in one reconcile, our default).
+    /// Gardener's machine controller requeues about 5 s after every step; this reproduces its
+    /// pace where something downstream depends on it (MCM's safety controller must see the
+    /// deleted machines for a tick to freeze a MachineSet — Gardener's suite, spec 7).
+    pub deletion_step_pause: Option<Duration>,
 }
 
 impl Default for Config {
@@ -127,6 +133,7 @@ impl Default for Config {
             bootstrap_token_auth_extra_groups: String::new(),
             health_check_interval: Duration::from_secs(60),
             sole_machine_controller: false,
+            deletion_step_pause: None,
         }
     }
 }

@@ -77,6 +77,10 @@ fn machine(finalizer: bool) -> Machine {
 /// The API server holding `machine`, class c1 and secret s1 (also in the cache, as the watches
 /// would have them), and a driver named "fake".
 fn world(machine: &Machine, user_data: Option<&str>) -> World {
+    world_with(machine, user_data, Config::default())
+}
+
+fn world_with(machine: &Machine, user_data: Option<&str>, config: Config) -> World {
     let api = FakeApi::default();
     api.put(&machine_path(), machine);
     api.put(&machine_api_path("machineclasses", "c1"), &class());
@@ -86,7 +90,7 @@ fn world(machine: &Machine, user_data: Option<&str>) -> World {
         api.client(),
         None,
         Arc::new(FakeLookup::new("fake", driver.clone())),
-        Config::default(),
+        config,
     );
     ctx.cache.seed(
         vec![api.get(&machine_api_path("machineclasses", "c1")).unwrap()],
@@ -297,6 +301,37 @@ async fn deletion_runs_every_step_then_removes_the_finalizer() {
         "{}",
         st.last_operation.description
     );
+}
+
+#[tokio::test]
+async fn paced_deletion_runs_one_step_per_reconcile_as_gardeners_controller() {
+    let config = Config {
+        deletion_step_pause: Some(Duration::from_secs(5)),
+        ..Config::default()
+    };
+    let w = world_with(&deleting(), Some("#!/bin/sh"), config);
+    w.driver.script(
+        Operation::DeleteMachine,
+        Ok(Response::DeleteMachine(Default::default())),
+    );
+    let mut descriptions = Vec::new();
+    let mut passes = 0;
+    loop {
+        passes += 1;
+        assert!(passes < 10, "deletion did not finish: {descriptions:?}");
+        let action = w.reconcile().await;
+        if action == Action::await_change() {
+            break;
+        }
+        assert_eq!(action, Action::requeue(Duration::from_secs(5)));
+        descriptions.push(w.stored().status.unwrap().last_operation.description);
+    }
+    assert!(passes >= 3, "one step per pass: {descriptions:?}");
+    let mut unique = descriptions.clone();
+    unique.dedup();
+    assert_eq!(unique, descriptions, "every pass is a new step");
+    assert_eq!(w.driver.count(Operation::DeleteMachine), 1);
+    assert_eq!(w.stored().metadata.finalizers, Some(vec![]));
 }
 
 #[tokio::test]
