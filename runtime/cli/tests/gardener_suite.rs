@@ -51,7 +51,10 @@ fn build_suite() -> PathBuf {
         .current_dir(root.join("kubernetes/gardener-suite"))
         .status()
         .expect("running go (install Go >= 1.26)");
-    assert!(status.success(), "building kubernetes/gardener-suite failed");
+    assert!(
+        status.success(),
+        "building kubernetes/gardener-suite failed"
+    );
     eprintln!(
         "gardener suite: built in {:.1} s",
         started.elapsed().as_secs_f64()
@@ -155,13 +158,12 @@ async fn gardeners_integration_suite_passes() {
     write(&class_file, &serde_yaml_ng::to_string(&class).unwrap());
     let package = provider_repo(&work.path().join("repo"), &suite);
 
-    let host = moto.endpoint.trim_start_matches("http://").to_string();
+    // The endpoint as provider-aws users set it (AWS_ENDPOINT_URL_EC2, below): the AWS
+    // provider's config and egress allowlist follow it.
     let controller_args = format!(
-        "--providers-dir={} --provider-config=aws={{\"endpoint\":\"{}\"}} \
-         --provider-allow-host=aws={host} --address=127.0.0.1 --port={} \
+        "--providers-dir={} --address=127.0.0.1 --port={} \
          --deletion-step-pause=5s --machine-safety-orphan-vms-period=30s",
         providers.path().display(),
-        moto.endpoint,
         testenv::free_port().unwrap(),
     );
     let gardener = testenv::GardenerMcm::locate().unwrap();
@@ -176,12 +178,16 @@ async fn gardeners_integration_suite_passes() {
         .env("TARGET_CLUSTER_NAME", CLUSTER)
         .env("GNA_SECRET_NAME", "dummy-gna-secret")
         .env("MOTO_ENDPOINT", &moto.endpoint)
+        .env("AWS_ENDPOINT_URL_EC2", &moto.endpoint)
         .env("AWS_PROVIDER_WASM", &aws)
         .env("MCM_WASM", env!("CARGO_BIN_EXE_mcm-wasm"))
         .env("MCM_WASM_CONTROLLER_ARGS", controller_args)
         .env("MCM_WASM_LOG", "info")
         .env("GARDENER_MCM", &gardener.binary)
-        .env("GARDENER_MCM_PORT", testenv::free_port().unwrap().to_string())
+        .env(
+            "GARDENER_MCM_PORT",
+            testenv::free_port().unwrap().to_string(),
+        )
         .env_remove("IS_CONTROL_CLUSTER_SEED")
         .env_remove("IS_VIRTUAL_PROVIDER")
         .env_remove("PRESERVE_CRD_AT_END")
@@ -207,7 +213,15 @@ async fn gardeners_integration_suite_passes() {
     })
     .await
     .unwrap();
-    let logs = work.path().join("repo/.ci/controllers-test/logs");
+    // Both controllers' logs, kept after the run in target/gardener-suite/logs.
+    let logs = test_artifacts::repo_root().join("target/gardener-suite/logs");
+    let _ = std::fs::remove_dir_all(&logs);
+    std::fs::create_dir_all(&logs).unwrap();
+    let ran = work.path().join("repo/.ci/controllers-test/logs");
+    for entry in std::fs::read_dir(&ran).unwrap().flatten() {
+        std::fs::copy(entry.path(), logs.join(entry.file_name())).unwrap();
+    }
+    std::fs::write(logs.join("suite.log"), &out).unwrap();
     let log = |name: &str| std::fs::read_to_string(logs.join(name)).unwrap_or_default();
 
     // Ginkgo's summary, straight to the terminal (libtest captures only the print macros).
@@ -227,7 +241,8 @@ async fn gardeners_integration_suite_passes() {
     };
     assert!(
         status.success() && out.contains("Ran 10 of 10 Specs") && out.contains("SUCCESS!"),
-        "suite failed ({status}):\n{}\n--- stderr ---\n{}\n--- mcm-wasm controller ---\n{}\n--- Gardener MCM ---\n{}",
+        "suite failed ({status}; all logs in {}):\n{}\n--- stderr ---\n{}\n--- mcm-wasm controller ---\n{}\n--- Gardener MCM ---\n{}",
+        logs.display(),
         tail(&out, 150),
         tail(&err, 30),
         tail(&log("mc_process.log"), 80),
@@ -235,10 +250,7 @@ async fn gardeners_integration_suite_passes() {
     );
     // The run really made VMs (so spec 10's "no orphans" had something to check), and none
     // is left running.
-    let all = moto
-        .ec2(REGION, "DescribeInstances", &[])
-        .await
-        .instances();
+    let all = moto.ec2(REGION, "DescribeInstances", &[]).await.instances();
     assert!(all.len() >= 12, "the suite made {} VMs", all.len());
     let live: Vec<_> = all
         .iter()

@@ -9,7 +9,9 @@
 //! creates the Node (name = the label, `spec.providerID`, the VM's addresses) and marks it
 //! Ready. It registers a Node only after the label exists (a kubelet registers after boot;
 //! an earlier Node would make the controller treat the VM as using an old node object), once
-//! per node name, and never deletes Nodes: the controller does. The VMs of one scan join side
+//! per (node name, providerID) — moto reuses a terminated VM's IP, so a new VM can get the
+//! name of an earlier one: its Node is registered once the earlier Node is gone — and never
+//! deletes Nodes: the controller does. The VMs of one scan join side
 //! by side, as the kubelets of many booting VMs would.
 
 use std::collections::{HashMap, HashSet};
@@ -68,7 +70,7 @@ pub struct NodeSim {
 impl NodeSim {
     /// Run until `shutdown` resolves, scanning every `interval`.
     pub async fn run(self, interval: Duration, shutdown: impl Future<Output = ()>) {
-        let mut registered = HashSet::new();
+        let mut registered: HashSet<(String, String)> = HashSet::new();
         tokio::pin!(shutdown);
         loop {
             if let Err(e) = self.scan(&mut registered).await {
@@ -81,16 +83,19 @@ impl NodeSim {
         }
     }
 
-    async fn scan(&self, registered: &mut HashSet<String>) -> Result<(), kube::Error> {
+    async fn scan(&self, registered: &mut HashSet<(String, String)>) -> Result<(), kube::Error> {
         let nodes: Api<Node> = Api::all(self.target.clone());
         // A Node that exists was registered (by us before a restart, or by someone else).
         registered.extend(
             nodes
-                .list_metadata(&ListParams::default())
+                .list(&ListParams::default())
                 .await?
                 .items
                 .into_iter()
-                .filter_map(|n| n.metadata.name),
+                .filter_map(|n| {
+                    let provider_id = n.spec.as_ref()?.provider_id.clone().unwrap_or_default();
+                    Some((n.metadata.name?, provider_id))
+                }),
         );
         let machines: Api<Machine> = Api::namespaced(self.control.clone(), &self.namespace);
         let classes: Api<MachineClass> = Api::namespaced(self.control.clone(), &self.namespace);
@@ -101,7 +106,8 @@ impl NodeSim {
             .filter(|m| m.metadata.deletion_timestamp.is_none() && !m.spec.provider_id.is_empty())
             .filter_map(|m| {
                 let node = m.node_name().filter(|n| !n.is_empty())?.to_string();
-                (!registered.contains(&node)).then_some((m, node))
+                let key = (node.clone(), m.spec.provider_id.clone());
+                (!registered.contains(&key)).then_some((m, node))
             })
             .collect();
         // Classes once per scan; the kubelets of many VMs boot side by side.
@@ -114,7 +120,7 @@ impl NodeSim {
                 by_name.insert(name.clone(), class);
             }
         }
-        let joined: Vec<String> = futures::stream::iter(waiting)
+        let joined: Vec<(String, String)> = futures::stream::iter(waiting)
             .map(|(machine, node_name)| {
                 let (nodes, by_name) = (&nodes, &by_name);
                 async move {
@@ -122,7 +128,7 @@ impl NodeSim {
                     match self.register(nodes, &machine, class, &node_name).await {
                         Ok(true) => {
                             tracing::info!(machine = %machine.name_any(), node = %node_name, "simulated kubelet registered the node");
-                            Some(node_name)
+                            Some((node_name, machine.spec.provider_id.clone()))
                         }
                         Ok(false) => None,
                         Err(e) => {
@@ -173,7 +179,18 @@ impl NodeSim {
         };
         match nodes.create(&PostParams::default(), &node).await {
             Ok(_) => {}
-            Err(kube::Error::Api(s)) if s.code == 409 => {}
+            Err(kube::Error::Api(s)) if s.code == 409 => {
+                // A Node of this name exists: ours from an earlier scan, or an earlier VM's
+                // that the controller has not deleted yet (then wait for it to go).
+                let existing = nodes.get(node_name).await?;
+                let existing_id = existing
+                    .spec
+                    .and_then(|s| s.provider_id)
+                    .unwrap_or_default();
+                if existing_id != vm.provider_id {
+                    return Ok(false);
+                }
+            }
             Err(e) => return Err(e),
         }
         let mut addresses: Vec<serde_json::Value> = vm
