@@ -26,6 +26,12 @@ prereqs:
     fail() { echo "error: $*" >&2; exit 1; }
     command -v python3 >/dev/null || fail "python3 is not installed (moto, the sample backend and componentize-py need it)"
     command -v go >/dev/null || fail "Go is not installed (the control plane and Gardener's MCM are built from Go modules; install Go >= 1.26)"
+    if ! command -v make >/dev/null; then
+        # Gardener's integration suite starts both controllers with `make start`, as in a provider repository.
+        echo "prereqs: installing make (Gardener's integration suite runs 'make start')"
+        { [ "$(id -u)" = 0 ] && apt-get update -qq && apt-get install -y -qq --no-install-recommends make >/dev/null; } \
+            || fail "make is not installed and could not be installed (apt-get install make)"
+    fi
     step 1 "wasm32-wasip2 Rust target (guests)"
     if [ -d "$(rustc --print sysroot)/lib/rustlib/wasm32-wasip2" ]; then
         echo "  already installed"
