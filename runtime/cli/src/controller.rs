@@ -64,6 +64,18 @@ pub struct ControllerArgs {
     /// How often VMs that no Machine owns are looked for (ListMachines per class) and deleted.
     #[arg(long, default_value = "15m", value_parser = machine_api::parse_duration)]
     pub machine_safety_orphan_vms_period: Duration,
+    /// An unowned VM is deleted only after it has been seen unowned this long (default: the
+    /// creation timeout; ListMachines gives no launch time, so the clock starts when this
+    /// controller first sees it).
+    #[arg(long, value_parser = machine_api::parse_duration)]
+    pub orphan_min_age: Option<Duration>,
+    /// At most this many orphan VMs are deleted per collection pass (the rest wait for the
+    /// next; a Warning event and mcm_wasm_orphan_passes_capped_total say so).
+    #[arg(long, default_value_t = 20)]
+    pub orphan_max_deletions_per_pass: usize,
+    /// Find and report orphan VMs (events, log, metrics), but delete none.
+    #[arg(long)]
+    pub orphan_dry_run: bool,
     /// Requeue period after a ResourceExhausted create error (0 means 10m).
     #[arg(long, default_value = "10m", value_parser = machine_api::parse_duration)]
     pub resource_exhausted_retry: Duration,
@@ -255,6 +267,9 @@ impl ControllerArgs {
             bootstrap_token_auth_extra_groups: self.bootstrap_token_auth_extra_groups.clone(),
             sole_machine_controller: self.leader_elect,
             deletion_step_pause: self.deletion_step_pause.filter(|d| !d.is_zero()),
+            orphan_min_age: self.orphan_min_age.unwrap_or(self.machine_creation_timeout),
+            orphan_max_deletions_per_pass: self.orphan_max_deletions_per_pass,
+            orphan_dry_run: self.orphan_dry_run,
             ..Config::default()
         }
     }

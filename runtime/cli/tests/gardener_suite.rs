@@ -21,7 +21,6 @@
 //! deletion step, which is the pace the spec was written for: the controller runs here with
 //! `--deletion-step-pause 5s` (MCM's pace), and the spec itself is unchanged.
 
-#[allow(dead_code, unused_imports)]
 #[path = "cli/support.rs"]
 mod support;
 

@@ -109,6 +109,12 @@ pub struct Config {
     /// pace where something downstream depends on it (MCM's safety controller must see the
     /// deleted machines for a tick to freeze a MachineSet — Gardener's suite, spec 7).
     pub deletion_step_pause: Option<Duration>,
+    /// An unowned VM is collected only after it has been seen unowned this long ([`orphans`]).
+    pub orphan_min_age: Duration,
+    /// At most this many orphan VMs are deleted per collection pass.
+    pub orphan_max_deletions_per_pass: usize,
+    /// Decide and report orphans, delete none.
+    pub orphan_dry_run: bool,
 }
 
 impl Default for Config {
@@ -134,6 +140,9 @@ impl Default for Config {
             health_check_interval: Duration::from_secs(60),
             sole_machine_controller: false,
             deletion_step_pause: None,
+            orphan_min_age: Duration::from_secs(20 * 60),
+            orphan_max_deletions_per_pass: 20,
+            orphan_dry_run: false,
         }
     }
 }

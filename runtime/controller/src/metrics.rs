@@ -3,6 +3,7 @@
 //!
 //! Families: `mcm_wasm_driver_calls_total{provider,operation,code}`,
 //! `mcm_wasm_driver_call_duration_seconds{provider,operation}` (histogram),
+//! `mcm_wasm_orphan_vms_total{result}`, `mcm_wasm_orphan_passes_capped_total`,
 //! `mcm_wasm_reconcile_errors_total{error}`, and MCM's `mcm_machine_items_total` and
 //! `mcm_machine_current_status_phase{name,namespace}` (Terminating −4, Failed −3,
 //! CrashLoopBackOff −2, Unknown −1, Pending 0, Running 1, other 0), `mcm_machine_info` (labels
@@ -47,6 +48,11 @@ struct DurationLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OrphanLabels {
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ErrorLabels {
     error: &'static str,
 }
@@ -56,6 +62,8 @@ pub struct Metrics {
     calls: Family<CallLabels, Counter>,
     durations: Family<DurationLabels, Histogram, fn() -> Histogram>,
     reconcile_errors: Family<ErrorLabels, Counter>,
+    orphans: Family<OrphanLabels, Counter>,
+    orphan_passes_capped: Counter,
     machines: Arc<MachineFamilies>,
     ready: AtomicBool,
     /// Per-machine labels from the providers (metrics-labels), shown on `mcm_machine_info`.
@@ -85,6 +93,18 @@ impl Default for Metrics {
             "Reconciles that ended in an error, by error kind",
             reconcile_errors.clone(),
         );
+        let orphans = Family::<OrphanLabels, Counter>::default();
+        registry.register(
+            "mcm_wasm_orphan_vms",
+            "Orphan VMs collected, by result (deleted, failed, would_delete in a dry run)",
+            orphans.clone(),
+        );
+        let orphan_passes_capped = Counter::default();
+        registry.register(
+            "mcm_wasm_orphan_passes_capped",
+            "Orphan-collection passes that left VMs for the next pass (--orphan-max-deletions-per-pass)",
+            orphan_passes_capped.clone(),
+        );
         let provider_labels = Arc::new(ProviderLabels::default());
         let machines = Arc::new(MachineFamilies {
             store: OnceLock::new(),
@@ -96,6 +116,8 @@ impl Default for Metrics {
             calls,
             durations,
             reconcile_errors,
+            orphans,
+            orphan_passes_capped,
             machines,
             ready: AtomicBool::new(false),
             provider_labels,
@@ -119,6 +141,21 @@ impl Metrics {
                 operation: op.go_name(),
             })
             .observe(elapsed.as_secs_f64());
+    }
+
+    /// One orphan VM collected (or, in a dry run, that would be).
+    pub fn orphan(&self, dry_run: bool, ok: bool) {
+        let result = match (dry_run, ok) {
+            (true, _) => "would_delete",
+            (false, true) => "deleted",
+            (false, false) => "failed",
+        };
+        self.orphans.get_or_create(&OrphanLabels { result }).inc();
+    }
+
+    /// A pass stopped by the deletion cap.
+    pub fn orphan_pass_capped(&self) {
+        self.orphan_passes_capped.inc();
     }
 
     pub fn reconcile_error(&self, label: &'static str) {

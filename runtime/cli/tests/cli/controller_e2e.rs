@@ -116,6 +116,8 @@ impl World {
         let config = Config {
             namespace: NS.into(),
             health_check_interval: Duration::from_secs(2),
+            // Orphans: collected once seen unowned for 3 s (default: the creation timeout).
+            orphan_min_age: Duration::from_secs(3),
             ..Config::default()
         };
         let ctx = Context::new(
@@ -1140,5 +1142,197 @@ async fn deleting_the_node_deletes_the_machine() {
             .unwrap()
             .is_none()
     );
+    world.shutdown().await;
+}
+
+/// `count` instances in moto with the class's cluster and role tags and the Name `name`: VMs
+/// no Machine owns.
+async fn run_orphans(world: &World, name: &str, count: usize) -> Vec<String> {
+    let (ami, subnet, _) = world.network.clone();
+    let count = count.to_string();
+    world
+        .moto
+        .ec2(
+            REGION,
+            "RunInstances",
+            &[
+                ("ImageId", ami.as_str()),
+                ("InstanceType", "m5.large"),
+                ("MinCount", count.as_str()),
+                ("MaxCount", count.as_str()),
+                ("SubnetId", subnet.as_str()),
+                ("TagSpecification.1.ResourceType", "instance"),
+                ("TagSpecification.1.Tag.1.Key", "Name"),
+                ("TagSpecification.1.Tag.1.Value", name),
+                (
+                    "TagSpecification.1.Tag.2.Key",
+                    "kubernetes.io/cluster/shoot--a",
+                ),
+                ("TagSpecification.1.Tag.2.Value", "1"),
+                ("TagSpecification.1.Tag.3.Key", "kubernetes.io/role/node"),
+                ("TagSpecification.1.Tag.3.Value", "1"),
+            ],
+        )
+        .await;
+    world
+        .moto
+        .instances_named(name)
+        .await
+        .into_iter()
+        .map(|i| i.id)
+        .collect()
+}
+
+/// Orphan collection cannot mass-delete: at most the cap per pass (a Warning event and a
+/// metric when the cap stops it), nothing younger than the minimum age, nothing in a dry run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_orphans_are_collected_over_passes_at_most_twenty_each() {
+    use mcm_controller::orphans::{Collector, Policy};
+    let world = World::start_with(Duration::from_secs(30), None).await;
+    let ids = run_orphans(&world, "orphan-batch", 50).await;
+    assert_eq!(ids.len(), 50);
+    let live = || async { world.moto.live_instances_named("orphan-batch").await.len() };
+    let policy = |min_age: Duration, dry_run: bool| Policy {
+        min_age,
+        max_deletions_per_pass: 20,
+        dry_run,
+    };
+
+    // Not unowned for the minimum age yet: nothing.
+    let mut young = Collector::new(policy(Duration::from_secs(3600), false));
+    assert!(young.pass(&world.ctx).await.unwrap().is_empty());
+    // A dry run decides as a real pass would and deletes nothing.
+    let mut dry = Collector::new(policy(Duration::ZERO, true));
+    assert_eq!(dry.pass(&world.ctx).await.unwrap().len(), 20);
+    assert_eq!(live().await, 50);
+
+    let mut collector = Collector::new(policy(Duration::ZERO, false));
+    for (pass, (deleted, left)) in [(20, 30), (20, 10), (10, 0)].into_iter().enumerate() {
+        let collected = collector.pass(&world.ctx).await.unwrap();
+        assert_eq!(collected.len(), deleted, "pass {pass}: {collected:?}");
+        assert!(collected.iter().all(|o| o.result.is_ok()), "{collected:?}");
+        assert_eq!(live().await, left, "after pass {pass}");
+    }
+    assert!(collector.pass(&world.ctx).await.unwrap().is_empty());
+
+    let metrics = world.ctx.metrics.render();
+    for line in [
+        "mcm_wasm_orphan_vms_total{result=\"deleted\"} 50",
+        "mcm_wasm_orphan_vms_total{result=\"would_delete\"} 20",
+        // The dry run and the first two real passes left VMs over.
+        "mcm_wasm_orphan_passes_capped_total 3",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "{line} missing from:\n{metrics}"
+        );
+    }
+    let started = Instant::now();
+    loop {
+        let events = Api::<Event>::namespaced(world.client.clone(), NS)
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items;
+        let capped = events
+            .iter()
+            .filter(|e| e.reason.as_deref() == Some("OrphanCollectionCapped"))
+            .filter_map(|e| e.note.as_deref())
+            .collect::<Vec<_>>();
+        if capped
+            .iter()
+            .any(|n| n.starts_with("30 unowned VMs wait for the next pass: at most 20"))
+        {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "no capped event: {capped:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    world.shutdown().await;
+}
+
+/// A controller that cannot list Machines (RBAC refuses it, as after a restart with a broken
+/// role) deletes nothing, however many VMs look unowned to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orphan_collection_without_a_machine_list_deletes_nothing() {
+    use mcm_controller::orphans::{Collector, Policy};
+    let world = World::start_with(Duration::from_secs(30), None).await;
+    run_orphans(&world, "orphan-unlisted", 5).await;
+
+    // A ServiceAccount that may read classes and secrets and watch Machines, but not list them.
+    let cp = &world._cp;
+    let role = serde_json::json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+        "metadata": {"name": "no-machine-list", "namespace": NS},
+        "rules": [
+            {"apiGroups": ["machine.sapcloud.io"], "resources": ["machineclasses"], "verbs": ["get", "list", "watch"]},
+            {"apiGroups": ["machine.sapcloud.io"], "resources": ["machines"], "verbs": ["get", "watch"]},
+            {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "list", "watch"]},
+        ],
+    });
+    let binding = serde_json::json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+        "metadata": {"name": "no-machine-list", "namespace": NS},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "no-machine-list"},
+        "subjects": [{"kind": "ServiceAccount", "name": "no-machine-list", "namespace": NS}],
+    });
+    let manifests = tempfile::tempdir().unwrap();
+    std::fs::write(manifests.path().join("role.json"), role.to_string()).unwrap();
+    std::fs::write(manifests.path().join("binding.json"), binding.to_string()).unwrap();
+    cp.kubectl_run(["-n", NS, "create", "serviceaccount", "no-machine-list"])
+        .unwrap();
+    cp.kubectl_run([
+        "apply".as_ref(),
+        "-f".as_ref(),
+        manifests.path().as_os_str(),
+    ])
+    .unwrap();
+    let token = cp
+        .kubectl_run(["-n", NS, "create", "token", "no-machine-list"])
+        .unwrap();
+    let kubeconfig = manifests.path().join("kubeconfig");
+    let config = serde_json::json!({
+        "apiVersion": "v1", "kind": "Config",
+        "clusters": [{"name": "c", "cluster": {
+            "server": cp.server_url(),
+            "certificate-authority": cp.dir().join("pki/ca.crt"),
+        }}],
+        "users": [{"name": "sa", "user": {"token": token.trim()}}],
+        "contexts": [{"name": "c", "context": {"cluster": "c", "user": "sa"}}],
+        "current-context": "c",
+    });
+    std::fs::write(&kubeconfig, config.to_string()).unwrap();
+    let restricted = testenv::client_from(&kubeconfig).await.unwrap();
+    let ctx = Context::new(
+        restricted.clone(),
+        Some(restricted),
+        world.registry.clone(),
+        Config {
+            namespace: NS.into(),
+            ..Config::default()
+        },
+    );
+
+    let mut collector = Collector::new(Policy {
+        min_age: Duration::ZERO,
+        max_deletions_per_pass: 100,
+        dry_run: false,
+    });
+    for _ in 0..3 {
+        let err = collector.pass(&ctx).await.unwrap_err();
+        assert!(err.to_string().contains("forbidden"), "{err}");
+    }
+    assert_eq!(
+        world
+            .moto
+            .live_instances_named("orphan-unlisted")
+            .await
+            .len(),
+        5
+    );
+    assert!(!ctx.metrics.render().contains("mcm_wasm_orphan_vms_total{"));
     world.shutdown().await;
 }
