@@ -79,9 +79,20 @@ pub struct ControllerArgs {
     /// Requeue period after a ResourceExhausted create error (0 means 10m).
     #[arg(long, default_value = "10m", value_parser = machine_api::parse_duration)]
     pub resource_exhausted_retry: Duration,
-    /// Machines reconciled concurrently.
+    /// Machines reconciled concurrently per kind of work (the default size of each of the
+    /// create, delete and health pools; MCM's one pool).
     #[arg(long, default_value_t = 50)]
     pub concurrent_syncs: u16,
+    /// Workers for machines being created (default: --concurrent-syncs). Creation, deletion
+    /// (drains included) and health each have their own pool, so none can starve the others.
+    #[arg(long)]
+    pub create_workers: Option<u16>,
+    /// Workers for machines being deleted, drains included (default: --concurrent-syncs).
+    #[arg(long)]
+    pub delete_workers: Option<u16>,
+    /// Workers for the health and status of machines with a VM (default: --concurrent-syncs).
+    #[arg(long)]
+    pub health_workers: Option<u16>,
     /// Pause between deletion steps, e.g. 5s as Gardener's machine controller requeues
     /// (default: none, every step runs on in one reconcile).
     #[arg(long, value_parser = machine_api::parse_duration)]
@@ -256,7 +267,6 @@ impl ControllerArgs {
             } else {
                 self.resource_exhausted_retry
             },
-            concurrent_syncs: self.concurrent_syncs.max(1),
             node_conditions: self
                 .node_conditions
                 .split(',')
@@ -270,6 +280,14 @@ impl ControllerArgs {
             orphan_min_age: self.orphan_min_age.unwrap_or(self.machine_creation_timeout),
             orphan_max_deletions_per_pass: self.orphan_max_deletions_per_pass,
             orphan_dry_run: self.orphan_dry_run,
+            workers: {
+                let size = |n: Option<u16>| n.unwrap_or(self.concurrent_syncs).max(1) as usize;
+                mcm_controller::pools::PoolSizes {
+                    create: size(self.create_workers),
+                    delete: size(self.delete_workers),
+                    health: size(self.health_workers),
+                }
+            },
             ..Config::default()
         }
     }

@@ -10,7 +10,7 @@
 //! [`create`] (creation flow and health), [`delete`] (deletion state machine), [`drain`],
 //! [`secrets`] (merge + userData), [`status`] (status writes), [`retry`] (MCM's periods),
 //! [`orphans`] (orphan-VM collection), [`finalizers`] (class and secret finalizers),
-//! [`leader`] (Lease election), [`metrics`] (`/metrics`, `/healthz`, `/readyz`). Providers
+//! [`leader`] (Lease election), [`pools`] (create / delete / health workers), [`metrics`] (`/metrics`, `/healthz`, `/readyz`). Providers
 //! are reached only through `mcm_driver`'s `ProviderLookup` and `MachineDriver` (no wasm
 //! here); the `mcm-wasm` binary wires in the sandbox.
 //!
@@ -49,6 +49,7 @@ pub mod leader;
 pub mod machine;
 pub mod metrics;
 pub mod orphans;
+pub mod pools;
 pub mod retry;
 pub mod secrets;
 pub mod status;
@@ -92,8 +93,6 @@ pub struct Config {
     pub safety_orphan_vms_period: Duration,
     /// `--resource-exhausted-retry`.
     pub resource_exhausted_retry: Duration,
-    /// `--concurrent-syncs`.
-    pub concurrent_syncs: u16,
     /// `--node-conditions`: condition types that make a node unhealthy when not False.
     pub node_conditions: Vec<String>,
     /// `--bootstrap-token-auth-extra-groups`.
@@ -115,6 +114,8 @@ pub struct Config {
     pub orphan_max_deletions_per_pass: usize,
     /// Decide and report orphans, delete none.
     pub orphan_dry_run: bool,
+    /// Worker pools per kind of work ([`pools`]).
+    pub workers: pools::PoolSizes,
 }
 
 impl Default for Config {
@@ -127,7 +128,6 @@ impl Default for Config {
             max_evict_retries: 360,
             safety_orphan_vms_period: Duration::from_secs(15 * 60),
             resource_exhausted_retry: Retry::Long.period(),
-            concurrent_syncs: 50,
             node_conditions: [
                 "KernelDeadlock",
                 "ReadonlyFilesystem",
@@ -143,6 +143,7 @@ impl Default for Config {
             orphan_min_age: Duration::from_secs(20 * 60),
             orphan_max_deletions_per_pass: 20,
             orphan_dry_run: false,
+            workers: pools::PoolSizes::all(50),
         }
     }
 }
@@ -161,6 +162,8 @@ pub struct Context {
     pub cache: cache::Cache,
     /// validate-machine-class verdicts per class.
     pub class_checks: class_checks::ClassChecks,
+    /// The create, delete and health worker pools.
+    pub pools: pools::Pools,
     /// (class, provider) pairs already reported as not served.
     unserved_classes: std::sync::Mutex<std::collections::HashSet<(String, String)>>,
     /// Machines already given a ProviderNotServed event.
@@ -189,6 +192,7 @@ impl Context {
             metrics: Default::default(),
             cache: cache::Cache::new(&config.namespace),
             class_checks: Default::default(),
+            pools: pools::Pools::new(config.workers),
             unserved_classes: Default::default(),
             unserved_machines: Default::default(),
             config,
@@ -269,6 +273,10 @@ pub async fn reconcile(machine: Arc<Machine>, ctx: Arc<Context>) -> Result<Actio
     if deleting && !has_finalizer {
         return Ok(Action::await_change()); // not ours any more
     }
+    // A worker of this kind of work's pool for the rest of the reconcile.
+    let work = pools::work_of(&machine);
+    let _worker = ctx.pools.acquire(work).await;
+    let _busy = ctx.metrics.worker_busy(work.label());
     let job = machine::Job {
         ctx: ctx.clone(),
         api: api.clone(),
@@ -344,8 +352,10 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
         .reflect(writer)
         .applied_objects()
         .predicate_filter(machine_trigger, Default::default());
-    let controller = Controller::for_stream(machines, store.clone())
-        .with_config(ControllerConfig::default().concurrency(ctx.config.concurrent_syncs));
+    let controller = Controller::for_stream(machines, store.clone()).with_config(
+        ControllerConfig::default()
+            .concurrency(ctx.config.workers.total().min(u16::MAX as usize) as u16),
+    );
     let controller = match ctx.nodes() {
         Some(nodes) => {
             let store = store.clone();

@@ -4,6 +4,7 @@
 //! Families: `mcm_wasm_driver_calls_total{provider,operation,code}`,
 //! `mcm_wasm_driver_call_duration_seconds{provider,operation}` (histogram),
 //! `mcm_wasm_orphan_vms_total{result}`, `mcm_wasm_orphan_passes_capped_total`,
+//! `mcm_wasm_workers_busy{pool}`,
 //! `mcm_wasm_reconcile_errors_total{error}`, and MCM's `mcm_machine_items_total` and
 //! `mcm_machine_current_status_phase{name,namespace}` (Terminating −4, Failed −3,
 //! CrashLoopBackOff −2, Unknown −1, Pending 0, Running 1, other 0), `mcm_machine_info` (labels
@@ -48,6 +49,11 @@ struct DurationLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PoolLabels {
+    pool: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OrphanLabels {
     result: &'static str,
 }
@@ -64,6 +70,7 @@ pub struct Metrics {
     reconcile_errors: Family<ErrorLabels, Counter>,
     orphans: Family<OrphanLabels, Counter>,
     orphan_passes_capped: Counter,
+    workers_busy: Family<PoolLabels, prometheus_client::metrics::gauge::Gauge>,
     machines: Arc<MachineFamilies>,
     ready: AtomicBool,
     /// Per-machine labels from the providers (metrics-labels), shown on `mcm_machine_info`.
@@ -105,6 +112,13 @@ impl Default for Metrics {
             "Orphan-collection passes that left VMs for the next pass (--orphan-max-deletions-per-pass)",
             orphan_passes_capped.clone(),
         );
+        let workers_busy =
+            Family::<PoolLabels, prometheus_client::metrics::gauge::Gauge>::default();
+        registry.register(
+            "mcm_wasm_workers_busy",
+            "Reconciles running, by worker pool (create, delete, health)",
+            workers_busy.clone(),
+        );
         let provider_labels = Arc::new(ProviderLabels::default());
         let machines = Arc::new(MachineFamilies {
             store: OnceLock::new(),
@@ -118,6 +132,7 @@ impl Default for Metrics {
             reconcile_errors,
             orphans,
             orphan_passes_capped,
+            workers_busy,
             machines,
             ready: AtomicBool::new(false),
             provider_labels,
@@ -151,6 +166,22 @@ impl Metrics {
             (false, false) => "failed",
         };
         self.orphans.get_or_create(&OrphanLabels { result }).inc();
+    }
+
+    /// A reconcile runs in `pool` until the guard drops.
+    pub fn worker_busy(&self, pool: &'static str) -> impl Drop + use<> {
+        struct Busy(prometheus_client::metrics::gauge::Gauge);
+        impl Drop for Busy {
+            fn drop(&mut self) {
+                self.0.dec();
+            }
+        }
+        let gauge = self
+            .workers_busy
+            .get_or_create(&PoolLabels { pool })
+            .clone();
+        gauge.inc();
+        Busy(gauge)
     }
 
     /// A pass stopped by the deletion cap.
