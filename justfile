@@ -121,6 +121,13 @@ test: prereqs guests image
     cargo test --manifest-path guests/Cargo.toml -p aws-provider
     cargo test --workspace --no-fail-fast
 
+# The chaos run (runtime/cli/tests/chaos.rs): a MachineDeployment scaled 0 -> N -> N/6 -> 0
+# through 10 % EC2 faults, three controller SIGKILLs and an API server restart; prints its
+# table (recorded in BENCHMARKS.md). `just test` runs it with 30 machines.
+# `just chaos 300 SEED` repeats a run.
+chaos machines="300" seed="": prereqs guests
+    MCM_WASM_CHAOS_MACHINES={{machines}} MCM_WASM_CHAOS_SEED={{seed}} cargo test -p mcm-wasm --test chaos -- --nocapture
+
 # Benchmarks: prints tables (see BENCHMARKS.md for recorded figures).
 # `just bench --machines 1000`: the controller benchmark with 1000 machines (default 100).
 bench *args: prereqs guests

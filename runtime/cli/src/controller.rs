@@ -40,6 +40,10 @@ pub struct ControllerArgs {
     /// Drain timeout: after this long a deletion is forced.
     #[arg(long, default_value = "2h", value_parser = machine_api::parse_duration)]
     pub machine_drain_timeout: Duration,
+    /// The longest any one API call of a drain (cordon, list, evict, delete, poll) may take
+    /// before that step fails and the deletion retries.
+    #[arg(long, default_value = "30s", value_parser = machine_api::parse_duration)]
+    pub drain_call_timeout: Duration,
     /// Evictions refused by a PodDisruptionBudget (retried every 20 s) before the pod is deleted.
     #[arg(long, default_value_t = 360)]
     pub machine_max_evict_retries: u32,
@@ -260,6 +264,7 @@ impl ControllerArgs {
             creation_timeout: self.machine_creation_timeout,
             health_timeout: self.machine_health_timeout,
             drain_timeout: self.machine_drain_timeout,
+            drain_call_timeout: self.drain_call_timeout.max(Duration::from_millis(100)),
             max_evict_retries: self.machine_max_evict_retries,
             safety_orphan_vms_period: self.machine_safety_orphan_vms_period,
             resource_exhausted_retry: if self.resource_exhausted_retry.is_zero() {

@@ -275,7 +275,7 @@ fn is_forced(job: &Job, machine: &Machine) -> bool {
 async fn drain_step(job: &Job, machine: &mut Machine) -> Result<Outcome, Error> {
     let node = machine.node_name().unwrap_or_default().to_string();
     // MCM writes the same words for a machine without a node name and for no target cluster.
-    let (false, Some(target)) = (node.is_empty(), job.ctx.target.clone()) else {
+    let (false, Some(target)) = (node.is_empty(), job.ctx.drain_target()) else {
         return processing(
             job,
             machine,
@@ -339,7 +339,7 @@ async fn drain_step(job: &Job, machine: &mut Machine) -> Result<Outcome, Error> 
 
 async fn volume_attachments(job: &Job, machine: &mut Machine) -> Result<Outcome, Error> {
     let node = machine.node_name().unwrap_or_default().to_string();
-    let Some(target) = job.ctx.target.clone() else {
+    let Some(target) = job.ctx.drain_target() else {
         return processing(job, machine, format!("Skipping deleteNodeVolAttachments due to - no target cluster. Moving to VM Deletion. {INITIATE_VM_DELETION}")).await;
     };
     match drain::delete_volume_attachments(&target, &node).await {

@@ -4,6 +4,11 @@
 //! failing its pod at once, deletion with grace 0 when forced, and the VolumeAttachment
 //! clean-up of a forced deletion. Not done (MCM does it): evicting pods with volumes one by one
 //! and waiting for their volumes to detach and reattach.
+//!
+//! Every API call the drain makes is bounded ([`Target::call_timeout`], `--drain-call-timeout`,
+//! 30 s): an API server that accepts a request and never answers fails that step with an error
+//! naming it, and the machine's deletion retries, instead of holding a delete worker forever.
+//! Deviation: MCM's client has no such bound.
 
 use std::time::{Duration, Instant};
 
@@ -17,13 +22,56 @@ use kube::core::{Selector, SelectorExt as _};
 
 use super::status::now;
 
+/// The cluster whose Nodes are drained, and how long any one API call may take.
+#[derive(Clone)]
+pub struct Target {
+    pub client: kube::Client,
+    pub call_timeout: Duration,
+}
+
+/// An API call the drain made that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    #[error(transparent)]
+    Kube(#[from] kube::Error),
+    #[error("no answer from the API server within {0:?}")]
+    Timeout(Duration),
+}
+
+impl CallError {
+    /// The HTTP status the API server answered with, if it answered with an error status.
+    fn code(&self) -> Option<u16> {
+        match self {
+            CallError::Kube(kube::Error::Api(s)) => Some(s.code),
+            _ => None,
+        }
+    }
+}
+
+impl Target {
+    /// `call`, failing with [`CallError::Timeout`] after the call timeout.
+    async fn bounded<T>(
+        &self,
+        call: impl Future<Output = Result<T, kube::Error>>,
+    ) -> Result<T, CallError> {
+        match tokio::time::timeout(self.call_timeout, call).await {
+            Ok(result) => Ok(result?),
+            Err(_) => Err(CallError::Timeout(self.call_timeout)),
+        }
+    }
+
+    fn nodes(&self) -> Api<Node> {
+        Api::all(self.client.clone())
+    }
+}
+
 /// Why a drain did not finish.
 #[derive(Debug, thiserror::Error)]
 pub enum DrainError {
     #[error("cordoning node {node}: {source}")]
-    Cordon { node: String, source: kube::Error },
+    Cordon { node: String, source: CallError },
     #[error("listing pods of node {node}: {source}")]
-    ListPods { node: String, source: kube::Error },
+    ListPods { node: String, source: CallError },
     /// Every pod that could not be removed, each with its cause.
     #[error("{}", join(.0))]
     Pods(Vec<PodError>),
@@ -41,15 +89,15 @@ fn join(errors: &[PodError]) -> String {
 #[derive(Debug, thiserror::Error)]
 pub enum PodError {
     #[error("deleting pod {pod}: {source}")]
-    Delete { pod: String, source: kube::Error },
+    Delete { pod: String, source: CallError },
     #[error(
         "evicting pod {pod}: PodDisruptionBudget {budget} is misconfigured: it expects no more healthy pods than it has and allows no disruption"
     )]
     MisconfiguredBudget { pod: String, budget: String },
     #[error("evicting pod {pod}: {source}")]
-    Evict { pod: String, source: kube::Error },
+    Evict { pod: String, source: CallError },
     #[error("waiting for pod {pod}: {source}")]
-    Wait { pod: String, source: kube::Error },
+    Wait { pod: String, source: CallError },
     #[error("pod {pod} was evicted but did not terminate in time")]
     NotTerminated { pod: String },
 }
@@ -59,12 +107,9 @@ const POD_POLL: Duration = Duration::from_secs(5);
 
 /// Set the node condition `Terminating` (reason ScaleDown), keeping an existing reason.
 /// A missing Node is not an error.
-pub async fn set_terminating_condition(
-    target: &kube::Client,
-    node: &str,
-) -> Result<(), kube::Error> {
-    let nodes: Api<Node> = Api::all(target.clone());
-    let Some(n) = nodes.get_opt(node).await? else {
+pub async fn set_terminating_condition(target: &Target, node: &str) -> Result<(), CallError> {
+    let nodes = target.nodes();
+    let Some(n) = target.bounded(nodes.get_opt(node)).await? else {
         return Ok(());
     };
     let existing = n
@@ -93,8 +138,8 @@ pub async fn set_terminating_condition(
             "lastHeartbeatTime": now(),
         }]}
     });
-    nodes
-        .patch_status(node, &PatchParams::default(), &Patch::Strategic(&patch))
+    target
+        .bounded(nodes.patch_status(node, &PatchParams::default(), &Patch::Strategic(&patch)))
         .await?;
     Ok(())
 }
@@ -113,29 +158,29 @@ fn skipped(pod: &Pod) -> bool {
 /// Cordon the node and evict (or, when `forced`, delete) its pods within `timeout`; a pod whose
 /// eviction was refused `max_evict_retries` times is deleted.
 pub async fn run(
-    target: &kube::Client,
+    target: &Target,
     node: &str,
     forced: bool,
     timeout: Duration,
     max_evict_retries: u32,
 ) -> Result<(), DrainError> {
-    let nodes: Api<Node> = Api::all(target.clone());
+    let nodes = target.nodes();
     // Cordon; a Node that cannot be read is skipped silently, as MCM does.
-    if let Ok(n) = nodes.get(node).await
+    if let Ok(n) = target.bounded(nodes.get(node)).await
         && n.spec.as_ref().and_then(|s| s.unschedulable) != Some(true)
     {
         let patch = serde_json::json!({ "spec": { "unschedulable": true } });
-        nodes
-            .patch(node, &PatchParams::default(), &Patch::Merge(&patch))
+        target
+            .bounded(nodes.patch(node, &PatchParams::default(), &Patch::Merge(&patch)))
             .await
             .map_err(|source| DrainError::Cordon {
                 node: node.to_string(),
                 source,
             })?;
     }
-    let pods: Api<Pod> = Api::all(target.clone());
-    let on_node = pods
-        .list(&ListParams::default().fields(&format!("spec.nodeName={node}")))
+    let pods: Api<Pod> = Api::all(target.client.clone());
+    let on_node = target
+        .bounded(pods.list(&ListParams::default().fields(&format!("spec.nodeName={node}"))))
         .await
         .map_err(|source| DrainError::ListPods {
             node: node.to_string(),
@@ -161,7 +206,7 @@ pub async fn run(
 }
 
 async fn remove_pod(
-    target: &kube::Client,
+    target: &Target,
     pod: &Pod,
     forced: bool,
     deadline: Instant,
@@ -170,20 +215,15 @@ async fn remove_pod(
     let ns = pod.namespace().unwrap_or_default();
     let name = pod.name_any();
     let id = || format!("{ns}/{name}");
-    let api: Api<Pod> = Api::namespaced(target.clone(), &ns);
+    let api: Api<Pod> = Api::namespaced(target.client.clone(), &ns);
     let delete = || async {
-        match api
-            .delete(
-                &name,
-                &DeleteParams {
-                    grace_period_seconds: Some(0),
-                    ..Default::default()
-                },
-            )
-            .await
-        {
+        let params = DeleteParams {
+            grace_period_seconds: Some(0),
+            ..Default::default()
+        };
+        match target.bounded(api.delete(&name, &params)).await {
             Ok(_) => Ok(()),
-            Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+            Err(e) if e.code() == Some(404) => Ok(()),
             Err(source) => Err(PodError::Delete { pod: id(), source }),
         }
     };
@@ -192,10 +232,13 @@ async fn remove_pod(
     }
     let mut attempts = 0;
     loop {
-        match api.evict(&name, &EvictParams::default()).await {
+        match target
+            .bounded(api.evict(&name, &EvictParams::default()))
+            .await
+        {
             Ok(_) => break,
-            Err(kube::Error::Api(s)) if s.code == 404 => return Ok(()),
-            Err(kube::Error::Api(s)) if s.code == 429 => {
+            Err(e) if e.code() == Some(404) => return Ok(()),
+            Err(e) if e.code() == Some(429) => {
                 // A PodDisruptionBudget says not now; one that can never say yes fails the pod.
                 if let Some(pdb) = misconfigured_budget(target, pod).await {
                     return Err(PodError::MisconfiguredBudget {
@@ -223,7 +266,7 @@ async fn remove_pod(
     let until = (Instant::now() + Duration::from_secs(grace + 30)).min(deadline);
     let uid = pod.uid();
     loop {
-        match api.get_opt(&name).await {
+        match target.bounded(api.get_opt(&name)).await {
             Ok(None) => return Ok(()),
             Ok(Some(p)) if p.uid() != uid => return Ok(()),
             Ok(Some(_)) => {}
@@ -237,10 +280,13 @@ async fn remove_pod(
 }
 
 /// The name of a PodDisruptionBudget that selects `pod` and is misconfigured.
-async fn misconfigured_budget(target: &kube::Client, pod: &Pod) -> Option<String> {
+async fn misconfigured_budget(target: &Target, pod: &Pod) -> Option<String> {
     let api: Api<PodDisruptionBudget> =
-        Api::namespaced(target.clone(), &pod.namespace().unwrap_or_default());
-    let budgets = api.list(&ListParams::default()).await.ok()?;
+        Api::namespaced(target.client.clone(), &pod.namespace().unwrap_or_default());
+    let budgets = target
+        .bounded(api.list(&ListParams::default()))
+        .await
+        .ok()?;
     budgets
         .items
         .iter()
@@ -280,13 +326,12 @@ pub enum VolumeAttachments {
 }
 
 pub async fn delete_volume_attachments(
-    target: &kube::Client,
+    target: &Target,
     node: &str,
-) -> Result<VolumeAttachments, kube::Error> {
-    let nodes: Api<Node> = Api::all(target.clone());
-    let n = match nodes.get(node).await {
+) -> Result<VolumeAttachments, CallError> {
+    let n = match target.bounded(target.nodes().get(node)).await {
         Ok(n) => n,
-        Err(e @ kube::Error::Api(_)) => return Ok(VolumeAttachments::NodeMissing(e.to_string())),
+        Err(e) if e.code().is_some() => return Ok(VolumeAttachments::NodeMissing(e.to_string())),
         Err(e) => return Err(e),
     };
     if n.status
@@ -296,9 +341,9 @@ pub async fn delete_volume_attachments(
     {
         return Ok(VolumeAttachments::AlreadyDetached);
     }
-    let api: Api<VolumeAttachment> = Api::all(target.clone());
-    let live: Vec<VolumeAttachment> = api
-        .list(&ListParams::default())
+    let api: Api<VolumeAttachment> = Api::all(target.client.clone());
+    let live: Vec<VolumeAttachment> = target
+        .bounded(api.list(&ListParams::default()))
         .await?
         .items
         .into_iter()
@@ -308,9 +353,12 @@ pub async fn delete_volume_attachments(
         return Ok(VolumeAttachments::NoneLive);
     }
     for va in &live {
-        match api.delete(&va.name_any(), &DeleteParams::default()).await {
+        match target
+            .bounded(api.delete(&va.name_any(), &DeleteParams::default()))
+            .await
+        {
             Ok(_) => {}
-            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) if e.code() == Some(404) => {}
             Err(e) => return Err(e),
         }
     }
@@ -340,6 +388,48 @@ mod tests {
             },
         }))
         .unwrap()
+    }
+
+    /// An API server that accepts connections and never answers (a fake: a real one cannot be
+    /// made to hang on cue). The drain's calls give up after the call timeout, with an error
+    /// naming the step, instead of holding the reconcile forever.
+    #[tokio::test]
+    async fn a_drain_against_an_api_server_that_never_answers_fails_with_a_timeout() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url: http::Uri = format!("http://{}", listener.local_addr().unwrap())
+            .parse()
+            .unwrap();
+        let held = tokio::spawn(async move {
+            let mut open = Vec::new();
+            while let Ok((conn, _)) = listener.accept().await {
+                open.push(conn); // read nothing, answer nothing
+            }
+        });
+        let client = kube::Client::try_from(kube::Config::new(url)).unwrap();
+        let target = Target {
+            client,
+            call_timeout: Duration::from_millis(300),
+        };
+        let drained = tokio::time::timeout(
+            Duration::from_secs(20),
+            run(&target, "node-1", false, Duration::from_secs(3600), 360),
+        )
+        .await
+        .expect("the drain returned");
+        let err = drained.expect_err("nothing answered");
+        assert!(matches!(err, DrainError::ListPods { .. }), "{err:?}");
+        assert_eq!(
+            err.to_string(),
+            "listing pods of node node-1: no answer from the API server within 300ms"
+        );
+        let condition = tokio::time::timeout(
+            Duration::from_secs(20),
+            set_terminating_condition(&target, "node-1"),
+        )
+        .await
+        .expect("the condition update returned");
+        assert!(matches!(condition, Err(CallError::Timeout(_))));
+        held.abort();
     }
 
     #[test]

@@ -86,6 +86,8 @@ pub struct Config {
     pub health_timeout: Duration,
     /// `--machine-drain-timeout`.
     pub drain_timeout: Duration,
+    /// `--drain-call-timeout`: the longest any one API call of a drain may take ([`drain`]).
+    pub drain_call_timeout: Duration,
     /// `--machine-max-evict-retries`: evictions refused by a disruption budget (20 s apart)
     /// before the pod is deleted.
     pub max_evict_retries: u32,
@@ -125,6 +127,7 @@ impl Default for Config {
             creation_timeout: Duration::from_secs(20 * 60),
             health_timeout: Duration::from_secs(10 * 60),
             drain_timeout: Duration::from_secs(2 * 3600),
+            drain_call_timeout: Duration::from_secs(30),
             max_evict_retries: 360,
             safety_orphan_vms_period: Duration::from_secs(15 * 60),
             resource_exhausted_retry: Retry::Long.period(),
@@ -164,6 +167,9 @@ pub struct Context {
     pub class_checks: class_checks::ClassChecks,
     /// The create, delete and health worker pools.
     pub pools: pools::Pools,
+    /// The Machine reflector's store once [`run`] has started it: a reconcile that waited for a
+    /// worker reads its Machine afresh from it.
+    machine_store: std::sync::OnceLock<Store<Machine>>,
     /// (class, provider) pairs already reported as not served.
     unserved_classes: std::sync::Mutex<std::collections::HashSet<(String, String)>>,
     /// Machines already given a ProviderNotServed event.
@@ -193,6 +199,7 @@ impl Context {
             cache: cache::Cache::new(&config.namespace),
             class_checks: Default::default(),
             pools: pools::Pools::new(config.workers),
+            machine_store: Default::default(),
             unserved_classes: Default::default(),
             unserved_machines: Default::default(),
             config,
@@ -207,8 +214,43 @@ impl Context {
         Api::namespaced(self.control.clone(), &self.config.namespace)
     }
 
+    /// The target cluster as drains use it: every call bounded.
+    pub fn drain_target(&self) -> Option<drain::Target> {
+        self.target.as_ref().map(|client| drain::Target {
+            client: client.clone(),
+            call_timeout: self.config.drain_call_timeout,
+        })
+    }
+
     pub fn nodes(&self) -> Option<Api<Node>> {
         self.target.as_ref().map(|c| Api::all(c.clone()))
+    }
+
+    /// The newest copy of `machine` the reflector holds (`machine` itself outside [`run`], or
+    /// once the store has forgotten it).
+    fn latest(&self, machine: Arc<Machine>) -> Arc<Machine> {
+        self.machine_store
+            .get()
+            .and_then(|store| store.get(&ObjectRef::from_obj(machine.as_ref())))
+            .unwrap_or(machine)
+    }
+
+    /// Wait for a worker of the pool `machine`'s work belongs to ([`pools`]), then return the
+    /// Machine as it is now: while it waited it may have changed, even to another kind of work,
+    /// in which case it waits for a worker of that pool instead.
+    async fn worker_for(
+        &self,
+        mut machine: Arc<Machine>,
+    ) -> (Arc<Machine>, pools::Work, tokio::sync::SemaphorePermit<'_>) {
+        loop {
+            let work = pools::work_of(&machine);
+            let permit = self.pools.acquire(work).await;
+            let latest = self.latest(machine);
+            if pools::work_of(&latest) == work {
+                return (latest, work, permit);
+            }
+            machine = latest;
+        }
     }
 }
 
@@ -240,6 +282,9 @@ pub fn install_crypto_provider() {
 
 /// One reconcile of one Machine.
 pub async fn reconcile(machine: Arc<Machine>, ctx: Arc<Context>) -> Result<Action, Error> {
+    // A worker of this kind of work's pool for the whole reconcile.
+    let (machine, work, _worker) = ctx.worker_for(machine).await;
+    let _busy = ctx.metrics.worker_busy(work.label());
     let name = machine.name_any();
     // Only the machines of our providers: find the class and its provider first, before the
     // finalizer says "this machine is ours".
@@ -273,10 +318,6 @@ pub async fn reconcile(machine: Arc<Machine>, ctx: Arc<Context>) -> Result<Actio
     if deleting && !has_finalizer {
         return Ok(Action::await_change()); // not ours any more
     }
-    // A worker of this kind of work's pool for the rest of the reconcile.
-    let work = pools::work_of(&machine);
-    let _worker = ctx.pools.acquire(work).await;
-    let _busy = ctx.metrics.worker_busy(work.label());
     let job = machine::Job {
         ctx: ctx.clone(),
         api: api.clone(),
@@ -352,10 +393,12 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
         .reflect(writer)
         .applied_objects()
         .predicate_filter(machine_trigger, Default::default());
-    let controller = Controller::for_stream(machines, store.clone()).with_config(
-        ControllerConfig::default()
-            .concurrency(ctx.config.workers.total().min(u16::MAX as usize) as u16),
-    );
+    // Unbounded: the worker pools bound the work. A Controller limit would let reconciles
+    // waiting for a full pool (drains behind a budget) hold every Controller slot, and a create
+    // would wait behind them after all.
+    let controller = Controller::for_stream(machines, store.clone())
+        .with_config(ControllerConfig::default().concurrency(0));
+    let _ = ctx.machine_store.set(store.clone());
     let controller = match ctx.nodes() {
         Some(nodes) => {
             let store = store.clone();

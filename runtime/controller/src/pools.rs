@@ -8,11 +8,16 @@
 //! | delete | is being deleted (drain, VM deletion, node deletion) | `--delete-workers` (`--concurrent-syncs`) |
 //! | health | has a VM: health, status, registration | `--health-workers` (`--concurrent-syncs`) |
 //!
-//! The kube-runtime Controller runs up to the sum of the three; each reconcile holds a permit
-//! of its pool for its whole run (a drain waiting on a budget holds a delete permit, never a
-//! create permit). Which pool is the pure [`work_of`], the same rule `create::reconcile` uses to
-//! choose between the health check and the creation flow. `mcm_wasm_workers_busy{pool}` shows
-//! how full each is.
+//! Each reconcile holds a permit of its pool for its whole run (a drain waiting on a budget
+//! holds a delete permit, never a create permit); a reconcile waiting for a permit holds
+//! nothing else. The kube-runtime Controller itself is unbounded for that reason: with a
+//! Controller limit, reconciles queued behind a full delete pool would fill the Controller's
+//! slots and a create would wait behind them after all (found by the e2e test
+//! `blocked_drains_do_not_starve_creation`, with 20 blocked drains, 10 delete workers and a
+//! limit of 18). A reconcile that waited reads its Machine afresh from the reflector before it
+//! runs. Which pool is the pure [`work_of`], the same rule `create::reconcile` uses to choose
+//! between the health check and the creation flow. `mcm_wasm_workers_busy{pool}` shows how
+//! full each is.
 
 use machine_api::{Machine, MachinePhase};
 use tokio::sync::{Semaphore, SemaphorePermit};
@@ -64,11 +69,6 @@ impl PoolSizes {
             delete: n,
             health: n,
         }
-    }
-
-    /// What the Controller may run at once: all pools full.
-    pub fn total(self) -> usize {
-        self.create + self.delete + self.health
     }
 }
 

@@ -246,6 +246,7 @@ pub enum Fault {
 }
 
 pub const INTERNAL_ERROR_XML: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response><Errors><Error><Code>InternalError</Code><Message>An internal error has occurred</Message></Error></Errors><RequestID>fault</RequestID></Response>";
+pub const UNAVAILABLE_XML: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response><Errors><Error><Code>Unavailable</Code><Message>The server is temporarily unable to service your request</Message></Error></Errors><RequestID>fault</RequestID></Response>";
 pub const THROTTLE_XML: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response><Errors><Error><Code>RequestLimitExceeded</Code><Message>Request limit exceeded.</Message></Error></Errors><RequestID>fault</RequestID></Response>";
 
 #[derive(Default)]
@@ -257,6 +258,58 @@ struct ProxyState {
     /// The `authorization` header of every request, in order.
     authorizations: Mutex<Vec<String>>,
     requests: AtomicU64,
+    /// Faults drawn at random for every request, when set.
+    random: Mutex<Option<RandomFaults>>,
+    /// Faults applied so far, by kind ([`Fault::kind`]).
+    injected: Mutex<std::collections::BTreeMap<&'static str, u64>>,
+}
+
+/// A share of requests that get a fault, drawn from a seeded generator (xorshift64*) so that a
+/// run can be repeated.
+struct RandomFaults {
+    per_mille: u64,
+    state: u64,
+}
+
+impl RandomFaults {
+    fn next(&mut self) -> u64 {
+        let mut x = self.state;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.state = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// The fault for the next request, if it gets one: 500, 503, throttling, a dropped
+    /// connection, or an answer lost after the cloud acted, equally likely.
+    fn draw(&mut self) -> Option<Fault> {
+        if self.next() % 1000 >= self.per_mille {
+            return None;
+        }
+        Some(match self.next() % 5 {
+            0 => Fault::Status(500, INTERNAL_ERROR_XML),
+            1 => Fault::Status(503, UNAVAILABLE_XML),
+            2 => Fault::Throttle,
+            3 => Fault::Drop,
+            _ => Fault::DropAnswer,
+        })
+    }
+}
+
+impl Fault {
+    /// A short name of the kind of fault, for counts.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Fault::Status(500, _) => "500",
+            Fault::Status(503, _) => "503",
+            Fault::Status(..) => "status",
+            Fault::Throttle => "throttle",
+            Fault::SlowAnswer(_) => "slow answer",
+            Fault::Drop => "dropped connection",
+            Fault::DropAnswer => "answer lost after the cloud acted",
+        }
+    }
 }
 
 /// A loopback HTTP/1.1 proxy in front of moto that counts requests and injects faults.
@@ -313,6 +366,21 @@ impl FaultProxy {
     /// The `authorization` headers seen so far (and forget them).
     pub fn take_authorizations(&self) -> Vec<String> {
         std::mem::take(&mut *self.state.authorizations.lock().unwrap())
+    }
+
+    /// From now on, `per_mille` of all requests (any action) get a random fault (see
+    /// [`Fault`]), drawn from `seed`; 0 turns it off. Faults queued with [`FaultProxy::inject`]
+    /// come first.
+    pub fn random_faults(&self, per_mille: u64, seed: u64) {
+        *self.state.random.lock().unwrap() = (per_mille > 0).then_some(RandomFaults {
+            per_mille,
+            state: seed | 1,
+        });
+    }
+
+    /// Faults applied so far, by kind.
+    pub fn injected(&self) -> std::collections::BTreeMap<&'static str, u64> {
+        self.state.injected.lock().unwrap().clone()
     }
 
     /// Faults injected but not used yet.
@@ -433,6 +501,10 @@ async fn serve_connection(
             let pos = faults.iter().position(|(a, _)| *a == action);
             pos.and_then(|p| faults.remove(p)).map(|(_, f)| f)
         };
+        let fault = fault.or_else(|| state.random.lock().unwrap().as_mut()?.draw());
+        if let Some(f) = &fault {
+            *state.injected.lock().unwrap().entry(f.kind()).or_default() += 1;
+        }
         match fault {
             Some(Fault::Status(status, body)) => {
                 let ct = if body.starts_with('<') {
@@ -576,4 +648,41 @@ pub async fn create_aws_class_for(client: &kube::Client, ns: &str, moto: &Moto, 
         .create(&PostParams::default(), &class)
         .await
         .unwrap();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn random_faults_hit_their_share_with_every_kind_and_repeat_by_seed() {
+        let draws = |seed: u64| {
+            let mut r = RandomFaults {
+                per_mille: 100,
+                state: seed | 1,
+            };
+            (0..20_000)
+                .map(|_| r.draw().map(|f| f.kind()))
+                .collect::<Vec<_>>()
+        };
+        let run = draws(42);
+        let faults: Vec<&str> = run.iter().flatten().copied().collect();
+        assert!(
+            (1_700..2_300).contains(&faults.len()),
+            "{} faults in 20,000 at 10 %",
+            faults.len()
+        );
+        for kind in [
+            "500",
+            "503",
+            "throttle",
+            "dropped connection",
+            "answer lost after the cloud acted",
+        ] {
+            let n = faults.iter().filter(|k| **k == kind).count();
+            assert!(n > 250, "{kind}: {n}");
+        }
+        assert_eq!(run, draws(42), "same seed, same faults");
+        assert_ne!(run, draws(7));
+    }
 }

@@ -100,6 +100,8 @@ pub struct ControlPlane {
     kubeconfig: PathBuf,
     server: String,
     binaries: Binaries,
+    /// The API server's command line, for [`ControlPlane::restart_apiserver`].
+    apiserver_args: Vec<std::ffi::OsString>,
 }
 
 impl ControlPlane {
@@ -195,6 +197,8 @@ impl ControlPlane {
                 certs.sa_private_key.display()
             ))
             .arg("--v=1");
+        let apiserver_args: Vec<std::ffi::OsString> =
+            apiserver_cmd.get_args().map(ToOwned::to_owned).collect();
         let apiserver = process::spawn("kube-apiserver", apiserver_cmd, &apiserver_log)?;
 
         let kubeconfig = dir_path.join("kubeconfig");
@@ -208,6 +212,7 @@ impl ControlPlane {
             kubeconfig,
             server,
             binaries,
+            apiserver_args,
         };
         cp.wait_ready()?;
         Ok(cp)
@@ -249,6 +254,34 @@ impl ControlPlane {
             check,
             &self.apiserver,
         )
+    }
+
+    /// Stop the API server (SIGTERM, SIGKILL after 3 s) and start it again on the same port,
+    /// over the same etcd;
+    /// returns once it is ready. Clients see connections refused in between, then carry on.
+    pub fn restart_apiserver(&mut self) -> Result<()> {
+        self.apiserver.kill();
+        let mut cmd = Command::new(&self.binaries.kube_apiserver);
+        cmd.args(&self.apiserver_args);
+        let log = self.dir_path.join("kube-apiserver.log");
+        // The port is free once the old process is gone; a restart may race its teardown.
+        let started = std::time::Instant::now();
+        while tcp_open(self.port()) {
+            if started.elapsed() > Duration::from_secs(10) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.apiserver = process::spawn("kube-apiserver", cmd, &log)?;
+        self.wait_ready()
+    }
+
+    fn port(&self) -> u16 {
+        self.server
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0)
     }
 
     /// The kubeconfig with the admin (system:masters) client certificate.

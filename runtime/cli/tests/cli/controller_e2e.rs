@@ -11,7 +11,9 @@ use futures::{StreamExt as _, TryStreamExt as _};
 use k8s_openapi::api::core::v1::{Node, Secret};
 use k8s_openapi::api::events::v1::Event;
 use kube::ResourceExt as _;
-use kube::api::{Api, DeleteParams, ListParams, PostParams, WatchEvent, WatchParams};
+use kube::api::{
+    Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams,
+};
 use machine_api::{
     Machine, MachineClass, MachineOperationType as Op, MachinePhase, MachineState as State,
 };
@@ -48,6 +50,15 @@ impl World {
 
     /// A world whose provider calls have `deadline`, collecting orphans every `orphan_period`.
     async fn start_with(deadline: Duration, orphan_period: Option<Duration>) -> World {
+        World::start_tweaked(deadline, orphan_period, |_| {}).await
+    }
+
+    /// [`World::start_with`] with the controller's config changed by `tweak`.
+    async fn start_tweaked(
+        deadline: Duration,
+        orphan_period: Option<Duration>,
+        tweak: impl FnOnce(&mut Config),
+    ) -> World {
         mcm_controller::install_crypto_provider();
         let cp = testenv::ControlPlane::start().expect("control plane (run `just controlplane`)");
         cp.apply_crds().unwrap();
@@ -113,13 +124,14 @@ impl World {
             .await
             .unwrap();
 
-        let config = Config {
+        let mut config = Config {
             namespace: NS.into(),
             health_check_interval: Duration::from_secs(2),
             // Orphans: collected once seen unowned for 3 s (default: the creation timeout).
             orphan_min_age: Duration::from_secs(3),
             ..Config::default()
         };
+        tweak(&mut config);
         let ctx = Context::new(
             client.clone(),
             Some(client.clone()),
@@ -945,7 +957,6 @@ async fn live_cluster_instances(world: &World) -> Vec<crate::support::roxml::Ins
 /// scaled 0 → 3 → 1 gives 3, then 1, Running machines and exactly as many live instances.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gardener_mcm_machine_deployment_scales_on_our_controller() {
-    use kube::api::{Patch, PatchParams};
     use machine_api::MachineDeployment;
 
     let world = World::start_with(Duration::from_secs(30), None).await;
@@ -1334,5 +1345,343 @@ async fn orphan_collection_without_a_machine_list_deletes_nothing() {
         5
     );
     assert!(!ctx.metrics.render().contains("mcm_wasm_orphan_vms_total{"));
+    world.shutdown().await;
+}
+
+/// A pod on `node` that is Running and Ready, as a kubelet would report it (no kubelet runs
+/// here: its status is written). A Pending pod would not do: the API server evicts Pending
+/// pods without asking their budget.
+async fn running_pod(world: &World, name: &str, node: &str, app: &str) {
+    use k8s_openapi::api::core::v1::Pod;
+    let pods: Api<Pod> = Api::namespaced(world.client.clone(), NS);
+    let pod: Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name, "labels": {"app": app}},
+        "spec": {
+            "nodeName": node,
+            // Gone at once once evicted: no kubelet here would confirm a graceful stop.
+            "terminationGracePeriodSeconds": 0,
+            "containers": [{"name": "app", "image": "registry.invalid/app"}],
+        },
+    }))
+    .unwrap();
+    pods.create(&PostParams::default(), &pod).await.unwrap();
+    let status = serde_json::json!({"status": {
+        "phase": "Running",
+        "conditions": [{"type": "Ready", "status": "True"}],
+    }});
+    pods.patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
+        .await
+        .unwrap();
+}
+
+/// A PodDisruptionBudget selecting `app`; `status` (if any) is written as the disruption
+/// controller would (none runs here), for the budget's current generation.
+async fn budget(
+    world: &World,
+    name: &str,
+    app: &str,
+    min_available: i32,
+    status: Option<serde_json::Value>,
+) {
+    use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+    let api: Api<PodDisruptionBudget> = Api::namespaced(world.client.clone(), NS);
+    let pdb: PodDisruptionBudget = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name},
+        "spec": {"minAvailable": min_available, "selector": {"matchLabels": {"app": app}}},
+    }))
+    .unwrap();
+    let created = api.create(&PostParams::default(), &pdb).await.unwrap();
+    if let Some(status) = status {
+        set_budget_status(world, name, created.metadata.generation.unwrap(), status).await;
+    }
+}
+
+async fn set_budget_status(
+    world: &World,
+    name: &str,
+    generation: i64,
+    mut status: serde_json::Value,
+) {
+    use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+    let api: Api<PodDisruptionBudget> = Api::namespaced(world.client.clone(), NS);
+    status["observedGeneration"] = generation.into();
+    api.patch_status(
+        name,
+        &PatchParams::default(),
+        &Patch::Merge(&serde_json::json!({"status": status})),
+    )
+    .await
+    .unwrap();
+}
+
+async fn pod_exists(world: &World, name: &str) -> bool {
+    use k8s_openapi::api::core::v1::Pod;
+    Api::<Pod>::namespaced(world.client.clone(), NS)
+        .get_opt(name)
+        .await
+        .unwrap()
+        .is_some()
+}
+
+/// Drains blocked by a PodDisruptionBudget hold only delete workers: with every delete worker
+/// busy on 20 machines whose pods the budget will not let go (its status is never written, as
+/// no disruption controller runs here, so the API server refuses every eviction with 429; the
+/// drain timeout is 2 minutes), a new Machine is created and Running while all 20 are still
+/// draining.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blocked_drains_do_not_starve_creation() {
+    let world = World::start_tweaked(Duration::from_secs(30), None, |c| {
+        c.workers = mcm_controller::pools::PoolSizes {
+            create: 4,
+            delete: 10,
+            health: 4,
+        };
+        c.drain_timeout = Duration::from_secs(120);
+    })
+    .await;
+    let names: Vec<String> = (0..20).map(|i| format!("guarded-machine-{i}")).collect();
+    for name in &names {
+        world.create_machine(name).await;
+    }
+    for (i, name) in names.iter().enumerate() {
+        let m = world
+            .wait_machine(name, "Running", Duration::from_secs(180), |m| {
+                m.phase() == Some(&MachinePhase::Running)
+            })
+            .await;
+        running_pod(
+            &world,
+            &format!("guarded-{i}"),
+            m.node_name().unwrap(),
+            "guarded",
+        )
+        .await;
+    }
+    budget(&world, "guarded", "guarded", 20, None).await;
+
+    for name in &names {
+        world
+            .machines()
+            .delete(name, &Default::default())
+            .await
+            .unwrap();
+    }
+    // Every delete worker is held by a drain the budget blocks.
+    let busy = |pool: &str| {
+        let line = format!("mcm_wasm_workers_busy{{pool=\"{pool}\"}} ");
+        world
+            .ctx
+            .metrics
+            .render()
+            .lines()
+            .find_map(|l| l.strip_prefix(&line).map(|v| v.to_string()))
+            .unwrap_or_default()
+    };
+    let started = Instant::now();
+    while busy("delete") != "10" {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "delete pool not full: {}",
+            busy("delete")
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let created = Instant::now();
+    world.create_machine("fresh-machine-1").await;
+    world
+        .wait_machine("fresh-machine-1", "Running", Duration::from_secs(60), |m| {
+            m.phase() == Some(&MachinePhase::Running)
+        })
+        .await;
+    eprintln!(
+        "fresh-machine-1 Running {:?} after creation, 20 drains blocked",
+        created.elapsed()
+    );
+    // ...while every guarded machine is still there, draining, and no pod was evicted.
+    for (i, name) in names.iter().enumerate() {
+        let m = world.machines().get_opt(name).await.unwrap();
+        assert!(
+            m.is_some(),
+            "{name} finished deleting before the new machine ran"
+        );
+        assert!(
+            pod_exists(&world, &format!("guarded-{i}")).await,
+            "guarded-{i} evicted"
+        );
+    }
+    assert_eq!(busy("delete"), "10");
+    world.shutdown().await;
+}
+
+/// A pod guarded by a budget that refuses is retried (every 20 s, as MCM) and evicted once the
+/// budget allows it; the budget records the eviction, so the pod went by eviction, not by the
+/// deletion that follows exhausted retries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guarded_pod_is_evicted_once_its_budget_allows() {
+    use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+    let world = World::start().await;
+    world.create_machine("budgeted-machine").await;
+    let m = world
+        .wait_machine(
+            "budgeted-machine",
+            "Running",
+            Duration::from_secs(120),
+            |m| m.phase() == Some(&MachinePhase::Running),
+        )
+        .await;
+    let node = m.node_name().unwrap().to_string();
+    running_pod(&world, "budgeted-db-0", &node, "db").await;
+    // Two pods expected, one healthy: waiting helps (not misconfigured), no disruption now.
+    let refusing = serde_json::json!({
+        "expectedPods": 2, "currentHealthy": 1, "desiredHealthy": 1, "disruptionsAllowed": 0,
+    });
+    budget(&world, "db", "db", 1, Some(refusing)).await;
+    world
+        .machines()
+        .delete("budgeted-machine", &DeleteParams::default())
+        .await
+        .unwrap();
+    // Refused at the first eviction and again 20 s later: still there after 25 s.
+    tokio::time::sleep(Duration::from_secs(25)).await;
+    assert!(
+        pod_exists(&world, "budgeted-db-0").await,
+        "evicted against its budget"
+    );
+    let m = world
+        .machines()
+        .get_opt("budgeted-machine")
+        .await
+        .unwrap()
+        .expect("still draining");
+    let (_, _, op, desc) = last_op(&m);
+    assert_eq!(op, Some(Op::Delete));
+    assert!(desc.contains("Initiate node drain"), "{desc}");
+
+    let pdbs: Api<PodDisruptionBudget> = Api::namespaced(world.client.clone(), NS);
+    let generation = pdbs.get("db").await.unwrap().metadata.generation.unwrap();
+    let allowing = serde_json::json!({
+        "expectedPods": 2, "currentHealthy": 2, "desiredHealthy": 1, "disruptionsAllowed": 1,
+    });
+    set_budget_status(&world, "db", generation, allowing).await;
+    let allowed = Instant::now();
+    while pod_exists(&world, "budgeted-db-0").await {
+        assert!(
+            allowed.elapsed() < Duration::from_secs(40),
+            "not evicted within one retry period"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let status = pdbs.get("db").await.unwrap().status.unwrap();
+    assert!(
+        status
+            .disrupted_pods
+            .unwrap_or_default()
+            .contains_key("budgeted-db-0"),
+        "the API server recorded the eviction in the budget"
+    );
+    assert_eq!(
+        status.disruptions_allowed.unwrap_or(0),
+        0,
+        "the eviction used the one disruption allowed"
+    );
+    let started = Instant::now();
+    while world
+        .machines()
+        .get_opt("budgeted-machine")
+        .await
+        .unwrap()
+        .is_some()
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "machine not deleted after its drain"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    world.shutdown().await;
+}
+
+/// A misconfigured budget (all its pods healthy, none allowed to go: no eviction will ever
+/// pass) fails its pod at once, with the budget named in lastOperation; the deletion retries,
+/// and once the machine's drain timeout has passed the drain is forced: the pod is deleted and
+/// so is the machine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_misconfigured_budget_fails_at_once_and_the_drain_timeout_forces_deletion() {
+    let world = World::start().await;
+    let m: Machine = serde_json::from_value(serde_json::json!({
+        "apiVersion": "machine.sapcloud.io/v1alpha1",
+        "kind": "Machine",
+        "metadata": { "name": "misbudgeted-machine" },
+        "spec": { "class": { "kind": "MachineClass", "name": "aws-class" }, "drainTimeout": "40s" },
+    }))
+    .unwrap();
+    world
+        .machines()
+        .create(&PostParams::default(), &m)
+        .await
+        .unwrap();
+    let m = world
+        .wait_machine(
+            "misbudgeted-machine",
+            "Running",
+            Duration::from_secs(120),
+            |m| m.phase() == Some(&MachinePhase::Running),
+        )
+        .await;
+    running_pod(&world, "stuck-0", m.node_name().unwrap(), "stuck").await;
+    let misconfigured = serde_json::json!({
+        "expectedPods": 1, "currentHealthy": 1, "desiredHealthy": 1, "disruptionsAllowed": 0,
+    });
+    budget(&world, "stuck", "stuck", 1, Some(misconfigured)).await;
+    let deleted = Instant::now();
+    world
+        .machines()
+        .delete("misbudgeted-machine", &DeleteParams::default())
+        .await
+        .unwrap();
+    // Failed at once: before the first 20 s eviction retry would have come.
+    let m = world
+        .wait_machine(
+            "misbudgeted-machine",
+            "drain failed",
+            Duration::from_secs(15),
+            |m| last_op(m).3.contains("misconfigured"),
+        )
+        .await;
+    let (_, state, op, desc) = last_op(&m);
+    assert_eq!((state, op), (Some(State::Failed), Some(Op::Delete)));
+    assert_eq!(
+        desc,
+        "Drain failed due to - evicting pod default/stuck-0: PodDisruptionBudget default/stuck is misconfigured: it expects no more healthy pods than it has and allows no disruption. Will retry in next sync. Initiate node drain"
+    );
+    assert!(
+        deleted.elapsed() < Duration::from_secs(20),
+        "failed after {:?}",
+        deleted.elapsed()
+    );
+    assert!(pod_exists(&world, "stuck-0").await);
+    // The drain timeout (40 s) forces it: the pod is deleted, then the machine.
+    while world
+        .machines()
+        .get_opt("misbudgeted-machine")
+        .await
+        .unwrap()
+        .is_some()
+    {
+        assert!(
+            deleted.elapsed() < Duration::from_secs(100),
+            "not forced after the drain timeout"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        deleted.elapsed() >= Duration::from_secs(40),
+        "forced before the drain timeout"
+    );
+    assert!(
+        !pod_exists(&world, "stuck-0").await,
+        "the forced drain deletes the pod"
+    );
     world.shutdown().await;
 }
