@@ -365,7 +365,8 @@ async fn client(kubeconfig: &str, limit: ApiLimit) -> anyhow::Result<kube::Clien
         }
     };
     let builder =
-        kube::client::ClientBuilder::try_from(config).map_err(|e| anyhow::anyhow!("{e}"))?;
+        kube::client::ClientBuilder::try_from(mcm_controller::without_client_retry(config))
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
     if limit.qps <= 0.0 {
         return Ok(builder.build());
     }

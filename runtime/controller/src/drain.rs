@@ -187,6 +187,7 @@ pub async fn run(
             source,
         })?;
     let victims: Vec<Pod> = on_node.items.into_iter().filter(|p| !skipped(p)).collect();
+    tracing::debug!(node, pods = victims.len(), "draining");
     if victims.is_empty() {
         return Ok(());
     }
@@ -232,10 +233,12 @@ async fn remove_pod(
     }
     let mut attempts = 0;
     loop {
-        match target
+        let t = Instant::now();
+        let evicted = target
             .bounded(api.evict(&name, &EvictParams::default()))
-            .await
-        {
+            .await;
+        tracing::debug!(pod = %id(), took = ?t.elapsed(), "eviction: {evicted:?}");
+        match evicted {
             Ok(_) => break,
             Err(e) if e.code() == Some(404) => return Ok(()),
             Err(e) if e.code() == Some(429) => {

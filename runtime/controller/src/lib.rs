@@ -156,6 +156,7 @@ pub struct Context {
     /// The cluster that holds Machines, MachineClasses and their Secrets.
     pub control: Client,
     /// The cluster whose Nodes the machines become; `None` = `--target-kubeconfig none`.
+    /// Both clients must be built from a config passed through [`without_client_retry`].
     pub target: Option<Client>,
     pub registry: Arc<dyn ProviderLookup>,
     pub recorder: Recorder,
@@ -272,6 +273,18 @@ impl Error {
             Error::Random(_) => "random",
         }
     }
+}
+
+/// `config` without kube's default retry layer, as every client of the controller must be
+/// built: kube 5 retries 429, 503 and 504 answers itself, up to 15 times with a backoff growing
+/// to minutes, inside the one request. For the controller a 429 is often an answer — the API
+/// server refusing an eviction because of a PodDisruptionBudget — and a drain must see it to
+/// retry on MCM's schedule (20 s) or fail a misconfigured budget at once; with the layer on,
+/// the eviction call did not return for minutes (the "eviction that never returned"). Other
+/// failed calls are retried by the reconcile's requeue, as client-go's callers in MCM do.
+pub fn without_client_retry(mut config: kube::Config) -> kube::Config {
+    config.default_retry = false;
+    config
 }
 
 /// Install the ring TLS provider once (reqwest and kube both link rustls; with two providers

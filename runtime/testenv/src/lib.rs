@@ -338,6 +338,14 @@ impl ControlPlane {
         client_from(&self.kubeconfig).await
     }
 
+    /// A kube client as the machine controller builds its own: admin rights, without kube's
+    /// default retry layer (see `mcm_controller::without_client_retry`: a 429 is an answer).
+    pub async fn controller_client(&self) -> Result<kube::Client> {
+        let mut config = config_from(&self.kubeconfig).await?;
+        config.default_retry = false;
+        Ok(kube::Client::try_from(config)?)
+    }
+
     /// Applies every YAML file in `dir` (server-side) and waits until the CRDs among them are
     /// established.
     pub fn apply_dir(&self, dir: &Path) -> Result<()> {
@@ -474,6 +482,10 @@ pub fn install_crypto_provider() {
 
 /// A kube client for a kubeconfig file.
 pub async fn client_from(kubeconfig: &Path) -> Result<kube::Client> {
+    Ok(kube::Client::try_from(config_from(kubeconfig).await?)?)
+}
+
+async fn config_from(kubeconfig: &Path) -> Result<kube::Config> {
     install_crypto_provider();
     let kc = kube::config::Kubeconfig::read_from(kubeconfig).map_err(|e| Error::Io {
         context: format!("reading {}", kubeconfig.display()),
@@ -485,7 +497,7 @@ pub async fn client_from(kubeconfig: &Path) -> Result<kube::Client> {
             context: format!("loading {}", kubeconfig.display()),
             source: std::io::Error::other(e.to_string()),
         })?;
-    Ok(kube::Client::try_from(config)?)
+    Ok(config)
 }
 
 fn http_get(path: &str) -> http::Request<Vec<u8>> {

@@ -132,9 +132,10 @@ impl World {
             ..Config::default()
         };
         tweak(&mut config);
+        let controller_client = cp.controller_client().await.unwrap();
         let ctx = Context::new(
-            client.clone(),
-            Some(client.clone()),
+            controller_client.clone(),
+            Some(controller_client),
             registry.clone(),
             config,
         );
@@ -1554,7 +1555,7 @@ async fn a_guarded_pod_is_evicted_once_its_budget_allows() {
         .await
         .unwrap()
         .expect("still draining");
-    let (_, _, op, desc) = last_op(&m);
+    let (desc, _, op, _) = last_op(&m);
     assert_eq!(op, Some(Op::Delete));
     assert!(desc.contains("Initiate node drain"), "{desc}");
 
@@ -1646,10 +1647,10 @@ async fn a_misconfigured_budget_fails_at_once_and_the_drain_timeout_forces_delet
             "misbudgeted-machine",
             "drain failed",
             Duration::from_secs(15),
-            |m| last_op(m).3.contains("misconfigured"),
+            |m| last_op(m).0.contains("misconfigured"),
         )
         .await;
-    let (_, state, op, desc) = last_op(&m);
+    let (desc, state, op, _) = last_op(&m);
     assert_eq!((state, op), (Some(State::Failed), Some(Op::Delete)));
     assert_eq!(
         desc,
