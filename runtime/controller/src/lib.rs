@@ -168,9 +168,9 @@ pub struct Context {
     pub class_checks: class_checks::ClassChecks,
     /// The create, delete and health worker pools.
     pub pools: pools::Pools,
-    /// The Machine reflector's store once [`run`] has started it: a reconcile that waited for a
-    /// worker reads its Machine afresh from it.
-    machine_store: std::sync::OnceLock<Store<Machine>>,
+    /// The Machine reflector's store of the [`run`] going on (each run has its own): a
+    /// reconcile that waited for a worker reads its Machine afresh from it.
+    machine_store: std::sync::RwLock<Option<Store<Machine>>>,
     /// (class, provider) pairs already reported as not served.
     unserved_classes: std::sync::Mutex<std::collections::HashSet<(String, String)>>,
     /// Machines already given a ProviderNotServed event.
@@ -230,8 +230,8 @@ impl Context {
     /// The newest copy of `machine` the reflector holds (`machine` itself outside [`run`], or
     /// once the store has forgotten it).
     fn latest(&self, machine: Arc<Machine>) -> Arc<Machine> {
-        self.machine_store
-            .get()
+        let store = self.machine_store.read().expect("store lock").clone();
+        store
             .and_then(|store| store.get(&ObjectRef::from_obj(machine.as_ref())))
             .unwrap_or(machine)
     }
@@ -411,7 +411,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
     // would wait behind them after all.
     let controller = Controller::for_stream(machines, store.clone())
         .with_config(ControllerConfig::default().concurrency(0));
-    let _ = ctx.machine_store.set(store.clone());
+    *ctx.machine_store.write().expect("store lock") = Some(store.clone());
     let controller = match ctx.nodes() {
         Some(nodes) => {
             let store = store.clone();
