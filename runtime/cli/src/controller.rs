@@ -377,6 +377,38 @@ async fn client(kubeconfig: &str, limit: ApiLimit) -> anyhow::Result<kube::Clien
         .build())
 }
 
+/// A start-up call to the API server, tried again for up to a minute while the error is one
+/// that passes (429 — e.g. "storage is (re)initializing" just after a CRD was established or
+/// the API server restarted —, 5xx, no connection), each failure logged; other errors at once.
+/// The controller's clients have no retry of their own ([`mcm_controller::without_client_retry`]).
+async fn at_start<T, F, Fut>(what: &str, mut call: F) -> Result<T, kube::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, kube::Error>>,
+{
+    let started = std::time::Instant::now();
+    let mut pause = Duration::from_millis(250);
+    loop {
+        match call().await {
+            Err(e) if passes(&e) && started.elapsed() < Duration::from_secs(60) => {
+                tracing::warn!("{what}: {e}; trying again in {pause:?}");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(5));
+            }
+            result => return result,
+        }
+    }
+}
+
+/// An API error that goes away by itself.
+fn passes(e: &kube::Error) -> bool {
+    match e {
+        kube::Error::Api(s) => s.code == 429 || s.code >= 500,
+        kube::Error::HyperError(_) | kube::Error::Service(_) => true,
+        _ => false,
+    }
+}
+
 /// Run the controller until Ctrl-C or SIGTERM.
 pub async fn main(args: ControllerArgs) -> ExitCode {
     match run(args).await {
@@ -453,7 +485,11 @@ async fn run(args: ControllerArgs) -> anyhow::Result<()> {
             registry.clone(),
             http,
         );
-        match mcm_providers::reconcile::prime(&ctx).await {
+        match at_start("listing Provider resources", || {
+            mcm_providers::reconcile::prime(&ctx)
+        })
+        .await
+        {
             Ok(n) => {
                 tracing::info!(namespace = %args.namespace, providers = n, "serving Provider resources");
                 Some(ctx)

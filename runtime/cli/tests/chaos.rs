@@ -282,7 +282,10 @@ async fn chaos_scaling_through_faults_kills_and_an_api_server_restart() {
                 "--leader-elect-renew-deadline=4s",
                 "--leader-elect-retry-period=1s",
             ])
-            .env("MCM_WASM_LOG", "info");
+            .env(
+                "MCM_WASM_LOG",
+                std::env::var("MCM_WASM_CHAOS_LOG").unwrap_or("info".into()),
+            );
             cmd
         }),
         child: None,
@@ -382,9 +385,31 @@ async fn chaos_scaling_through_faults_kills_and_an_api_server_restart() {
                     };
                     *by_phase.entry(format!("{p}{deleting}")).or_default() += 1;
                 }
+                let stuck: Vec<String> = list
+                    .iter()
+                    .filter(|m| {
+                        m.phase() != Some(&MachinePhase::Running)
+                            || m.metadata.deletion_timestamp.is_some()
+                    })
+                    .map(|m| {
+                        let lo = m
+                            .status
+                            .as_ref()
+                            .map(|s| s.last_operation.description.clone())
+                            .unwrap_or_default();
+                        format!(
+                            "{} phase {:?} providerID {:?} node {:?}: {lo}",
+                            m.name_any(),
+                            m.phase().map(|p| p.as_str()),
+                            m.spec.provider_id,
+                            m.node_name()
+                        )
+                    })
+                    .collect();
                 panic!(
-                    "{name}: {replicas} Running machines not reached in {limit:?}: {by_phase:?}; controller log: {}",
-                    log.display()
+                    "{name}: {replicas} Running machines not reached in {limit:?}: {by_phase:?}; controller log: {}\n{}",
+                    log.display(),
+                    stuck.join("\n")
                 );
             }
             tokio::time::sleep(Duration::from_millis(500)).await;

@@ -356,6 +356,11 @@ async fn health(job: &Job, machine: &Machine) -> Result<Option<Action>, Error> {
         if new_phase != Some(phase.clone()) {
             tracing::info!(machine = %name, from = phase.as_str(), to = ?new_phase.as_ref().map(|p| p.as_str()), "phase changed");
         }
+        // The pass ends with a write: `machine` is out of date now, and the creation flow must
+        // not decide on its old phase (a CrashLoopBackOff machine just found Running would be
+        // set back to Pending, and as status writes trigger no reconcile, stay there). MCM's
+        // next write would conflict and retry; here the next pass reads the new status.
+        return Ok(Some(Action::requeue(Retry::Conflict.period())));
     }
     Ok(health_requeue(
         st.current_status.phase.as_ref(),

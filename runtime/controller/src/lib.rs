@@ -296,7 +296,9 @@ pub fn install_crypto_provider() {
 /// One reconcile of one Machine.
 pub async fn reconcile(machine: Arc<Machine>, ctx: Arc<Context>) -> Result<Action, Error> {
     // A worker of this kind of work's pool for the whole reconcile.
+    tracing::trace!(machine = %machine.name_any(), "reconcile: waiting for a worker");
     let (machine, work, _worker) = ctx.worker_for(machine).await;
+    tracing::trace!(machine = %machine.name_any(), pool = work.label(), "reconcile: worker acquired");
     let _busy = ctx.metrics.worker_busy(work.label());
     let name = machine.name_any();
     // Only the machines of our providers: find the class and its provider first, before the

@@ -521,3 +521,68 @@ async fn an_invalid_class_fails_creation_with_the_providers_text_and_never_calls
     );
     assert_eq!(w.stored().spec.provider_id, "fake:///i-1");
 }
+
+/// A CrashLoopBackOff machine whose VM exists and whose Node is Ready (a create whose answer
+/// was lost, then found): the health check sets it Running and the pass ends there. Before,
+/// the pass went on into the creation flow with the object read before that write, saw
+/// CrashLoopBackOff and set the machine back to Pending; status writes trigger no reconcile,
+/// so it stayed Pending with a Ready Node (found by the chaos run).
+#[tokio::test]
+async fn a_crash_looping_machine_found_healthy_goes_running_without_a_second_creation_flow() {
+    let mut m = machine(true);
+    m.spec.provider_id = "fake:///i-1".into();
+    m.labels_mut().insert("node".into(), "ip-10-0-0-1".into());
+    m.status = Some(
+        serde_json::from_value(serde_json::json!({
+            "currentStatus": {"phase": "CrashLoopBackOff"},
+            "lastOperation": {
+                "description": "Cloud provider message - throttled",
+                "state": "Failed",
+                "type": "Create",
+            },
+        }))
+        .unwrap(),
+    );
+    let api = FakeApi::default();
+    api.put(&machine_path(), &m);
+    api.put(&machine_api_path("machineclasses", "c1"), &class());
+    api.put(&secret_path("s1"), &secret(Some("#!/bin/sh")));
+    let node: k8s_openapi::api::core::v1::Node = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "ip-10-0-0-1", "labels": {"node.gardener.cloud/machine-name": "m1"}},
+        "spec": {"providerID": "fake:///i-1"},
+        "status": {"conditions": [{"type": "Ready", "status": "True"}]},
+    }))
+    .unwrap();
+    api.put("/api/v1/nodes/ip-10-0-0-1", &node);
+    let driver = Arc::new(FakeDriver::default());
+    let ctx = Context::new(
+        api.client(),
+        Some(api.client()),
+        Arc::new(FakeLookup::new("fake", driver.clone())),
+        Config::default(),
+    );
+    ctx.cache.seed(
+        vec![api.get(&machine_api_path("machineclasses", "c1")).unwrap()],
+        vec![api.get(&secret_path("s1")).unwrap()],
+    );
+    let w = World { api, driver, ctx };
+    let action = w.reconcile().await;
+    let st = w.stored().status.unwrap();
+    assert_eq!(
+        st.current_status.phase,
+        Some(Phase::Running),
+        "{:?}",
+        st.last_operation
+    );
+    assert_eq!(w.driver.count(Operation::CreateMachine), 0);
+    assert_eq!(
+        w.driver.count(Operation::GetMachineStatus),
+        0,
+        "no creation flow"
+    );
+    assert_eq!(
+        action,
+        Action::requeue(Duration::from_millis(200)),
+        "the next pass reads the new status"
+    );
+}
