@@ -128,6 +128,35 @@ test: prereqs guests image
 chaos machines="300" seed="": prereqs guests
     MCM_WASM_CHAOS_MACHINES={{machines}} MCM_WASM_CHAOS_SEED={{seed}} cargo test -p mcm-wasm --test chaos -- --nocapture
 
+# Fuzz every input parser (fuzz/: cargo-fuzz + libFuzzer, nightly for the sanitizer) for
+# SECONDS each: artifact bytes (inspect + load), the egress allowlist and URL check, request
+# JSON for every operation, the AWS provider's providerSpec and EC2 XML. Crashes are kept in
+# fuzz/artifacts/<target>/; prints runs and coverage per target (BENCHMARKS.md has figures).
+fuzz seconds="60": guests
+    #!/usr/bin/env bash
+    set -euo pipefail
+    rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
+    command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+    cd fuzz
+    mkdir -p corpus/artifact
+    cp ../target/wasm32-wasip2/release/*.wasm corpus/artifact/
+    cargo +nightly fuzz build -O
+    printf '\n| target | runs | seconds | coverage (edges) | features | crashes |\n|---|---:|---:|---:|---:|---:|\n' > ../target/fuzz-table.md
+    for t in artifact egress request_json aws_spec aws_xml; do
+        mkdir -p corpus/$t
+        [ -d seeds/$t ] && cp -n seeds/$t/* corpus/$t/ 2>/dev/null || true
+        echo "fuzz: $t for {{seconds}} s"
+        status=0
+        cargo +nightly fuzz run -O $t corpus/$t -- -max_total_time={{seconds}} -print_final_stats=1 > ../target/fuzz-$t.log 2>&1 || status=$?
+        runs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' ../target/fuzz-$t.log | grep -o '[0-9]*$' || echo 0)
+        cov=$(grep -o 'cov: [0-9]*' ../target/fuzz-$t.log | tail -1 | grep -o '[0-9]*' || echo 0)
+        ft=$(grep -o 'ft: [0-9]*' ../target/fuzz-$t.log | tail -1 | grep -o '[0-9]*' || echo 0)
+        crashes=$(ls artifacts/$t 2>/dev/null | wc -l)
+        echo "| $t | $runs | {{seconds}} | $cov | $ft | $crashes |" >> ../target/fuzz-table.md
+        [ $status -eq 0 ] || echo "fuzz: $t stopped with a finding (exit $status): see target/fuzz-$t.log and fuzz/artifacts/$t/"
+    done
+    cat ../target/fuzz-table.md
+
 # Benchmarks: prints tables (see BENCHMARKS.md for recorded figures).
 # `just bench --machines 1000`: the controller benchmark with 1000 machines (default 100).
 bench *args: prereqs guests
