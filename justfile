@@ -121,17 +121,17 @@ test: prereqs guests image
     cargo test --manifest-path guests/Cargo.toml -p aws-provider
     cargo test --workspace --no-fail-fast
 
-# The chaos run (runtime/cli/tests/chaos.rs): a MachineDeployment scaled 0 -> N -> N/6 -> 0
-# through 10 % EC2 faults, three controller SIGKILLs and an API server restart; prints its
-# table (recorded in BENCHMARKS.md). `just test` runs it with 30 machines.
-# `just chaos 300 SEED` repeats a run.
+# runtime/cli/tests/chaos.rs: a MachineDeployment scaled 0 -> N -> N/6 -> 0 through 10 % EC2
+# faults, three controller SIGKILLs and an API server restart. `just test` runs it with 30
+# machines; `just chaos 300 SEED` repeats a run.
+# The chaos run: N machines through faults, kills and an API server restart; prints its table.
 chaos machines="300" seed="": prereqs guests
     MCM_WASM_CHAOS_MACHINES={{machines}} MCM_WASM_CHAOS_SEED={{seed}} cargo test -p mcm-wasm --test chaos -- --nocapture
 
-# Fuzz every input parser (fuzz/: cargo-fuzz + libFuzzer, nightly for the sanitizer) for
-# SECONDS each: artifact bytes (inspect + load), the egress allowlist and URL check, request
-# JSON for every operation, the AWS provider's providerSpec and EC2 XML. Crashes are kept in
-# fuzz/artifacts/<target>/; prints runs and coverage per target (BENCHMARKS.md has figures).
+# fuzz/: cargo-fuzz + libFuzzer (nightly, for the sanitizer). Targets: artifact bytes (inspect
+# + load), the egress allowlist and URL check, request JSON for every operation, the AWS
+# provider's providerSpec and EC2 XML. Findings are kept in fuzz/artifacts/<target>/.
+# Fuzz every input parser for SECONDS each; prints runs and coverage per target.
 fuzz seconds="60": guests
     #!/usr/bin/env bash
     set -euo pipefail

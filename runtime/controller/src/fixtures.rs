@@ -19,6 +19,27 @@ use serde_json::{Value, json};
 
 use mcm_driver::{Code, DriverError, MachineDriver, Operation, ProviderLookup};
 
+/// A Machine `name` with `provider_id` and, if given, that phase (for unit tests of pure
+/// decisions on machines).
+pub fn machine_in(
+    name: &str,
+    provider_id: &str,
+    phase: Option<machine_api::MachinePhase>,
+) -> machine_api::Machine {
+    let mut m = machine_api::Machine::new(name, Default::default());
+    m.spec.provider_id = provider_id.into();
+    if let Some(p) = phase {
+        m.status = Some(machine_api::MachineStatus {
+            current_status: machine_api::CurrentStatus {
+                phase: Some(p),
+                ..Default::default()
+            },
+            ..Default::default()
+        });
+    }
+    m
+}
+
 /// The path of a namespaced object of the machine API.
 pub fn machine_api_path(resource: &str, name: &str) -> String {
     format!("/apis/machine.sapcloud.io/v1alpha1/namespaces/default/{resource}/{name}")

@@ -350,18 +350,10 @@ mod tests {
     }
 
     fn machine(name: &str, provider_id: &str, phase: Option<MachinePhase>) -> (String, Machine) {
-        let mut m = Machine::new(name, Default::default());
-        m.spec.provider_id = provider_id.into();
-        if let Some(p) = phase {
-            m.status = Some(machine_api::MachineStatus {
-                current_status: machine_api::CurrentStatus {
-                    phase: Some(p),
-                    ..Default::default()
-                },
-                ..Default::default()
-            });
-        }
-        (name.to_string(), m)
+        (
+            name.to_string(),
+            crate::fixtures::machine_in(name, provider_id, phase),
+        )
     }
 
     #[test]

@@ -110,17 +110,7 @@ mod tests {
     use super::*;
 
     fn machine(provider_id: &str, phase: Option<MachinePhase>, deleting: bool) -> Machine {
-        let mut m = Machine::new("m", Default::default());
-        m.spec.provider_id = provider_id.into();
-        if let Some(p) = phase {
-            m.status = Some(machine_api::MachineStatus {
-                current_status: machine_api::CurrentStatus {
-                    phase: Some(p),
-                    ..Default::default()
-                },
-                ..Default::default()
-            });
-        }
+        let mut m = crate::fixtures::machine_in("m", provider_id, phase);
         if deleting {
             m.metadata.deletion_timestamp =
                 Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(

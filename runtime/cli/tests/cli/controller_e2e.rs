@@ -1602,20 +1602,7 @@ async fn a_guarded_pod_is_evicted_once_its_budget_allows() {
         0,
         "the eviction used the one disruption allowed"
     );
-    let started = Instant::now();
-    while world
-        .machines()
-        .get_opt("budgeted-machine")
-        .await
-        .unwrap()
-        .is_some()
-    {
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "machine not deleted after its drain"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    delete_wait_gone(&world, "budgeted-machine").await;
     world.shutdown().await;
 }
 
