@@ -162,7 +162,7 @@ struct PhaseReport {
 /// Live instances (not terminated or shutting down) by their Name tag, with their ids.
 async fn live_instances(moto: &Moto) -> HashMap<String, Vec<String>> {
     let mut by_name: HashMap<String, Vec<String>> = HashMap::new();
-    for i in moto.ec2(REGION, "DescribeInstances", &[]).await.instances() {
+    for i in moto.all_instances().await {
         if matches!(i.state.as_str(), "terminated" | "shutting-down") {
             continue;
         }

@@ -60,6 +60,25 @@ impl Moto {
         roxml::Doc(text)
     }
 
+    /// Every instance (any state), following DescribeInstances' NextToken: moto answers in
+    /// pages (50 reservations by default), so one unpaged call misses VMs past the first page.
+    pub async fn all_instances(&self) -> Vec<roxml::Instance> {
+        let mut all = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let mut params = vec![("MaxResults", "1000")];
+            if let Some(t) = &token {
+                params.push(("NextToken", t.as_str()));
+            }
+            let page = self.ec2(REGION, "DescribeInstances", &params).await;
+            all.extend(page.instances());
+            match page.first_text(&["nextToken"]).filter(|t| !t.is_empty()) {
+                Some(next) => token = Some(next),
+                None => return all,
+            }
+        }
+    }
+
     /// Instances (any state) whose `Name` tag is `name`.
     pub async fn instances_named(&self, name: &str) -> Vec<roxml::Instance> {
         self.ec2(
