@@ -292,7 +292,12 @@ fn terminate<T: Transport>(ec2: &Ec2<T>, id: &str) -> Result<DeleteMachineRespon
         // shutting down is deleted, whatever the refusal was about.
         Err(e) if !e.aws_code.is_empty() => match ec2.instance_by_id(id) {
             Ok(None) => gone(),
-            _ => Err(e.into()),
+            Ok(Some(_)) => Err(e.into()),
+            // Whether it is gone is not known: the lookup's error (a throttled or failed
+            // DescribeInstances: Unavailable, retried soon) decides, not the refusal, which
+            // may be permanent-looking for an instance that is in fact terminated (moto
+            // answers a second TerminateInstances with InvalidNetworkInterfaceID.NotFound).
+            Err(lookup) => Err(lookup),
         },
         Err(e) => Err(e.into()),
     }
@@ -611,6 +616,24 @@ mod tests {
         assert_eq!(
             delete(&ec2, &Config::default(), &req).unwrap_err().code,
             Code::Internal
+        );
+    }
+
+    /// A refusal followed by a lookup that fails (throttled): the lookup's transient error is
+    /// the answer, so the deletion retries soon instead of taking the refusal as final (the
+    /// chaos run left a terminated VM's Machine Terminating behind an InvalidArgument).
+    #[test]
+    fn terminate_refused_then_lookup_throttled_is_unavailable() {
+        let refused = "<Response><Errors><Error><Code>InvalidNetworkInterfaceID.NotFound</Code><Message>x</Message></Error></Errors></Response>";
+        let throttled = "<Response><Errors><Error><Code>RequestLimitExceeded</Code><Message>slow down</Message></Error></Errors></Response>";
+        let ec2 = Scripted::default()
+            .on("TerminateInstances", 400, refused)
+            .on("DescribeInstances", 503, throttled);
+        let mut req = request();
+        req.machine.provider_id = "aws:///eu-west-1/i-0abc".into();
+        assert_eq!(
+            delete(&ec2, &Config::default(), &req).unwrap_err().code,
+            Code::Unavailable
         );
     }
 
