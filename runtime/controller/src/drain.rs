@@ -398,6 +398,7 @@ mod tests {
     /// naming the step, instead of holding the reconcile forever.
     #[tokio::test]
     async fn a_drain_against_an_api_server_that_never_answers_fails_with_a_timeout() {
+        crate::install_crypto_provider();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url: http::Uri = format!("http://{}", listener.local_addr().unwrap())
             .parse()
