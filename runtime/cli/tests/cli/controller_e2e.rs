@@ -265,6 +265,14 @@ impl World {
         }
     }
 
+    /// [`World::wait_machine`] for phase Running.
+    async fn wait_running(&self, name: &str, timeout: Duration) -> Machine {
+        self.wait_machine(name, "Running", timeout, |m| {
+            m.phase() == Some(&MachinePhase::Running)
+        })
+        .await
+    }
+
     async fn shutdown(self) {
         let _ = self.stop.send(true);
         for t in self.tasks {
@@ -1540,12 +1548,7 @@ async fn a_guarded_pod_is_evicted_once_its_budget_allows() {
     let world = World::start().await;
     world.create_machine("budgeted-machine").await;
     let m = world
-        .wait_machine(
-            "budgeted-machine",
-            "Running",
-            Duration::from_secs(120),
-            |m| m.phase() == Some(&MachinePhase::Running),
-        )
+        .wait_running("budgeted-machine", Duration::from_secs(120))
         .await;
     let node = m.node_name().unwrap().to_string();
     running_pod(&world, "budgeted-db-0", &node, "db").await;
@@ -1626,12 +1629,7 @@ async fn a_misconfigured_budget_fails_at_once_and_the_drain_timeout_forces_delet
         .await
         .unwrap();
     let m = world
-        .wait_machine(
-            "misbudgeted-machine",
-            "Running",
-            Duration::from_secs(120),
-            |m| m.phase() == Some(&MachinePhase::Running),
-        )
+        .wait_running("misbudgeted-machine", Duration::from_secs(120))
         .await;
     running_pod(&world, "stuck-0", m.node_name().unwrap(), "stuck").await;
     let misconfigured = serde_json::json!({
