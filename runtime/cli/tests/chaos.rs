@@ -240,21 +240,7 @@ async fn chaos_scaling_through_faults_kills_and_an_api_server_restart() {
     let secrets: Api<Secret> = Api::namespaced(client.clone(), NS);
     let classes: Api<MachineClass> = Api::namespaced(client.clone(), NS);
     let deployments: Api<MachineDeployment> = Api::namespaced(client.clone(), NS);
-    let deployment: MachineDeployment = serde_json::from_value(serde_json::json!({
-        "apiVersion": "machine.sapcloud.io/v1alpha1",
-        "kind": "MachineDeployment",
-        "metadata": {"name": "chaos"},
-        "spec": {
-            "replicas": 0,
-            "selector": {"matchLabels": {"pool": "chaos"}},
-            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
-            "template": {
-                "metadata": {"labels": {"pool": "chaos"}},
-                "spec": {"class": {"kind": "MachineClass", "name": "aws-class"}},
-            },
-        },
-    }))
-    .unwrap();
+    let deployment = machine_deployment("chaos", "aws-class");
     deployments
         .create(&PostParams::default(), &deployment)
         .await

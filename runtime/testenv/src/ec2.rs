@@ -630,6 +630,26 @@ pub fn secret() -> std::collections::BTreeMap<String, Vec<u8>> {
     ])
 }
 
+/// A MachineDeployment `name` of class `class` at 0 replicas (rolling update, surge 1,
+/// unavailable 0), its machines labelled `pool: <name>`: scaled by the tests.
+pub fn machine_deployment(name: &str, class: &str) -> machine_api::MachineDeployment {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "machine.sapcloud.io/v1alpha1",
+        "kind": "MachineDeployment",
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": 0,
+            "selector": {"matchLabels": {"pool": name}},
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+            "template": {
+                "metadata": {"labels": {"pool": name}},
+                "spec": {"class": {"kind": "MachineClass", "name": class}},
+            },
+        },
+    }))
+    .expect("a valid MachineDeployment")
+}
+
 /// The Secret `aws-secret` (user data and moto's credentials) and the MachineClass `aws-class`
 /// of the AWS provider in namespace `ns`, pointed at moto's AMI, subnet and security group.
 pub async fn create_aws_class(client: &kube::Client, ns: &str, moto: &Moto) {

@@ -969,21 +969,7 @@ async fn gardener_mcm_machine_deployment_scales_on_our_controller() {
     use machine_api::MachineDeployment;
 
     let world = World::start_with(Duration::from_secs(30), None).await;
-    let deployment: MachineDeployment = serde_json::from_value(serde_json::json!({
-        "apiVersion": "machine.sapcloud.io/v1alpha1",
-        "kind": "MachineDeployment",
-        "metadata": { "name": "pool" },
-        "spec": {
-            "replicas": 0,
-            "selector": { "matchLabels": { "pool": "pool" } },
-            "strategy": { "type": "RollingUpdate", "rollingUpdate": { "maxSurge": 1, "maxUnavailable": 0 } },
-            "template": {
-                "metadata": { "labels": { "pool": "pool" } },
-                "spec": { "class": { "kind": "MachineClass", "name": "aws-class" } },
-            },
-        },
-    }))
-    .unwrap();
+    let deployment = machine_deployment("pool", "aws-class");
     let deployments = Api::<MachineDeployment>::namespaced(world.client.clone(), NS);
     deployments
         .create(&PostParams::default(), &deployment)
@@ -1452,9 +1438,7 @@ async fn blocked_drains_do_not_starve_creation() {
     let idle = Instant::now();
     world.create_machine("idle-machine-1").await;
     world
-        .wait_machine("idle-machine-1", "Running", Duration::from_secs(60), |m| {
-            m.phase() == Some(&MachinePhase::Running)
-        })
+        .wait_running("idle-machine-1", Duration::from_secs(60))
         .await;
     let idle = idle.elapsed();
     delete_and_wait(&world, "idle-machine-1").await;
@@ -1463,11 +1447,7 @@ async fn blocked_drains_do_not_starve_creation() {
         world.create_machine(name).await;
     }
     for (i, name) in names.iter().enumerate() {
-        let m = world
-            .wait_machine(name, "Running", Duration::from_secs(180), |m| {
-                m.phase() == Some(&MachinePhase::Running)
-            })
-            .await;
+        let m = world.wait_running(name, Duration::from_secs(180)).await;
         running_pod(
             &world,
             &format!("guarded-{i}"),
@@ -1509,9 +1489,7 @@ async fn blocked_drains_do_not_starve_creation() {
     let created = Instant::now();
     world.create_machine("fresh-machine-1").await;
     world
-        .wait_machine("fresh-machine-1", "Running", Duration::from_secs(60), |m| {
-            m.phase() == Some(&MachinePhase::Running)
-        })
+        .wait_running("fresh-machine-1", Duration::from_secs(60))
         .await;
     // Not a timed assertion (timing belongs in benchmarks): the figures, for the record.
     let _ = std::io::Write::write_all(
