@@ -420,19 +420,39 @@ pub fn node_registration_patch(
     }))
 }
 
+/// Writes the registration patch, re-reading the Node and trying again when the write
+/// conflicts (client-go's `RetryOnConflict`, as MCM's node updates do): the simulated or real
+/// kubelet bumps the Node's resourceVersion with every heartbeat, so a guarded patch of a
+/// freshly joined Node often loses the race once. A Node gone meanwhile needs nothing.
 async fn sync_node(
     nodes: &Api<k8s_openapi::api::core::v1::Node>,
     node: &k8s_openapi::api::core::v1::Node,
     machine: &str,
 ) -> Result<(), kube::Error> {
-    if let Some(patch) = node_registration_patch(node, machine) {
-        nodes
+    const ATTEMPTS: usize = 5;
+    let mut current = node.clone();
+    for attempt in 1..=ATTEMPTS {
+        let Some(patch) = node_registration_patch(&current, machine) else {
+            return Ok(());
+        };
+        match nodes
             .patch(
-                &node.name_any(),
+                &current.name_any(),
                 &PatchParams::default(),
                 &Patch::Merge(&patch),
             )
-            .await?;
+            .await
+        {
+            Ok(_) => return Ok(()),
+            Err(kube::Error::Api(e)) if e.code == 409 && attempt < ATTEMPTS => {
+                tracing::debug!(node = %current.name_any(), attempt, "node registration conflicted; re-reading the node");
+                match nodes.get_opt(&current.name_any()).await? {
+                    Some(fresh) => current = fresh,
+                    None => return Ok(()),
+                }
+            }
+            Err(e) => return Err(e),
+        }
     }
     Ok(())
 }
@@ -1461,6 +1481,37 @@ mod registration_tests {
         assert_eq!(node_registration_patch(&done, "m1"), None);
         // Another machine's label is corrected.
         assert!(node_registration_patch(&done, "m2").is_some());
+    }
+
+    /// A kubelet heartbeat between the controller's read and its guarded write: the write
+    /// conflicts, the Node is read again and the registration lands on the fresh copy, keeping
+    /// the finalizer someone else added meanwhile (the failed CI run logged these 409s as
+    /// failed reconciles).
+    #[tokio::test]
+    async fn a_conflicting_node_write_is_retried_on_a_fresh_read() {
+        let api = crate::fixtures::FakeApi::default();
+        let path = "/api/v1/nodes/ip-10-0-0-1";
+        api.put(path, &node(&[], &[]));
+        let stale: Node = api.get(path).unwrap();
+        // The heartbeat (and another controller's finalizer) after our read.
+        api.put(path, &node(&[], &["other"]));
+        let nodes: Api<Node> = Api::all(api.client());
+        sync_node(&nodes, &stale, "m1").await.unwrap();
+        let stored: Node = api.get(path).unwrap();
+        assert_eq!(stored.labels()[MACHINE_NAME_NODE_LABEL], "m1");
+        assert_eq!(
+            stored.finalizers(),
+            [
+                "other".to_string(),
+                machine_api::MC_NODE_FINALIZER.to_string()
+            ]
+        );
+        let patches = api
+            .writes_to(path)
+            .into_iter()
+            .filter(|w| w.method == http::Method::PATCH)
+            .count();
+        assert_eq!(patches, 2, "one conflicting write, one on the fresh read");
     }
 
     #[test]
