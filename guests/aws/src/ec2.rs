@@ -90,6 +90,12 @@ impl<'t, T: Transport> Ec2<'t, T> {
             })?;
             headers.extend(signed);
         }
+        // EC2 meters each API action in its own bucket: the action is the rate class (added
+        // after signing; the host takes it out before the request leaves).
+        headers.push((
+            mcm_wasm_sdk::http::RATE_CLASS_HEADER.to_string(),
+            action.name.to_string(),
+        ));
         let req = Request {
             method: "POST".into(),
             url: self.endpoint.clone(),

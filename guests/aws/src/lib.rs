@@ -152,4 +152,34 @@ export_provider!(
     // another endpoint with AWS_ENDPOINT_URL_EC2.
     aliases: "AWS",
     endpoint_env: "AWS_ENDPOINT_URL_EC2",
+    // EC2's default request buckets per account and region (AWS's "Request throttling for the
+    // Amazon EC2 API"): RunInstances 5 refilled at 2/s, TerminateInstances 100 at 5/s,
+    // non-mutating actions 100 at 20/s, other mutating actions 50 at 5/s.
+    rate_limits: EC2_RATE_LIMITS,
 );
+
+/// The provider's default rate limits (see the metadata above); `rate_limits_decode` checks
+/// they are what the host will read.
+pub const EC2_RATE_LIMITS: &str = r#"{"classes":{"RunInstances":{"rate":2,"burst":5},"TerminateInstances":{"rate":5,"burst":100},"DescribeInstances":{"rate":20,"burst":100},"DescribeImages":{"rate":20,"burst":100}},"default":{"rate":5,"burst":50}}"#;
+
+#[cfg(test)]
+mod tests {
+    /// The metadata's rate limits are JSON of the host's shape, with a class for every EC2
+    /// action the provider sends (the class is the action's name).
+    #[test]
+    fn rate_limits_decode() {
+        let v: serde_json::Value = serde_json::from_str(super::EC2_RATE_LIMITS).unwrap();
+        for action in [
+            "RunInstances",
+            "TerminateInstances",
+            "DescribeInstances",
+            "DescribeImages",
+        ] {
+            let class = &v["classes"][action];
+            assert!(class["rate"].as_f64().unwrap() > 0.0, "{action}");
+            assert!(class["burst"].as_u64().unwrap() > 0, "{action}");
+        }
+        assert_eq!(v["classes"]["RunInstances"]["burst"], 5);
+        assert!(v["default"]["rate"].as_f64().unwrap() > 0.0);
+    }
+}

@@ -9,6 +9,12 @@ pub fn send(req: &Request) -> Result<Response, Error> {
     crate::bindings::mcm::driver::http::send(req)
 }
 
+/// The request header naming the request's rate class: the host keeps a token bucket per
+/// credential, endpoint and class (shared by every provider using that credential), waits for
+/// a token before sending, and takes the header out. For a cloud that meters each API action
+/// separately, the action's name.
+pub const RATE_CLASS_HEADER: &str = "mcm-wasm-rate-class";
+
 /// Build a request with no headers and no body.
 pub fn request(method: &str, url: impl Into<String>) -> Request {
     Request {
@@ -24,6 +30,10 @@ impl Request {
     pub fn header(mut self, name: &str, value: impl Into<String>) -> Self {
         self.headers.push((name.to_string(), value.into()));
         self
+    }
+    /// Name the request's rate class ([`RATE_CLASS_HEADER`]).
+    pub fn rate_class(self, class: &str) -> Self {
+        self.header(RATE_CLASS_HEADER, class)
     }
     /// Set a JSON body (and its content type).
     pub fn json<T: serde::Serialize>(mut self, body: &T) -> Self {

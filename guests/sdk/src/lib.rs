@@ -175,13 +175,18 @@ pub fn provider_config<T: serde::de::DeserializeOwned>() -> Result<T, DriverErro
 /// Optional: `aliases: "AWS"` (comma-separated other names a MachineClass's `provider` may
 /// use, e.g. how Gardener spells it) and `endpoint_env: "AWS_ENDPOINT_URL_EC2"` (an
 /// environment variable of the controller's that, when set, becomes the provider config's
-/// `endpoint` and is added to its egress allowlist; the guest itself sees no environment).
+/// `endpoint` and is added to its egress allowlist; the guest itself sees no environment), and
+/// `rate_limits: r#"{"classes": {"RunInstances": {"rate": 2, "burst": 5}}}"#` (JSON: the
+/// provider's default token buckets per rate class, which the operator's Provider settings
+/// override; a request names its class in the `mcm-wasm-rate-class` header,
+/// [`http::RATE_CLASS_HEADER`]).
 #[macro_export]
 macro_rules! export_provider {
     (
         $driver:ty, name: $name:expr, version: $version:expr
         $(, aliases: $aliases:expr)?
         $(, endpoint_env: $endpoint_env:expr)?
+        $(, rate_limits: $rate_limits:expr)?
         $(,)?
     ) => {
         const _: () = {
@@ -190,6 +195,7 @@ macro_rules! export_provider {
                 $crate::CONTRACT_VERSION, "\""
                 $(, ",\"aliases\":\"", $aliases, "\"")?
                 $(, ",\"endpointEnv\":\"", $endpoint_env, "\"")?
+                $(, ",\"rateLimits\":", $rate_limits)?
                 , "}",
             ];
             const __MCM_META_LEN: usize = $crate::metadata_len(__MCM_META_PARTS);

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mcm_controller::{Config, Context};
-use mcm_sandbox::{EgressPolicy, ProviderSettings, Registry, Sandbox, SandboxConfig};
+use mcm_sandbox::{EgressPolicy, ProviderSettings, RateLimits, Registry, Sandbox, SandboxConfig};
 
 /// The machine controller's command line.
 #[derive(clap::Args, Debug)]
@@ -116,6 +116,11 @@ pub struct ControllerArgs {
     /// Allow a provider outbound HTTP to a host, as NAME=HOST[:PORT] (repeatable; default: none).
     #[arg(long = "provider-allow-host", value_name = "NAME=HOST[:PORT]")]
     pub provider_allow_hosts: Vec<String>,
+    /// A provider's client-side rate limits, as NAME=JSON (repeatable), over the defaults the
+    /// provider declares, e.g. aws='{"classes":{"RunInstances":{"rate":2,"burst":5}}}'
+    /// (also `default` and `throttleCodes`; as a Provider's spec.limits.rateLimits).
+    #[arg(long = "provider-rate-limits", value_name = "NAME=JSON")]
+    pub provider_rate_limits: Vec<String>,
     /// Broker a provider's cloud credentials (repeatable, NAME): the secret's credential keys
     /// stay on the host, which signs the provider's requests with them (contract 0.1.1).
     #[arg(long = "provider-broker-credentials", value_name = "NAME")]
@@ -318,10 +323,23 @@ impl ControllerArgs {
                 .or_default()
                 .push(host.to_string());
         }
+        let mut rate_limits: BTreeMap<String, RateLimits> = BTreeMap::new();
+        for item in &self.provider_rate_limits {
+            let (name, json) = item.split_once('=').ok_or_else(|| {
+                anyhow::anyhow!("--provider-rate-limits {item:?} is not NAME=JSON")
+            })?;
+            let limits: RateLimits = serde_json::from_str(json)
+                .map_err(|e| anyhow::anyhow!("--provider-rate-limits for {name}: {e}"))?;
+            limits
+                .check()
+                .map_err(|e| anyhow::anyhow!("--provider-rate-limits for {name}: {e}"))?;
+            rate_limits.insert(name.to_string(), limits);
+        }
         let mut out = BTreeMap::new();
         for name in configs
             .keys()
             .chain(hosts.keys())
+            .chain(rate_limits.keys())
             .chain(&self.provider_broker_credentials)
         {
             let egress = EgressPolicy::parse(hosts.get(name).map(Vec::as_slice).unwrap_or(&[]))
@@ -333,6 +351,7 @@ impl ControllerArgs {
                     config: configs.get(name).cloned(),
                     deadlines: None,
                     broker_credentials: self.provider_broker_credentials.contains(name),
+                    rate_limits: rate_limits.get(name).cloned(),
                     ..Default::default()
                 },
             );

@@ -191,12 +191,14 @@ impl Context {
                 instance: None,
             },
         );
+        let metrics = metrics::Metrics::default();
+        metrics.set_providers(registry.clone());
         Arc::new(Context {
             control,
             target,
             registry,
             recorder,
-            metrics: Default::default(),
+            metrics,
             cache: cache::Cache::new(&config.namespace),
             class_checks: Default::default(),
             pools: pools::Pools::new(config.workers),

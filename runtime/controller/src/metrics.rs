@@ -4,7 +4,10 @@
 //! Families: `mcm_wasm_driver_calls_total{provider,operation,code}`,
 //! `mcm_wasm_driver_call_duration_seconds{provider,operation}` (histogram),
 //! `mcm_wasm_orphan_vms_total{result}`, `mcm_wasm_orphan_passes_capped_total`,
-//! `mcm_wasm_workers_busy{pool}`,
+//! `mcm_wasm_workers_busy{pool}`, the client-side rate buckets of the providers' cloud
+//! requests (`mcm_wasm_rate_limit_requests_total`, `_throttled_total`, `_wait_seconds_total`,
+//! `_rejected_total` and the current `mcm_wasm_rate_limit_rate`, each by
+//! `{host,class,credential}`, the credential as a fingerprint),
 //! `mcm_wasm_reconcile_errors_total{error}`, and MCM's `mcm_machine_items_total` and
 //! `mcm_machine_current_status_phase{name,namespace}` (Terminating −4, Failed −3,
 //! CrashLoopBackOff −2, Unknown −1, Pending 0, Running 1, other 0), `mcm_machine_info` (labels
@@ -72,6 +75,7 @@ pub struct Metrics {
     orphan_passes_capped: Counter,
     workers_busy: Family<PoolLabels, prometheus_client::metrics::gauge::Gauge>,
     machines: Arc<MachineFamilies>,
+    rate_buckets: Arc<RateBuckets>,
     ready: AtomicBool,
     /// Per-machine labels from the providers (metrics-labels), shown on `mcm_machine_info`.
     pub provider_labels: Arc<ProviderLabels>,
@@ -125,6 +129,8 @@ impl Default for Metrics {
             provider_labels: provider_labels.clone(),
         });
         registry.register_collector(Box::new(machines.clone()));
+        let rate_buckets = Arc::new(RateBuckets::default());
+        registry.register_collector(Box::new(rate_buckets.clone()));
         Metrics {
             registry,
             calls,
@@ -134,6 +140,7 @@ impl Default for Metrics {
             orphan_passes_capped,
             workers_busy,
             machines,
+            rate_buckets,
             ready: AtomicBool::new(false),
             provider_labels,
         }
@@ -193,6 +200,11 @@ impl Metrics {
         self.reconcile_errors
             .get_or_create(&ErrorLabels { error: label })
             .inc();
+    }
+
+    /// Where the rate buckets' figures come from.
+    pub fn set_providers(&self, providers: Arc<dyn mcm_driver::ProviderLookup>) {
+        let _ = self.rate_buckets.providers.set(providers);
     }
 
     /// The controller's Machine cache (for the machine families).
@@ -365,6 +377,76 @@ impl Collector for MachineFamilies {
     }
 }
 
+/// The providers' client-side rate buckets, read at scrape time.
+#[derive(Default)]
+struct RateBuckets {
+    providers: OnceLock<Arc<dyn mcm_driver::ProviderLookup>>,
+}
+
+impl std::fmt::Debug for RateBuckets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RateBuckets").finish_non_exhaustive()
+    }
+}
+
+impl Collector for RateBuckets {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        use prometheus_client::metrics::counter::ConstCounter;
+        let Some(providers) = self.providers.get() else {
+            return Ok(());
+        };
+        let buckets = providers.rate_buckets();
+        let labels = |b: &mcm_driver::RateBucketStats| -> Labels {
+            vec![
+                ("host".into(), b.host.clone()),
+                ("class".into(), b.class.clone()),
+                ("credential".into(), b.credential.clone()),
+            ]
+        };
+        type Value = fn(&mcm_driver::RateBucketStats) -> f64;
+        let counters: [(&str, &str, Value); 4] = [
+            (
+                "mcm_wasm_rate_limit_requests",
+                "Cloud requests that took a token of a client-side rate bucket",
+                |b| b.requests as f64,
+            ),
+            (
+                "mcm_wasm_rate_limit_throttled",
+                "Throttling answers from the cloud (they lower the bucket's rate)",
+                |b| b.throttled as f64,
+            ),
+            (
+                "mcm_wasm_rate_limit_wait_seconds",
+                "Time requests waited for a token",
+                |b| b.waited.as_secs_f64(),
+            ),
+            (
+                "mcm_wasm_rate_limit_rejected",
+                "Driver calls failed Unavailable because their token would have come after their deadline",
+                |b| b.rate_limited as f64,
+            ),
+        ];
+        for (name, help, value) in counters {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for b in &buckets {
+                ConstCounter::new(value(b)).encode(family.encode_family(&labels(b))?)?;
+            }
+        }
+        let mut family = encoder.encode_descriptor(
+            "mcm_wasm_rate_limit_rate",
+            "A rate bucket's current fill rate in requests per second (absent while it does not limit)",
+            None,
+            MetricType::Gauge,
+        )?;
+        for b in &buckets {
+            if let Some(rate) = b.rate {
+                ConstGauge::new(rate).encode(family.encode_family(&labels(b))?)?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// MCM's numbers for phases.
 fn phase_value(phase: Option<&MachinePhase>) -> i64 {
     match phase {
@@ -447,5 +529,64 @@ pub async fn serve(
         .await
     {
         tracing::warn!("metrics server stopped: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mcm_driver::{MachineDriver, ProviderLookup, RateBucketStats};
+
+    struct Buckets(Vec<RateBucketStats>);
+
+    impl ProviderLookup for Buckets {
+        fn get(&self, _name: &str) -> Option<Arc<dyn MachineDriver>> {
+            None
+        }
+        fn served_names(&self) -> Vec<String> {
+            Vec::new()
+        }
+        fn subscribe_loaded(&self) -> tokio::sync::broadcast::Receiver<mcm_driver::ProviderLoaded> {
+            tokio::sync::broadcast::channel(1).1
+        }
+        fn rate_buckets(&self) -> Vec<RateBucketStats> {
+            self.0.clone()
+        }
+    }
+
+    #[test]
+    fn rate_buckets_are_rendered_per_host_class_and_credential() {
+        let bucket = |class: &str, rate: Option<f64>| RateBucketStats {
+            credential: "0a1b2c3d4e5f".into(),
+            host: "127.0.0.1:5000".into(),
+            class: class.into(),
+            rate,
+            requests: 12,
+            throttled: 3,
+            waited: Duration::from_millis(1500),
+            rate_limited: 1,
+        };
+        let metrics = Metrics::default();
+        metrics.set_providers(Arc::new(Buckets(vec![
+            bucket("RunInstances", Some(1.4)),
+            bucket("DescribeInstances", None),
+        ])));
+        let text = metrics.render();
+        let labels = r#"host="127.0.0.1:5000",class="RunInstances",credential="0a1b2c3d4e5f""#;
+        for line in [
+            format!("mcm_wasm_rate_limit_requests_total{{{labels}}} 12"),
+            format!("mcm_wasm_rate_limit_throttled_total{{{labels}}} 3"),
+            format!("mcm_wasm_rate_limit_wait_seconds_total{{{labels}}} 1.5"),
+            format!("mcm_wasm_rate_limit_rejected_total{{{labels}}} 1"),
+            format!("mcm_wasm_rate_limit_rate{{{labels}}} 1.4"),
+        ] {
+            assert!(text.contains(&line), "{line} missing from:\n{text}");
+        }
+        assert!(
+            !text.contains(
+                r#"mcm_wasm_rate_limit_rate{host="127.0.0.1:5000",class="DescribeInstances""#
+            ),
+            "a bucket that does not limit has no rate:\n{text}"
+        );
     }
 }

@@ -260,4 +260,31 @@ pub trait ProviderLookup: Send + Sync {
 
     /// Notified whenever a provider is loaded or replaced.
     fn subscribe_loaded(&self) -> tokio::sync::broadcast::Receiver<ProviderLoaded>;
+
+    /// The figures of the client-side rate buckets the providers' cloud requests go through
+    /// (for metrics); empty where nothing limits them.
+    fn rate_buckets(&self) -> Vec<RateBucketStats> {
+        Vec::new()
+    }
+}
+
+/// One client-side rate bucket: which requests it meters and what it did.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct RateBucketStats {
+    /// A short fingerprint of the credential (never the credential).
+    pub credential: String,
+    /// The endpoint's host (and port).
+    pub host: String,
+    /// The rate class the provider named (for EC2, the action); `""`: none.
+    pub class: String,
+    /// The current fill rate (requests per second); `None` while it does not limit.
+    pub rate: Option<f64>,
+    /// Requests that took a token.
+    pub requests: u64,
+    /// Throttling answers from the cloud.
+    pub throttled: u64,
+    /// Total time requests waited for tokens.
+    pub waited: std::time::Duration,
+    /// Calls that gave up because their token would have come after their deadline.
+    pub rate_limited: u64,
 }

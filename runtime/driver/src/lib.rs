@@ -13,7 +13,8 @@ pub mod text;
 pub mod warnings;
 
 pub use call::{
-    BadRequest, MachineDriver, OwnedRequest, ProviderLoaded, ProviderLookup, Request, Response,
+    BadRequest, MachineDriver, OwnedRequest, ProviderLoaded, ProviderLookup, RateBucketStats,
+    Request, Response,
 };
 pub use operation::{Deadlines, Operation};
 

@@ -41,7 +41,8 @@ pub use machine_set::{
 };
 pub use provider::{
     ConfigMapSource, FileSource, HttpsSource, LocalObjectReference, OciSource, PROVIDER_GROUP,
-    Provider, ProviderEgress, ProviderLimits, ProviderSource, ProviderSpec, ProviderStatus,
+    Provider, ProviderEgress, ProviderLimits, ProviderRateLimits, ProviderSource, ProviderSpec,
+    ProviderStatus, RateLimit,
 };
 pub use shared::{
     ClassSpec, ConditionStatus, LastOperation, MachineConfiguration, MachineOperationType,

@@ -166,6 +166,38 @@ pub struct ProviderLimits {
     /// deadline).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_concurrent_calls: Option<u32>,
+    /// Client-side rate limits of the provider's cloud requests, over the defaults the
+    /// provider declares (e.g. EC2's published request buckets). Buckets are shared by every
+    /// provider using the same credential and endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limits: Option<ProviderRateLimits>,
+}
+
+/// Token buckets per rate class (the class a provider names per request, for EC2 the action,
+/// e.g. `RunInstances`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ProviderRateLimits {
+    /// Limit per rate class.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub classes: BTreeMap<String, RateLimit>,
+    /// The limit of classes not listed (unset: not limited until the cloud throttles them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default: Option<RateLimit>,
+    /// Error codes that mark a throttling answer besides HTTP 429 (default: the AWS SDKs'
+    /// throttling codes, e.g. `RequestLimitExceeded`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub throttle_codes: Vec<String>,
+}
+
+/// A token bucket: `rate` requests per second, at most `burst` at once.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RateLimit {
+    /// Requests per second (may be fractional, e.g. 0.5).
+    pub rate: f64,
+    /// Requests that may go at once after a quiet spell.
+    pub burst: u32,
 }
 
 /// What the controller serves for a Provider, and how it got there.

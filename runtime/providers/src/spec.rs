@@ -8,7 +8,7 @@
 //! plain bytes), deadlines are Go-style durations by operation key (`createMachine: 5m`).
 
 use machine_api::{ProviderSource, ProviderSpec};
-use mcm_sandbox::{Deadlines, EgressPolicy, ProviderSettings};
+use mcm_sandbox::{Deadlines, EgressPolicy, Limit, ProviderSettings, RateLimits};
 
 /// What is wrong with a spec, naming the field.
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -47,6 +47,8 @@ pub enum SpecError {
     Deadlines(String),
     #[error("spec.limits.maxConcurrentCalls: must be at least 1")]
     Concurrency,
+    #[error("spec.limits.rateLimits.{0}")]
+    RateLimits(String),
 }
 
 /// Where the artifact comes from, validated: an OCI artifact pinned by digest, an https URL
@@ -230,6 +232,29 @@ pub fn settings(spec: &ProviderSpec) -> Result<ProviderSettings, SpecError> {
     if limits.max_concurrent_calls == Some(0) {
         return Err(SpecError::Concurrency);
     }
+    let rate_limits = limits
+        .rate_limits
+        .as_ref()
+        .map(|r| {
+            let limit = |l: &machine_api::RateLimit| Limit {
+                rate: l.rate,
+                burst: l.burst,
+            };
+            let limits = RateLimits {
+                classes: r
+                    .classes
+                    .iter()
+                    .map(|(k, v)| (k.clone(), limit(v)))
+                    .collect(),
+                default: r.default.as_ref().map(limit),
+                throttle_codes: r.throttle_codes.clone(),
+            };
+            limits
+                .check()
+                .map(|()| limits)
+                .map_err(SpecError::RateLimits)
+        })
+        .transpose()?;
     Ok(ProviderSettings {
         egress,
         config,
@@ -237,6 +262,7 @@ pub fn settings(spec: &ProviderSpec) -> Result<ProviderSettings, SpecError> {
         broker_credentials: spec.broker_credentials,
         memory_limit,
         max_concurrent_calls: limits.max_concurrent_calls,
+        rate_limits,
     })
 }
 
@@ -390,6 +416,17 @@ mod tests {
                 memory: Some("32Mi".into()),
                 deadlines: [("createMachine".to_string(), "90s".to_string())].into(),
                 max_concurrent_calls: Some(8),
+                rate_limits: Some(machine_api::ProviderRateLimits {
+                    classes: [(
+                        "RunInstances".to_string(),
+                        machine_api::RateLimit {
+                            rate: 0.5,
+                            burst: 2,
+                        },
+                    )]
+                    .into(),
+                    ..Default::default()
+                }),
             }),
             broker_credentials: true,
             ..Default::default()
@@ -417,6 +454,13 @@ mod tests {
             std::time::Duration::from_secs(90)
         );
         assert_eq!(s.max_concurrent_calls, Some(8));
+        assert_eq!(
+            s.rate_limits.unwrap().limit("RunInstances"),
+            Some(Limit {
+                rate: 0.5,
+                burst: 2
+            })
+        );
         assert!(s.broker_credentials);
         // Nothing set: the sandbox's defaults, egress denied.
         let bare = settings(&ProviderSpec::default()).unwrap();
@@ -467,6 +511,23 @@ mod tests {
                 ..Default::default()
             })),
             "spec.limits.maxConcurrentCalls: must be at least 1"
+        );
+        assert_eq!(
+            with(&limits(ProviderLimits {
+                rate_limits: Some(machine_api::ProviderRateLimits {
+                    classes: [(
+                        "RunInstances".to_string(),
+                        machine_api::RateLimit {
+                            rate: 0.0,
+                            burst: 5
+                        }
+                    )]
+                    .into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })),
+            "spec.limits.rateLimits.classes.RunInstances: rate 0 must be a positive number"
         );
     }
 

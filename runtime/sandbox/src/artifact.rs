@@ -15,7 +15,7 @@ pub const METADATA_SECTION: &str = "mcm-wasm:provider";
 pub const DRIVER_INTERFACE: &str = "mcm:driver/driver";
 
 /// Provider metadata embedded by the guest SDK.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Metadata {
     pub name: String,
     pub version: String,
@@ -36,6 +36,14 @@ pub struct Metadata {
         skip_serializing_if = "Option::is_none"
     )]
     pub endpoint_env: Option<String>,
+    /// The provider's default rate limits for its cloud (e.g. EC2's published request
+    /// buckets), under the operator's settings (`ProviderSettings::rate_limits`).
+    #[serde(
+        default,
+        rename = "rateLimits",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub rate_limits: Option<crate::capability::ratelimit::RateLimits>,
 }
 
 impl Metadata {
@@ -228,8 +236,15 @@ pub fn inspect(path: &Path, bytes: &[u8]) -> Result<ArtifactInfo, LoadError> {
             contract: contract.to_string(),
             aliases: Vec::new(),
             endpoint_env: None,
+            rate_limits: None,
         },
     };
+    if let Some(limits) = &metadata.rate_limits {
+        limits.check().map_err(|reason| LoadError::BadMetadata {
+            path: p.clone(),
+            reason: format!("rateLimits: {reason}"),
+        })?;
+    }
     if !contract_compatible(&contract, &host) {
         return Err(LoadError::IncompatibleContract {
             path: p,

@@ -17,6 +17,7 @@ pub mod registry;
 
 pub use artifact::{ArtifactInfo, LoadError, Metadata};
 pub use capability::egress::EgressPolicy;
+pub use capability::ratelimit::{Limit, RateLimits};
 pub use engine::{Sandbox, SandboxConfig};
 pub use mcm_driver::{Code, Deadlines, DriverError, MachineDriver, Operation};
 pub use provider::{Provider, ProviderSettings};

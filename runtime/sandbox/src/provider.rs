@@ -13,6 +13,7 @@ use crate::bindings;
 use crate::cache::CacheHit;
 use crate::capability::credentials::{self, Brokered};
 use crate::capability::egress::{EgressHook, EgressPolicy};
+use crate::capability::ratelimit::{self, RateLimits};
 use crate::engine::{self, CallContext, Sandbox};
 use mcm_driver::*;
 
@@ -34,6 +35,9 @@ pub struct ProviderSettings {
     /// At most this many calls of the provider at once; `None`: only the sandbox-wide
     /// `max_concurrent_instances` bounds them.
     pub max_concurrent_calls: Option<u32>,
+    /// The operator's rate limits, over the defaults the provider declares in its metadata
+    /// (`rateLimits`), class by class.
+    pub rate_limits: Option<RateLimits>,
 }
 
 /// A provider ready to serve calls. Cheap to share (`Arc`); calls run concurrently.
@@ -62,6 +66,23 @@ struct CallContextTemplate {
     provider: Arc<str>,
     egress: Arc<EgressPolicy>,
     config_json: Arc<str>,
+    rate_limits: Arc<RateLimits>,
+}
+
+impl CallContextTemplate {
+    fn new(info: &ArtifactInfo, settings: &ProviderSettings) -> Self {
+        let declared = info.metadata.rate_limits.clone().unwrap_or_default();
+        let rate_limits = match &settings.rate_limits {
+            Some(operator) => declared.overridden_by(operator),
+            None => declared,
+        };
+        CallContextTemplate {
+            provider: Arc::from(info.metadata.name.as_str()),
+            egress: Arc::new(settings.egress.clone()),
+            config_json: Arc::from(settings.config.as_deref().unwrap_or("{}")),
+            rate_limits: Arc::new(rate_limits),
+        }
+    }
 }
 
 impl Provider {
@@ -114,11 +135,7 @@ impl Provider {
                 path: p(),
                 reason: format!("{e:#}"),
             })?;
-        let call_ctx = CallContextTemplate {
-            provider: Arc::from(info.metadata.name.as_str()),
-            egress: Arc::new(settings.egress.clone()),
-            config_json: Arc::from(settings.config.as_deref().unwrap_or("{}")),
-        };
+        let call_ctx = CallContextTemplate::new(&info, &settings);
         let provider = Provider {
             info,
             path: path.to_path_buf(),
@@ -149,7 +166,7 @@ impl Provider {
     /// Instantiate once without calling anything: start functions and data segments run, and
     /// the memory limits apply, before the provider is allowed to serve.
     async fn smoke(&self) -> Result<(), DriverError> {
-        let ctx = self.call_context(Operation::MetricsLabels, None);
+        let ctx = self.call_context(Operation::MetricsLabels, None, Arc::from(""));
         self.sandbox
             .call(
                 &self.pre,
@@ -167,11 +184,7 @@ impl Provider {
             path: self.path.clone(),
             pre: self.pre.clone(),
             sandbox: self.sandbox.clone(),
-            call_ctx: CallContextTemplate {
-                provider: self.call_ctx.provider.clone(),
-                egress: Arc::new(settings.egress.clone()),
-                config_json: Arc::from(settings.config.as_deref().unwrap_or("{}")),
-            },
+            call_ctx: CallContextTemplate::new(&self.info, &settings),
             permits: permits(&settings),
             settings,
             operations: self.operations.clone(),
@@ -181,6 +194,12 @@ impl Provider {
 
     pub fn info(&self) -> &ArtifactInfo {
         &self.info
+    }
+
+    /// The rate limits the provider's calls run under (its declared defaults under the
+    /// operator's settings).
+    pub fn rate_limits(&self) -> &RateLimits {
+        &self.call_ctx.rate_limits
     }
 
     /// The functions of the exported driver interface.
@@ -196,7 +215,12 @@ impl Provider {
         &self.settings
     }
 
-    fn call_context(&self, operation: Operation, brokered: Option<Arc<Brokered>>) -> CallContext {
+    fn call_context(
+        &self,
+        operation: Operation,
+        brokered: Option<Arc<Brokered>>,
+        credential: Arc<str>,
+    ) -> CallContext {
         CallContext {
             provider: self.call_ctx.provider.clone(),
             operation,
@@ -205,6 +229,8 @@ impl Provider {
             http: self.sandbox.http.clone(),
             brokered,
             memory_limit: self.settings.memory_limit,
+            rate_limits: self.call_ctx.rate_limits.clone(),
+            credential,
         }
     }
 
@@ -263,7 +289,7 @@ impl Provider {
         self.sandbox
             .floor_call(
                 &self.pre,
-                self.call_context(Operation::GetMachineStatus, None),
+                self.call_context(Operation::GetMachineStatus, None, Arc::from("")),
                 &wreq,
             )
             .await
@@ -293,7 +319,9 @@ impl MachineDriver for Provider {
             duration_us = tracing::field::Empty,
         );
         let no_secret = SecretData::new();
-        let (visible, brokered) = self.broker(request.secret().unwrap_or(&no_secret));
+        let secret = request.secret().unwrap_or(&no_secret);
+        let credential = Arc::from(ratelimit::credential_fingerprint(secret));
+        let (visible, brokered) = self.broker(secret);
         let wreq = engine::wit_request(&request, &visible);
         let started = Instant::now();
         // The deadline covers waiting for a slot (maxConcurrentCalls) and the call itself; a
@@ -303,7 +331,7 @@ impl MachineDriver for Provider {
                 .sandbox
                 .call(
                     &self.pre,
-                    self.call_context(op, brokered),
+                    self.call_context(op, brokered, credential),
                     self.deadline(op).saturating_sub(started.elapsed()),
                     async move |store, guest| engine::dispatch(store, guest, wreq).await,
                 )

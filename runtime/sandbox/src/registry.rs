@@ -573,6 +573,10 @@ impl ProviderLookup for Registry {
     fn subscribe_loaded(&self) -> broadcast::Receiver<ProviderLoaded> {
         self.loaded.subscribe()
     }
+
+    fn rate_buckets(&self) -> Vec<mcm_driver::RateBucketStats> {
+        self.sandbox.rate_buckets()
+    }
 }
 
 /// The endpoint variable a provider declares (`endpointEnv`, e.g. `AWS_ENDPOINT_URL_EC2`), read

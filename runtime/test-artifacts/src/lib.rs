@@ -119,6 +119,13 @@ const METADATA_SECTION: &str = "mcm-wasm:provider";
 /// (the last one read wins) appended after the component's own. Same code, a new digest —
 /// what a rebuilt release of a provider looks like to a registry and to the sandbox.
 pub fn with_version(bytes: &[u8], version: &str) -> Vec<u8> {
+    with_metadata(bytes, |json| json["version"] = version.into())
+}
+
+/// The same component as `bytes` with its metadata JSON changed by `edit` (e.g. another
+/// provider name: a second provider of the same code), in a metadata section appended after
+/// the component's own (the last one read wins).
+pub fn with_metadata(bytes: &[u8], edit: impl FnOnce(&mut serde_json::Value)) -> Vec<u8> {
     let mut metadata = None;
     for payload in wasmparser::Parser::new(0).parse_all(bytes) {
         if let Ok(wasmparser::Payload::CustomSection(s)) = payload
@@ -130,7 +137,7 @@ pub fn with_version(bytes: &[u8], version: &str) -> Vec<u8> {
     let metadata = metadata.expect("the component has an SDK metadata section");
     let mut json: serde_json::Value =
         serde_json::from_slice(&metadata).expect("the metadata section is JSON");
-    json["version"] = version.into();
+    edit(&mut json);
     let data = serde_json::to_vec(&json).unwrap();
     let mut payload = leb128(METADATA_SECTION.len());
     payload.extend_from_slice(METADATA_SECTION.as_bytes());

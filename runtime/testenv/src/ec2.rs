@@ -281,6 +281,10 @@ struct ProxyState {
     random: Mutex<Option<RandomFaults>>,
     /// Faults applied so far, by kind ([`Fault::kind`]).
     injected: Mutex<std::collections::BTreeMap<&'static str, u64>>,
+    /// EC2's request throttling, when emulated.
+    throttle: Mutex<Option<crate::throttle::Throttle>>,
+    /// (when, action, throttled) of every request since the proxy started.
+    timeline: Mutex<Vec<(std::time::Instant, String, bool)>>,
 }
 
 /// A share of requests that get a fault, drawn from a seeded generator (xorshift64*) so that a
@@ -406,6 +410,37 @@ impl FaultProxy {
     pub fn pending_faults(&self) -> usize {
         self.state.faults.lock().unwrap().len()
     }
+
+    /// From now on, answer requests as EC2's throttling would (see [`crate::throttle`]):
+    /// 503 `RequestLimitExceeded` when the action's bucket is empty.
+    pub fn throttle(&self, settings: crate::throttle::Throttling) {
+        *self.state.throttle.lock().unwrap() = Some(crate::throttle::Throttle::new(settings));
+    }
+
+    /// Requests the throttle emulator refused, by action.
+    pub fn throttled(&self) -> std::collections::BTreeMap<String, u64> {
+        self.state
+            .throttle
+            .lock()
+            .unwrap()
+            .as_ref()
+            .map(|t| t.throttled.clone())
+            .unwrap_or_default()
+    }
+
+    /// Requests by EC2 action since the proxy started (refused ones included).
+    pub fn requests_by_action(&self) -> std::collections::BTreeMap<String, u64> {
+        let mut counts = std::collections::BTreeMap::new();
+        for (_, action, _) in self.state.timeline.lock().unwrap().iter() {
+            *counts.entry(action.clone()).or_default() += 1;
+        }
+        counts
+    }
+
+    /// (when, action, throttled) of every request since the proxy started.
+    pub fn timeline(&self) -> Vec<(std::time::Instant, String, bool)> {
+        self.state.timeline.lock().unwrap().clone()
+    }
 }
 
 struct HttpRequest {
@@ -523,6 +558,22 @@ async fn serve_connection(
         let fault = fault.or_else(|| state.random.lock().unwrap().as_mut()?.draw());
         if let Some(f) = &fault {
             *state.injected.lock().unwrap().entry(f.kind()).or_default() += 1;
+        }
+        let now = std::time::Instant::now();
+        let throttled = fault.is_none()
+            && state.throttle.lock().unwrap().as_mut().is_some_and(|t| {
+                let instances =
+                    crate::throttle::instances_of(&action, &String::from_utf8_lossy(&req.body));
+                !t.admit(&action, instances, now)
+            });
+        state
+            .timeline
+            .lock()
+            .unwrap()
+            .push((now, action.clone(), throttled));
+        if throttled {
+            write_response(&mut sock, 503, "text/xml", THROTTLE_XML.as_bytes()).await?;
+            continue;
         }
         match fault {
             Some(Fault::Status(status, body)) => {

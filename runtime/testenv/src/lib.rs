@@ -20,6 +20,7 @@ pub mod node_sim;
 mod process;
 pub mod registry;
 pub mod sample;
+pub mod throttle;
 
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};

@@ -12,3 +12,4 @@ mod controller_e2e;
 mod drop_in;
 mod new_project;
 mod providers_e2e;
+mod throttling;

@@ -45,6 +45,17 @@ impl SimulatedKubelet {
         endpoint: &str,
         providers: &std::path::Path,
     ) -> SimulatedKubelet {
+        Self::start_for(client, ns, &[provider], endpoint, providers).await
+    }
+
+    /// [`SimulatedKubelet::start`] for the machines of several providers of one cloud.
+    pub async fn start_for(
+        client: &kube::Client,
+        ns: &str,
+        provider_names: &[&str],
+        endpoint: &str,
+        providers: &std::path::Path,
+    ) -> SimulatedKubelet {
         let cache = tempfile::tempdir().unwrap();
         let sandbox = Sandbox::new(SandboxConfig {
             cache_dir: Some(cache.path().to_path_buf()),
@@ -53,15 +64,17 @@ impl SimulatedKubelet {
         .unwrap();
         let registry = Registry::new(sandbox);
         let host = endpoint.trim_start_matches("http://").to_string();
-        registry.set_settings(
-            provider,
-            ProviderSettings {
-                egress: EgressPolicy::parse(&[host]).unwrap(),
-                config: Some(serde_json::json!({ "endpoint": endpoint }).to_string()),
-                deadlines: None,
-                ..Default::default()
-            },
-        );
+        for provider in provider_names {
+            registry.set_settings(
+                provider,
+                ProviderSettings {
+                    egress: EgressPolicy::parse(std::slice::from_ref(&host)).unwrap(),
+                    config: Some(serde_json::json!({ "endpoint": endpoint }).to_string()),
+                    deadlines: None,
+                    ..Default::default()
+                },
+            );
+        }
         let watch = registry
             .watch_dir(providers.to_path_buf(), Duration::from_secs(30))
             .await

@@ -1,18 +1,23 @@
-//! The `http` capability: one shared HTTP client (rustls, pooled connections) for the process,
-//! and per call an [`HttpCall`] (which provider, its egress hook, the call's deadline) that
-//! implements the generated `http::Host`. Each request is checked by the provider's
-//! [`EgressHook`], clamped to the call's remaining deadline, and its response body is capped.
+//! The `http` capability: one shared HTTP client (rustls, pooled connections) and one
+//! [`RateLimiter`] for the process, and per call an [`HttpCall`] (which provider, its egress
+//! hook, its rate limits, the call's credential fingerprint and deadline) that implements the
+//! generated `http::Host`. Each request is checked by the provider's [`EgressHook`], waits for
+//! a token of its rate bucket (see `ratelimit`), is clamped to the call's remaining deadline,
+//! and its response body is capped. A throttling answer lowers the bucket's rate and the
+//! request is sent again once a token is there (the cloud did not act on it), up to
+//! [`MAX_THROTTLED_ATTEMPTS`] times; the guest sees only the final answer.
 //!
 //! Shape of wasmtime-wasi-http / Spin's outbound-http factor: process-wide init
 //! ([`HttpClient::new`]), per-call state ([`HttpCall`]), linker registration
 //! ([`add_to_linker`], generic over the store's data, so this module does not know the engine).
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use wasmtime::component::{HasSelf, Linker};
 
 use super::egress::EgressHook;
+use super::ratelimit::{self, BucketKey, RateLimited, RateLimiter, RateLimits};
 use crate::bindings::mcm::driver::http::{self as wit, Error, Request, Response};
 
 /// Link `mcm:driver/http`; `view` borrows the call's [`HttpCall`] out of the store's data.
@@ -23,21 +28,94 @@ pub(crate) fn add_to_linker<T: Send + 'static>(
     wit::add_to_linker::<T, HasSelf<HttpCall>>(linker, view)
 }
 
+/// A request the cloud throttles this many times in a row is answered to the guest as the
+/// cloud answered it.
+pub(crate) const MAX_THROTTLED_ATTEMPTS: u32 = 8;
+
+/// Where a call records that the rate limiter refused it (the outcome becomes Unavailable).
+pub(crate) type RateLimitedRecord = Arc<Mutex<Option<RateLimited>>>;
+
 /// The `http` capability's state for one call.
 pub(crate) struct HttpCall {
     pub client: HttpClient,
     pub provider: Arc<str>,
     pub egress: Arc<dyn EgressHook>,
     pub deadline: Instant,
+    /// The provider's rate limits (its defaults under the operator's settings).
+    pub rate_limits: Arc<RateLimits>,
+    /// The fingerprint of the credential in the call's secret (`ratelimit::credential_fingerprint`).
+    pub credential: Arc<str>,
+    pub rate_limited: RateLimitedRecord,
 }
 
 impl HttpCall {
-    /// Send `req` under this call's egress hook and remaining deadline.
-    pub(crate) async fn send(&self, req: Request) -> Result<Response, Error> {
+    /// Send `req` under this call's egress hook, rate limits and remaining deadline; the rate
+    /// class is taken out of its headers.
+    pub(crate) async fn send(&self, mut req: Request) -> Result<Response, Error> {
+        let class = ratelimit::take_rate_class(&mut req.headers);
+        self.send_in_class(req, class).await
+    }
+
+    /// [`HttpCall::send`] for a request whose rate class was already taken out (a request
+    /// the host signs must not carry the header it removes).
+    pub(crate) async fn send_in_class(
+        &self,
+        req: Request,
+        class: String,
+    ) -> Result<Response, Error> {
+        let key = match req.url.parse::<reqwest::Url>() {
+            Ok(url) if self.egress.check(&url).is_ok() => BucketKey {
+                credential: self.credential.to_string(),
+                host: host_port(&url),
+                class,
+            },
+            // Refused without sending: nothing to meter.
+            _ => return self.send_now(req).await,
+        };
+        let limit = self.rate_limits.limit(&key.class);
+        let limiter = &self.client.limiter;
+        let mut attempt = 1;
+        loop {
+            if let Err(e) = limiter
+                .acquire(&key, &self.provider, limit, self.deadline)
+                .await
+            {
+                tracing::warn!(provider = %self.provider, bucket = %e.key, "{e}");
+                let message = e.to_string();
+                *self.rate_limited.lock().unwrap() = Some(e);
+                return Err(Error::Other(message));
+            }
+            let answer = self.send_now(req.clone()).await;
+            match &answer {
+                Ok(r) if self.rate_limits.is_throttled(r.status, &r.body) => {
+                    limiter.throttled(&key, ratelimit::retry_after(&r.headers));
+                    if attempt < MAX_THROTTLED_ATTEMPTS {
+                        tracing::debug!(provider = %self.provider, bucket = %key, attempt, status = r.status, "throttled; sending again when the bucket allows");
+                        attempt += 1;
+                        continue;
+                    }
+                }
+                Ok(_) => limiter.succeeded(&key),
+                Err(_) => {}
+            }
+            return answer;
+        }
+    }
+
+    async fn send_now(&self, req: Request) -> Result<Response, Error> {
         let remaining = self.deadline.saturating_duration_since(Instant::now());
         self.client
             .send(&self.provider, &*self.egress, req, remaining)
             .await
+    }
+}
+
+/// A URL's host, with its port when it is not the scheme's default.
+fn host_port(url: &reqwest::Url) -> String {
+    let host = url.host_str().unwrap_or_default();
+    match url.port() {
+        Some(port) => format!("{host}:{port}"),
+        None => host.to_string(),
     }
 }
 
@@ -51,6 +129,8 @@ impl wit::Host for HttpCall {
 pub(crate) struct HttpClient {
     client: reqwest::Client,
     max_body: u64,
+    /// The process's rate buckets, shared by every provider.
+    pub limiter: Arc<RateLimiter>,
 }
 
 impl HttpClient {
@@ -61,7 +141,11 @@ impl HttpClient {
             .no_proxy()
             .pool_idle_timeout(Duration::from_secs(60))
             .build()?;
-        Ok(HttpClient { client, max_body })
+        Ok(HttpClient {
+            client,
+            max_body,
+            limiter: Arc::new(RateLimiter::new()),
+        })
     }
 
     async fn send(

@@ -10,8 +10,12 @@
 //! | [`log`]       | `mcm:driver/log`          | `LogCall`               | `&mut LogCall`         |
 //! | [`context`]   | `mcm:driver/context`      | `ContextCall`           | `&mut ContextCall`     |
 //! | [`credentials`] | `mcm:driver/credentials` | `Brokered` (+ `HttpCall`) | `CredentialsView<'_>` |
+//!
+//! Policy shared by every call of every provider: [`ratelimit`] (token buckets per
+//! credential, endpoint and rate class), used by `http`.
 pub(crate) mod context;
 pub mod credentials;
 pub mod egress;
 pub(crate) mod http;
 pub(crate) mod log;
+pub mod ratelimit;

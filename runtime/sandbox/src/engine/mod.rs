@@ -156,6 +156,11 @@ impl Sandbox {
         }))
     }
 
+    /// The figures of every rate bucket the providers' requests took tokens from (for metrics).
+    pub fn rate_buckets(&self) -> Vec<mcm_driver::RateBucketStats> {
+        self.http.limiter.snapshot()
+    }
+
     pub fn engine(&self) -> &Engine {
         &self.engine
     }
@@ -214,7 +219,7 @@ impl Sandbox {
         // wasm yields at every epoch tick (`arm_deadline`), so this timer fires on time too.
         let result = match tokio::time::timeout(deadline, work).await {
             Ok(Ok(Ok(value))) => return Ok(value),
-            Ok(Ok(Err(guest_error))) => from_wit_error(guest_error),
+            Ok(Ok(Err(guest_error))) => outcome::guest_error(from_wit_error(guest_error), &record),
             Ok(Err(failure)) => outcome::classify(failure, &record, &stderr, &self.config),
             Err(_elapsed) => outcome::deadline_exceeded(deadline, &stderr),
         };

@@ -3,6 +3,8 @@
 //!
 //! | what happened                                              | code              |
 //! |------------------------------------------------------------|-------------------|
+//! | the guest failed after the rate limiter refused a request  | Unavailable       |
+//! | the guest failed otherwise (its `driver-error`)            | the guest's code  |
 //! | instance pool full (`PoolConcurrencyLimitError`)           | Unavailable       |
 //! | the memory/table limiter refused growth (recorded)         | ResourceExhausted |
 //! | hostcall fuel exhausted while lifting a guest value        | ResourceExhausted |
@@ -27,6 +29,19 @@ use mcm_driver::{Code, DriverError, Response};
 pub(crate) enum Failure {
     Instantiate(wasmtime::Error),
     Trap(wasmtime::Error),
+}
+
+/// A guest's own error, unless the host's rate limiter refused one of its requests (its token
+/// would have come after the deadline): then the call is Unavailable, saying so, whatever the
+/// guest made of the refusal.
+pub(crate) fn guest_error(error: DriverError, record: &CallRecord) -> DriverError {
+    match record.rate_limited.lock().unwrap().take() {
+        Some(limited) => DriverError::new(
+            Code::Unavailable,
+            format!("{limited} (the provider said: {})", error.message),
+        ),
+        None => error,
+    }
 }
 
 pub(crate) fn classify(

@@ -15,8 +15,9 @@ use crate::bindings::types;
 use crate::capability::context::{ContextCall, FailureReport};
 use crate::capability::credentials::{Brokered, CredentialsView};
 use crate::capability::egress::EgressHook;
-use crate::capability::http::{HttpCall, HttpClient};
+use crate::capability::http::{HttpCall, HttpClient, RateLimitedRecord};
 use crate::capability::log::{LogCall, MAX_LOGS_PER_CALL};
+use crate::capability::ratelimit::RateLimits;
 
 /// The per-provider facts a call needs (cheap to clone: everything is shared).
 #[derive(Clone)]
@@ -30,6 +31,10 @@ pub(crate) struct CallContext {
     pub brokered: Option<Arc<Brokered>>,
     /// The provider's own memory limit, below the sandbox's (`ProviderSettings::memory_limit`).
     pub memory_limit: Option<usize>,
+    /// The provider's rate limits (its defaults under the operator's settings).
+    pub rate_limits: Arc<RateLimits>,
+    /// The fingerprint of the call's credential: which rate buckets its requests take from.
+    pub credential: Arc<str>,
 }
 
 /// What the host learns during a call and classifies the outcome by afterwards (shared with
@@ -40,6 +45,8 @@ pub(crate) struct CallRecord {
     pub memory_refused: AtomicBool,
     /// The guest's own account of why it is about to trap (`context.report-failure`).
     pub reported: Arc<FailureReport>,
+    /// The rate limiter refused a request: its token would have come after the deadline.
+    pub rate_limited: RateLimitedRecord,
 }
 
 /// A store's data: WASI's deny-all context, the limiter, and one state per capability, each
@@ -85,6 +92,9 @@ impl CallState {
                 provider: ctx.provider.clone(),
                 egress: ctx.egress,
                 deadline,
+                rate_limits: ctx.rate_limits,
+                credential: ctx.credential,
+                rate_limited: record.rate_limited.clone(),
             },
             log: LogCall {
                 provider: ctx.provider,
