@@ -311,8 +311,70 @@ pub fn status<T: Transport>(
     let spec = spec::parse(&req.machine_class.provider_spec).map_err(invalid)?;
     let ec2 = client(t, cfg, &spec.region, &req.secret)?;
     let instances = find_machine(&ec2, &spec, &req.machine)?;
-    let i = one(&instances, &req.machine)?;
-    if needs_src_dst_disabled(&spec, i) {
+    answer_status(&spec, &instances, &req.machine)
+}
+
+/// Batch status (contract 0.1.2): the machines of one class and secret (as the host
+/// batches them) looked up with one DescribeInstances per [`query::MAX_FILTER_VALUES`] names;
+/// a machine not found by its tags but with a providerID is looked up by ID alone, as in
+/// [`status`]. Requests of another class or secret than the first are answered one by one.
+pub fn statuses<T: Transport>(
+    t: &T,
+    cfg: &Config,
+    reqs: &[MachineRequest],
+) -> Vec<Result<GetMachineStatusResponse, DriverError>> {
+    let Some(first) = reqs.first() else {
+        return Vec::new();
+    };
+    let same = |r: &MachineRequest| {
+        r.machine_class.provider_spec == first.machine_class.provider_spec
+            && r.secret == first.secret
+            && !r.machine.name.is_empty()
+    };
+    let looked_up = (|| {
+        let spec = spec::parse(&first.machine_class.provider_spec).map_err(invalid)?;
+        let ec2 = client(t, cfg, &spec.region, &first.secret)?;
+        let names: Vec<&str> = reqs
+            .iter()
+            .filter(|r| same(r))
+            .map(|r| r.machine.name.as_str())
+            .collect();
+        let mut found = Vec::new();
+        for chunk in names.chunks(query::MAX_FILTER_VALUES) {
+            found.extend(ec2.describe_all(|token| {
+                query::describe_machines(chunk, spec.cluster_tag(), spec.role_tag(), token)
+            })?);
+        }
+        found.retain(|i| of_class(i, &spec));
+        Ok::<_, DriverError>((spec, found))
+    })();
+    reqs.iter()
+        .map(|req| {
+            if !same(req) {
+                return status(t, cfg, req);
+            }
+            let (spec, found) = looked_up.as_ref().map_err(Clone::clone)?;
+            let mine: Vec<Instance> = found
+                .iter()
+                .filter(|i| i.tag("Name") == Some(req.machine.name.as_str()))
+                .cloned()
+                .collect();
+            if mine.is_empty() && !req.machine.provider_id.is_empty() {
+                return status(t, cfg, req);
+            }
+            answer_status(spec, &mine, &req.machine)
+        })
+        .collect()
+}
+
+/// The status answer for a machine whose instances are `instances`.
+fn answer_status(
+    spec: &ProviderSpec,
+    instances: &[Instance],
+    machine: &Machine,
+) -> Result<GetMachineStatusResponse, DriverError> {
+    let i = one(instances, machine)?;
+    if needs_src_dst_disabled(spec, i) {
         return Err(DriverError::new(
             Code::Uninitialized,
             format!(
@@ -326,6 +388,48 @@ pub fn status<T: Transport>(
         node_name: i.private_dns_name().to_string(),
         addresses: addresses(i),
     })
+}
+
+/// Batch delete (contract 0.1.2): the machines with a providerID of one region and secret are
+/// terminated with one TerminateInstances (EC2 takes up to 1,000 IDs); if EC2 refuses it
+/// (e.g. one ID is already unknown), or for any other machine, each is deleted as by
+/// [`delete`].
+pub fn deletes<T: Transport>(
+    t: &T,
+    cfg: &Config,
+    reqs: &[MachineRequest],
+) -> Vec<Result<DeleteMachineResponse, DriverError>> {
+    let by_id: Vec<Option<(String, String)>> = reqs
+        .iter()
+        .map(|r| decode_provider_id(&r.machine.provider_id).ok())
+        .collect();
+    let Some((region, _)) = by_id.iter().flatten().next().cloned() else {
+        return reqs.iter().map(|r| delete(t, cfg, r)).collect();
+    };
+    let secret = &reqs[by_id.iter().position(Option::is_some).expect("one has an ID")].secret;
+    let batched: Vec<bool> = reqs
+        .iter()
+        .zip(&by_id)
+        .map(|(r, id)| id.as_ref().is_some_and(|(reg, _)| *reg == region) && &r.secret == secret)
+        .collect();
+    let ids: Vec<&str> = by_id
+        .iter()
+        .zip(&batched)
+        .filter(|(_, b)| **b)
+        .filter_map(|(id, _)| id.as_ref().map(|(_, i)| i.as_str()))
+        .collect();
+    let terminated = regions::is_known(&region)
+        && client(t, cfg, &region, secret)
+            .is_ok_and(|ec2| ids.chunks(1000).all(|c| ec2.call(&query::terminate_instances(c)).is_ok()));
+    reqs.iter()
+        .zip(by_id.iter().zip(&batched))
+        .map(|(req, (id, batched))| match (terminated && *batched, id) {
+            (true, Some((_, id))) => Ok(DeleteMachineResponse {
+                last_known_state: format!("EC2 instance {id} terminated"),
+            }),
+            _ => delete(t, cfg, req),
+        })
+        .collect()
 }
 
 /// provider-aws (v0.2x): disable source/destination checks when the class asks for it; a

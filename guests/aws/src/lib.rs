@@ -132,6 +132,31 @@ impl Driver for Aws {
         Ok(())
     }
 
+    fn get_machine_statuses(
+        reqs: Vec<MachineRequest>,
+    ) -> Vec<Result<GetMachineStatusResponse, DriverError>> {
+        let label = format!("{} machines", reqs.len());
+        let mut answers = Vec::new();
+        let _ = run("get-machine-statuses", &label, |h, c| {
+            answers = driver::statuses(h, c, &reqs);
+            Ok(())
+        });
+        answers
+    }
+
+    fn delete_machines(reqs: Vec<MachineRequest>) -> Vec<Result<DeleteMachineResponse, DriverError>> {
+        let label = format!("{} machines", reqs.len());
+        let mut answers = Vec::new();
+        let result = run("delete-machines", &label, |h, c| {
+            answers = driver::deletes(h, c, &reqs);
+            Ok(())
+        });
+        match result {
+            Ok(()) => answers,
+            Err(e) => reqs.iter().map(|_| Err(e.clone())).collect(),
+        }
+    }
+
     fn metrics_labels(req: MetricsLabelsRequest) -> Result<Vec<(String, String)>, DriverError> {
         let spec = spec::decode(&req.machine_class.provider_spec).map_err(driver::invalid)?;
         Ok(vec![
@@ -139,6 +164,24 @@ impl Driver for Aws {
             ("region".into(), spec.region),
         ])
     }
+}
+
+/// Bindings of the world `batch-provider` (contract 0.1.2: the provider also exports
+/// `mcm:driver/batch`), on the SDK's imported interfaces and types.
+#[cfg(target_arch = "wasm32")]
+mod batch_bindings {
+    wit_bindgen::generate!({
+        path: "../../wit",
+        world: "batch-provider",
+        with: {
+            "mcm:driver/types@0.1.2": mcm_wasm_sdk::bindings::mcm::driver::types,
+            "mcm:driver/http@0.1.2": mcm_wasm_sdk::bindings::mcm::driver::http,
+            "mcm:driver/log@0.1.2": mcm_wasm_sdk::bindings::mcm::driver::log,
+            "mcm:driver/context@0.1.2": mcm_wasm_sdk::bindings::mcm::driver::context,
+            "mcm:driver/credentials@0.1.2": mcm_wasm_sdk::bindings::mcm::driver::credentials,
+        },
+        generate_all,
+    });
 }
 
 // Exported only in the component: a native cdylib cannot carry the component export names
@@ -156,6 +199,7 @@ export_provider!(
     // Amazon EC2 API"): RunInstances 5 refilled at 2/s, TerminateInstances 100 at 5/s,
     // non-mutating actions 100 at 20/s, other mutating actions 50 at 5/s.
     rate_limits: EC2_RATE_LIMITS,
+    batch_bindings: batch_bindings,
 );
 
 /// The provider's default rate limits (see the metadata above); `rate_limits_decode` checks

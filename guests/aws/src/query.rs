@@ -79,12 +79,35 @@ pub fn describe_machine(
     role_tag: &str,
     next_token: Option<&str>,
 ) -> Action {
+    describe_machines(&[name], cluster_tag, role_tag, next_token)
+}
+
+/// Most values of one filter EC2 takes in one request.
+pub const MAX_FILTER_VALUES: usize = 200;
+
+/// The VMs of several machines at once (batch status): `Name` tags among `names` (at most
+/// [`MAX_FILTER_VALUES`]), the class's cluster and role tags, and a live state.
+pub fn describe_machines(
+    names: &[&str],
+    cluster_tag: &str,
+    role_tag: &str,
+    next_token: Option<&str>,
+) -> Action {
     let mut a = Action::new("DescribeInstances");
-    a.filter(1, "tag:Name", &[name])
+    a.filter(1, "tag:Name", names)
         .filter(2, "tag-key", &[cluster_tag])
         .filter(3, "tag-key", &[role_tag]);
     a.filter(4, "instance-state-name", &LIVE_STATES);
     a.opt("NextToken", next_token);
+    a
+}
+
+/// Terminate several instances in one request.
+pub fn terminate_instances(ids: &[&str]) -> Action {
+    let mut a = Action::new("TerminateInstances");
+    for (i, id) in ids.iter().enumerate() {
+        a.set(format!("InstanceId.{}", i + 1), *id);
+    }
     a
 }
 
@@ -117,9 +140,7 @@ pub fn describe_image(ami: &str) -> Action {
 }
 
 pub fn terminate_instance(id: &str) -> Action {
-    let mut a = Action::new("TerminateInstances");
-    a.set("InstanceId.1", id);
-    a
+    terminate_instances(&[id])
 }
 
 pub fn disable_source_dest_check(id: &str) -> Action {

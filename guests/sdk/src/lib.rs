@@ -46,7 +46,7 @@ pub use hooks::install as __install_hooks;
 pub use metadata::{metadata_bytes, metadata_len};
 
 /// The contract version this SDK builds against (the `mcm:driver` WIT package version).
-pub const CONTRACT_VERSION: &str = "0.1.1";
+pub const CONTRACT_VERSION: &str = "0.1.2";
 
 /// Name of the custom section holding the provider's metadata (JSON: name, version, contract).
 pub const METADATA_SECTION: &str = "mcm-wasm:provider";
@@ -90,6 +90,21 @@ pub trait Driver {
     /// Labels for the machine's metrics; must not call the cloud.
     fn metrics_labels(_req: MetricsLabelsRequest) -> Result<Vec<(String, String)>, DriverError> {
         Err(DriverError::unimplemented("metrics-labels"))
+    }
+
+    /// (0.1.2, batch providers only) The status of each machine, one entry per request in
+    /// the order asked; one machine's error never fails the others. Exported only when
+    /// [`export_provider!`] is given `batch_bindings`; the default asks one machine at a time.
+    fn get_machine_statuses(
+        reqs: Vec<MachineRequest>,
+    ) -> Vec<Result<GetMachineStatusResponse, DriverError>> {
+        reqs.into_iter().map(Self::get_machine_status).collect()
+    }
+
+    /// (0.1.2, batch providers only) Delete each machine's VM, one entry per request in the
+    /// order asked (see [`Driver::get_machine_statuses`]).
+    fn delete_machines(reqs: Vec<MachineRequest>) -> Vec<Result<DeleteMachineResponse, DriverError>> {
+        reqs.into_iter().map(Self::delete_machine).collect()
     }
 }
 
@@ -180,6 +195,12 @@ pub fn provider_config<T: serde::de::DeserializeOwned>() -> Result<T, DriverErro
 /// provider's default token buckets per rate class, which the operator's Provider settings
 /// override; a request names its class in the `mcm-wasm-rate-class` header,
 /// [`http::RATE_CLASS_HEADER`]).
+///
+/// A provider that serves many machines in one cloud request (contract 0.1.2) also exports
+/// the `mcm:driver/batch` interface: generate bindings of the world `batch-provider` in a
+/// module of the crate root that reuse this SDK's imported interfaces (see the AWS provider's
+/// `batch_bindings`), implement [`Driver::get_machine_statuses`] and
+/// [`Driver::delete_machines`], and pass `batch_bindings: <that module>` last.
 #[macro_export]
 macro_rules! export_provider {
     (
@@ -187,7 +208,56 @@ macro_rules! export_provider {
         $(, aliases: $aliases:expr)?
         $(, endpoint_env: $endpoint_env:expr)?
         $(, rate_limits: $rate_limits:expr)?
+        , batch_bindings: $batch:ident
         $(,)?
+    ) => {
+        $crate::__provider_metadata!($name, $version $(, aliases: $aliases)? $(, endpoint_env: $endpoint_env)? $(, rate_limits: $rate_limits)?);
+
+        #[doc(hidden)]
+        pub struct __McmProvider;
+
+        $crate::__driver_guest!($batch::exports::mcm::driver::driver::Guest, $driver);
+
+        impl $batch::exports::mcm::driver::batch::Guest for __McmProvider {
+            fn get_machine_statuses(reqs: Vec<$crate::MachineRequest>) -> Vec<Result<$crate::GetMachineStatusResponse, $crate::DriverError>> {
+                $crate::__install_hooks();
+                <$driver as $crate::Driver>::get_machine_statuses(reqs)
+            }
+            fn delete_machines(reqs: Vec<$crate::MachineRequest>) -> Vec<Result<$crate::DeleteMachineResponse, $crate::DriverError>> {
+                $crate::__install_hooks();
+                <$driver as $crate::Driver>::delete_machines(reqs)
+            }
+        }
+
+        $batch::export!(__McmProvider with_types_in $batch);
+    };
+    (
+        $driver:ty, name: $name:expr, version: $version:expr
+        $(, aliases: $aliases:expr)?
+        $(, endpoint_env: $endpoint_env:expr)?
+        $(, rate_limits: $rate_limits:expr)?
+        $(,)?
+    ) => {
+        $crate::__provider_metadata!($name, $version $(, aliases: $aliases)? $(, endpoint_env: $endpoint_env)? $(, rate_limits: $rate_limits)?);
+
+        #[doc(hidden)]
+        pub struct __McmProvider;
+
+        $crate::__driver_guest!($crate::__Guest, $driver);
+
+        $crate::bindings::__export_provider_world!(__McmProvider with_types_in $crate::bindings);
+    };
+}
+
+/// The metadata custom section (see [`export_provider!`]).
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __provider_metadata {
+    (
+        $name:expr, $version:expr
+        $(, aliases: $aliases:expr)?
+        $(, endpoint_env: $endpoint_env:expr)?
+        $(, rate_limits: $rate_limits:expr)?
     ) => {
         const _: () = {
             const __MCM_META_PARTS: &[&str] = &[
@@ -203,11 +273,15 @@ macro_rules! export_provider {
             #[unsafe(link_section = "mcm-wasm:provider")]
             static __MCM_META: [u8; __MCM_META_LEN] = $crate::metadata_bytes(__MCM_META_PARTS);
         };
+    };
+}
 
-        #[doc(hidden)]
-        pub struct __McmProvider;
-
-        impl $crate::__Guest for __McmProvider {
+/// The driver interface of `__McmProvider`, served by `$driver` (see [`export_provider!`]).
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __driver_guest {
+    ($guest:path, $driver:ty) => {
+        impl $guest for __McmProvider {
             fn create_machine(r: $crate::MachineRequest) -> Result<$crate::CreateMachineResponse, $crate::DriverError> {
                 $crate::__install_hooks();
                 <$driver as $crate::Driver>::create_machine(r)
@@ -241,7 +315,5 @@ macro_rules! export_provider {
                 <$driver as $crate::Driver>::metrics_labels(r)
             }
         }
-
-        $crate::bindings::__export_provider_world!(__McmProvider with_types_in $crate::bindings);
     };
 }

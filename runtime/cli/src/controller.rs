@@ -97,6 +97,16 @@ pub struct ControllerArgs {
     /// Workers for the health and status of machines with a VM (default: --concurrent-syncs).
     #[arg(long)]
     pub health_workers: Option<u16>,
+    /// Batch windows of GetMachineStatus and DeleteMachine calls (providers with contract
+    /// 0.1.2's batch interface): a window closes after this long without a new call...
+    #[arg(long, value_parser = machine_api::parse_duration, default_value = "100ms")]
+    pub batch_idle: Duration,
+    /// ... or this long after it opened ...
+    #[arg(long, value_parser = machine_api::parse_duration, default_value = "1s")]
+    pub batch_max_wait: Duration,
+    /// ... or at this many machines (1: no batching).
+    #[arg(long, default_value_t = 500)]
+    pub batch_max_size: usize,
     /// Pause between deletion steps, e.g. 5s as Gardener's machine controller requeues
     /// (default: none, every step runs on in one reconcile).
     #[arg(long, value_parser = machine_api::parse_duration)]
@@ -287,6 +297,11 @@ impl ControllerArgs {
             bootstrap_token_auth_extra_groups: self.bootstrap_token_auth_extra_groups.clone(),
             sole_machine_controller: self.leader_elect,
             deletion_step_pause: self.deletion_step_pause.filter(|d| !d.is_zero()),
+            batch: mcm_controller::batcher::BatchConfig {
+                idle: self.batch_idle,
+                max_wait: self.batch_max_wait,
+                max_items: self.batch_max_size.max(1),
+            },
             orphan_min_age: self.orphan_min_age.unwrap_or(self.machine_creation_timeout),
             orphan_max_deletions_per_pass: self.orphan_max_deletions_per_pass,
             orphan_dry_run: self.orphan_dry_run,

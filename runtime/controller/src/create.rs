@@ -694,7 +694,7 @@ async fn launch(job: &Job, machine: &Machine) -> Result<Launch, Error> {
     let got = job
         .timed(
             Operation::GetMachineStatus,
-            provider.get_machine_status(&req),
+            ctx.batcher.get_machine_status(provider, req.clone()),
         )
         .await;
     job.driver_event(machine, Operation::GetMachineStatus, &got, "")

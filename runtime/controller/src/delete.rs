@@ -189,8 +189,9 @@ async fn get_vm_status(job: &Job, machine: &mut Machine) -> Result<Outcome, Erro
     let got = job
         .timed(
             Operation::GetMachineStatus,
-            job.provider
-                .get_machine_status(&job.request(machine, secret)),
+            job.ctx
+                .batcher
+                .get_machine_status(&job.provider, job.request(machine, secret)),
         )
         .await;
     job.driver_event(machine, Operation::GetMachineStatus, &got, "")
@@ -372,7 +373,9 @@ async fn delete_vm(job: &Job, machine: &mut Machine) -> Result<Outcome, Error> {
     let deleted = job
         .timed(
             Operation::DeleteMachine,
-            job.provider.delete_machine(&job.request(machine, secret)),
+            job.ctx
+                .batcher
+                .delete_machine(&job.provider, job.request(machine, secret)),
         )
         .await;
     job.driver_event(machine, Operation::DeleteMachine, &deleted, "")

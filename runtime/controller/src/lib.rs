@@ -39,6 +39,7 @@
 //! preservation and in-place updates; the API-server safety freeze; drain's PV detach /
 //! reattach waits; orphan Node annotation.
 
+pub mod batcher;
 pub mod cache;
 pub mod class_checks;
 pub mod create;
@@ -118,6 +119,8 @@ pub struct Config {
     pub orphan_dry_run: bool,
     /// Worker pools per kind of work ([`pools`]).
     pub workers: pools::PoolSizes,
+    /// Batch windows of status and delete calls ([`batcher`]).
+    pub batch: batcher::BatchConfig,
 }
 
 impl Default for Config {
@@ -147,6 +150,7 @@ impl Default for Config {
             orphan_max_deletions_per_pass: 20,
             orphan_dry_run: false,
             workers: pools::PoolSizes::all(50),
+            batch: Default::default(),
         }
     }
 }
@@ -162,6 +166,8 @@ pub struct Context {
     pub recorder: Recorder,
     pub config: Config,
     pub metrics: metrics::Metrics,
+    /// Coalesces the status and delete calls of concurrent reconciles ([`batcher`]).
+    pub batcher: batcher::Batcher,
     /// MachineClasses and Secrets of `--namespace`, watched.
     pub cache: cache::Cache,
     /// validate-machine-class verdicts per class.
@@ -193,12 +199,18 @@ impl Context {
         );
         let metrics = metrics::Metrics::default();
         metrics.set_providers(registry.clone());
+        let batcher = batcher::Batcher::new(
+            config.batch,
+            metrics.batches.clone(),
+            metrics.batched_machines.clone(),
+        );
         Arc::new(Context {
             control,
             target,
             registry,
             recorder,
             metrics,
+            batcher,
             cache: cache::Cache::new(&config.namespace),
             class_checks: Default::default(),
             pools: pools::Pools::new(config.workers),

@@ -4,7 +4,8 @@
 //! Families: `mcm_wasm_driver_calls_total{provider,operation,code}`,
 //! `mcm_wasm_driver_call_duration_seconds{provider,operation}` (histogram),
 //! `mcm_wasm_orphan_vms_total{result}`, `mcm_wasm_orphan_passes_capped_total`,
-//! `mcm_wasm_workers_busy{pool}`, the client-side rate buckets of the providers' cloud
+//! `mcm_wasm_workers_busy{pool}`, `mcm_wasm_driver_batches_total{provider,operation}` and
+//! `mcm_wasm_driver_batched_machines_total{provider,operation}` (see `batcher`), the client-side rate buckets of the providers' cloud
 //! requests (`mcm_wasm_rate_limit_requests_total`, `_throttled_total`, `_wait_seconds_total`,
 //! `_rejected_total` and the current `mcm_wasm_rate_limit_rate`, each by
 //! `{host,class,credential}`, the credential as a fingerprint),
@@ -51,6 +52,13 @@ struct DurationLabels {
     operation: &'static str,
 }
 
+/// The labels of the batch families.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BatchLabels {
+    pub provider: String,
+    pub operation: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PoolLabels {
     pool: &'static str,
@@ -74,6 +82,9 @@ pub struct Metrics {
     orphans: Family<OrphanLabels, Counter>,
     orphan_passes_capped: Counter,
     workers_busy: Family<PoolLabels, prometheus_client::metrics::gauge::Gauge>,
+    /// Batch driver calls, and the machines they served (see [`crate::batcher`]).
+    pub batches: Family<BatchLabels, Counter>,
+    pub batched_machines: Family<BatchLabels, Counter>,
     machines: Arc<MachineFamilies>,
     rate_buckets: Arc<RateBuckets>,
     ready: AtomicBool,
@@ -123,6 +134,18 @@ impl Default for Metrics {
             "Reconciles running, by worker pool (create, delete, health)",
             workers_busy.clone(),
         );
+        let batches = Family::<BatchLabels, Counter>::default();
+        registry.register(
+            "mcm_wasm_driver_batches",
+            "Batch driver calls (contract 0.1.2's batch interface), by provider and operation",
+            batches.clone(),
+        );
+        let batched_machines = Family::<BatchLabels, Counter>::default();
+        registry.register(
+            "mcm_wasm_driver_batched_machines",
+            "Machines served by batch driver calls, by provider and operation",
+            batched_machines.clone(),
+        );
         let provider_labels = Arc::new(ProviderLabels::default());
         let machines = Arc::new(MachineFamilies {
             store: OnceLock::new(),
@@ -139,6 +162,8 @@ impl Default for Metrics {
             orphans,
             orphan_passes_capped,
             workers_busy,
+            batches,
+            batched_machines,
             machines,
             rate_buckets,
             ready: AtomicBool::new(false),

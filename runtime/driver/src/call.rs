@@ -211,6 +211,39 @@ pub trait MachineDriver: Send + Sync {
         typed!(self, GetMachineStatus, req)
     }
 
+    /// Does the provider serve [`MachineDriver::get_machine_statuses`] and
+    /// [`MachineDriver::delete_machines`] in one call (contract 0.1.2's `batch` interface)?
+    /// When not, batching callers call one machine at a time.
+    fn batches(&self) -> bool {
+        false
+    }
+
+    /// The status of each machine, one answer per request in order (batch providers: one
+    /// call; others: one call per machine).
+    async fn get_machine_statuses(
+        &self,
+        reqs: &[MachineRequest],
+    ) -> Vec<Result<GetMachineStatusResponse, DriverError>> {
+        let mut out = Vec::with_capacity(reqs.len());
+        for req in reqs {
+            out.push(self.get_machine_status(req).await);
+        }
+        out
+    }
+
+    /// Delete each machine's VM, one answer per request in order (see
+    /// [`MachineDriver::get_machine_statuses`]).
+    async fn delete_machines(
+        &self,
+        reqs: &[MachineRequest],
+    ) -> Vec<Result<DeleteMachineResponse, DriverError>> {
+        let mut out = Vec::with_capacity(reqs.len());
+        for req in reqs {
+            out.push(self.delete_machine(req).await);
+        }
+        out
+    }
+
     async fn list_machines(&self, req: &ClassRequest) -> Result<ListMachinesResponse, DriverError> {
         typed!(self, ListMachines, req)
     }

@@ -13,3 +13,20 @@ wasmtime::component::bindgen!({
 });
 
 pub(crate) use mcm::driver::types;
+
+/// The optional `mcm:driver/batch` export (contract 0.1.2, world `batch-provider`), on the
+/// interfaces and types above: only its export is used (`exports::mcm::driver::batch`).
+pub(crate) mod batch {
+    wasmtime::component::bindgen!({
+        path: "../../wit",
+        world: "batch-provider",
+        exports: { default: async },
+        with: {
+            "mcm:driver/types": super::mcm::driver::types,
+            "mcm:driver/http": super::mcm::driver::http,
+            "mcm:driver/log": super::mcm::driver::log,
+            "mcm:driver/context": super::mcm::driver::context,
+            "mcm:driver/credentials": super::mcm::driver::credentials,
+        },
+    });
+}

@@ -17,7 +17,7 @@ pub mod registry;
 
 pub use artifact::{ArtifactInfo, LoadError, Metadata};
 pub use capability::egress::EgressPolicy;
-pub use capability::ratelimit::{Limit, RateLimits};
+pub use capability::ratelimit::{Limit, MAX_THROTTLED_ATTEMPTS, RateLimits};
 pub use engine::{Sandbox, SandboxConfig};
 pub use mcm_driver::{Code, Deadlines, DriverError, MachineDriver, Operation};
 pub use provider::{Provider, ProviderSettings};

@@ -17,6 +17,8 @@ use crate::capability::ratelimit::{self, RateLimits};
 use crate::engine::{self, CallContext, Sandbox};
 use mcm_driver::*;
 
+type BatchIndices = bindings::batch::exports::mcm::driver::batch::GuestIndices;
+
 /// What the operator decides for a provider: where it may connect, its own config, deadlines.
 #[derive(Clone, Debug, Default)]
 pub struct ProviderSettings {
@@ -45,6 +47,10 @@ pub struct Provider {
     info: ArtifactInfo,
     path: PathBuf,
     pre: bindings::ProviderPre<engine::CallState>,
+    /// The driver export of an instance of `pre`.
+    driver: bindings::ProviderIndices,
+    /// The batch export (contract 0.1.2), when the component has it.
+    batch: Option<BatchIndices>,
     sandbox: Arc<Sandbox>,
     settings: ProviderSettings,
     call_ctx: CallContextTemplate,
@@ -136,10 +142,19 @@ impl Provider {
                 reason: format!("{e:#}"),
             })?;
         let call_ctx = CallContextTemplate::new(&info, &settings);
+        let driver =
+            bindings::ProviderIndices::new(pre.instance_pre()).map_err(|e| LoadError::Link {
+                path: p(),
+                reason: format!("{e:#}"),
+            })?;
+        // Optional: a component without it gets one call per machine.
+        let batch = BatchIndices::new(pre.instance_pre()).ok();
         let provider = Provider {
             info,
             path: path.to_path_buf(),
             pre,
+            driver,
+            batch,
             sandbox: sandbox.clone(),
             permits: permits(&settings),
             settings,
@@ -183,6 +198,8 @@ impl Provider {
             info: self.info.clone(),
             path: self.path.clone(),
             pre: self.pre.clone(),
+            driver: self.driver.clone(),
+            batch: self.batch.clone(),
             sandbox: self.sandbox.clone(),
             call_ctx: CallContextTemplate::new(&self.info, &settings),
             permits: permits(&settings),
@@ -309,35 +326,143 @@ impl MachineDriver for Provider {
     /// One driver call: span, deadline, brokering, sandbox, result-size cap.
     async fn call(&self, request: Request<'_>) -> Result<Response, DriverError> {
         let op = request.operation();
+        let no_secret = SecretData::new();
+        let secret = request.secret().unwrap_or(&no_secret);
+        let (visible, brokered) = self.broker(secret);
+        let wreq = engine::wit_request(&request, &visible);
+        self.sandboxed(
+            op,
+            request.machine_name(),
+            secret,
+            brokered,
+            async move |mut store, instance| {
+                let guest = self.driver.load(&mut store, &instance)?;
+                engine::dispatch(store, guest, wreq).await
+            },
+        )
+        .await
+        .and_then(|value| engine::cap_result(value, self.sandbox.config.max_result_bytes))
+    }
+
+    fn batches(&self) -> bool {
+        self.batch.is_some()
+    }
+
+    async fn get_machine_statuses(
+        &self,
+        reqs: &[MachineRequest],
+    ) -> Vec<Result<GetMachineStatusResponse, DriverError>> {
+        let Some(batch) = self.batch.as_ref().filter(|_| one_secret(reqs)) else {
+            let mut out = Vec::with_capacity(reqs.len());
+            for req in reqs {
+                out.push(self.get_machine_status(req).await);
+            }
+            return out;
+        };
+        let (visible, brokered) = self.broker(&reqs[0].secret);
+        let wreqs: Vec<_> = reqs
+            .iter()
+            .map(|r| engine::machine_request(r, &visible))
+            .collect();
+        let answers = self
+            .sandboxed(
+                Operation::GetMachineStatus,
+                &batch_label(reqs),
+                &reqs[0].secret,
+                brokered,
+                async move |mut store, instance| {
+                    let guest = batch.load(&mut store, &instance)?;
+                    Ok(Ok(guest
+                        .call_get_machine_statuses(&mut store, &wreqs)
+                        .await?))
+                },
+            )
+            .await;
+        self.fan_out(reqs.len(), answers, |r| {
+            let r = GetMachineStatusResponse::from(r);
+            match engine::cap_result(
+                Response::GetMachineStatus(r),
+                self.sandbox.config.max_result_bytes,
+            )? {
+                Response::GetMachineStatus(r) => Ok(r),
+                _ => unreachable!("cap_result answers what it was given"),
+            }
+        })
+    }
+
+    async fn delete_machines(
+        &self,
+        reqs: &[MachineRequest],
+    ) -> Vec<Result<DeleteMachineResponse, DriverError>> {
+        let Some(batch) = self.batch.as_ref().filter(|_| one_secret(reqs)) else {
+            let mut out = Vec::with_capacity(reqs.len());
+            for req in reqs {
+                out.push(self.delete_machine(req).await);
+            }
+            return out;
+        };
+        let (visible, brokered) = self.broker(&reqs[0].secret);
+        let wreqs: Vec<_> = reqs
+            .iter()
+            .map(|r| engine::machine_request(r, &visible))
+            .collect();
+        let answers = self
+            .sandboxed(
+                Operation::DeleteMachine,
+                &batch_label(reqs),
+                &reqs[0].secret,
+                brokered,
+                async move |mut store, instance| {
+                    let guest = batch.load(&mut store, &instance)?;
+                    Ok(Ok(guest.call_delete_machines(&mut store, &wreqs).await?))
+                },
+            )
+            .await;
+        self.fan_out(reqs.len(), answers, |r| Ok(DeleteMachineResponse::from(r)))
+    }
+}
+
+impl Provider {
+    /// One sandbox call of `op`: span, the provider's concurrency permit and deadline (the
+    /// wait for a permit counts against it), the call's credential fingerprint (rate buckets),
+    /// and the outcome logged.
+    async fn sandboxed<T, F, Fut>(
+        &self,
+        op: Operation,
+        machine: &str,
+        secret: &SecretData,
+        brokered: Option<Arc<Brokered>>,
+        run: F,
+    ) -> Result<T, DriverError>
+    where
+        F: FnOnce(wasmtime::Store<engine::CallState>, wasmtime::component::Instance) -> Fut,
+        Fut: Future<Output = wasmtime::Result<Result<T, bindings::types::DriverError>>>,
+    {
         let span = tracing::info_span!(
             "driver_call",
             provider = self.name(),
             version = self.version(),
             operation = op.wit_name(),
-            machine = request.machine_name(),
+            machine = machine,
             outcome = tracing::field::Empty,
             duration_us = tracing::field::Empty,
         );
-        let no_secret = SecretData::new();
-        let secret = request.secret().unwrap_or(&no_secret);
         let credential = Arc::from(ratelimit::credential_fingerprint(secret));
-        let (visible, brokered) = self.broker(secret);
-        let wreq = engine::wit_request(&request, &visible);
         let started = Instant::now();
         // The deadline covers waiting for a slot (maxConcurrentCalls) and the call itself; a
         // call that got no slot is logged and counted like any other outcome.
         let result = match self.permit(op).await {
-            Ok(_permit) => self
-                .sandbox
-                .call(
-                    &self.pre,
-                    self.call_context(op, brokered, credential),
-                    self.deadline(op).saturating_sub(started.elapsed()),
-                    async move |store, guest| engine::dispatch(store, guest, wreq).await,
-                )
-                .instrument(span.clone())
-                .await
-                .and_then(|value| engine::cap_result(value, self.sandbox.config.max_result_bytes)),
+            Ok(_permit) => {
+                self.sandbox
+                    .call(
+                        &self.pre,
+                        self.call_context(op, brokered, credential),
+                        self.deadline(op).saturating_sub(started.elapsed()),
+                        run,
+                    )
+                    .instrument(span.clone())
+                    .await
+            }
             Err(e) => Err(e),
         };
         let elapsed = started.elapsed();
@@ -351,6 +476,58 @@ impl MachineDriver for Provider {
             }
         }
         result
+    }
+
+    /// A batch answer, one entry per request: a failed call (trap, deadline, rate limit) or
+    /// an answer of the wrong length fails every entry alike.
+    fn fan_out<W, R>(
+        &self,
+        expected: usize,
+        answers: Result<Vec<Result<W, bindings::types::DriverError>>, DriverError>,
+        convert: impl Fn(W) -> Result<R, DriverError>,
+    ) -> Vec<Result<R, DriverError>> {
+        let answers = answers.and_then(|a| {
+            if a.len() == expected {
+                Ok(a)
+            } else {
+                Err(DriverError::new(
+                    Code::Internal,
+                    format!(
+                        "provider {} answered a batch of {expected} with {} entries",
+                        self.name(),
+                        a.len()
+                    ),
+                ))
+            }
+        });
+        match answers {
+            Ok(a) => a
+                .into_iter()
+                .map(|entry| entry.map_err(engine::from_wit_error).and_then(&convert))
+                .collect(),
+            Err(e) => (0..expected).map(|_| Err(e.clone())).collect(),
+        }
+    }
+}
+
+/// Every request of a batch on one secret (what the host signs and meters with); otherwise
+/// the batch is served one machine at a time.
+fn one_secret(reqs: &[MachineRequest]) -> bool {
+    reqs.first()
+        .is_some_and(|first| reqs.iter().all(|r| r.secret == first.secret))
+}
+
+/// The `machine` field of a batch call's span: its machines, shortened past a few.
+fn batch_label(reqs: &[MachineRequest]) -> String {
+    let names: Vec<&str> = reqs
+        .iter()
+        .take(3)
+        .map(|r| r.machine.name.as_str())
+        .collect();
+    if reqs.len() > names.len() {
+        format!("{} and {} more", names.join(","), reqs.len() - names.len())
+    } else {
+        names.join(",")
     }
 }
 

@@ -17,7 +17,9 @@ use std::time::{Duration, Instant};
 use wasmtime::component::{HasSelf, Linker};
 
 use super::egress::EgressHook;
-use super::ratelimit::{self, BucketKey, RateLimited, RateLimiter, RateLimits};
+use super::ratelimit::{
+    self, BucketKey, MAX_THROTTLED_ATTEMPTS, RateLimited, RateLimiter, RateLimits,
+};
 use crate::bindings::mcm::driver::http::{self as wit, Error, Request, Response};
 
 /// Link `mcm:driver/http`; `view` borrows the call's [`HttpCall`] out of the store's data.
@@ -27,10 +29,6 @@ pub(crate) fn add_to_linker<T: Send + 'static>(
 ) -> wasmtime::Result<()> {
     wit::add_to_linker::<T, HasSelf<HttpCall>>(linker, view)
 }
-
-/// A request the cloud throttles this many times in a row is answered to the guest as the
-/// cloud answered it.
-pub(crate) const MAX_THROTTLED_ATTEMPTS: u32 = 8;
 
 /// Where a call records that the rate limiter refused it (the outcome becomes Unavailable).
 pub(crate) type RateLimitedRecord = Arc<Mutex<Option<RateLimited>>>;

@@ -48,6 +48,10 @@ pub const DEFAULT_THROTTLE_CODES: &[&str] = &[
     "SlowDown",
 ];
 
+/// A request the cloud throttles this many times in a row is answered to the guest as the
+/// cloud answered it (the `http` capability sends a throttled request again until then).
+pub const MAX_THROTTLED_ATTEMPTS: u32 = 8;
+
 /// The lowest rate a bucket is lowered to (requests per second).
 const MIN_RATE: f64 = 0.25;
 /// Multiplicative decrease on a throttling answer.

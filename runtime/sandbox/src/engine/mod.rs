@@ -190,7 +190,7 @@ impl Sandbox {
         run: F,
     ) -> Result<T, DriverError>
     where
-        F: FnOnce(Store<CallState>, bindings::Provider) -> Fut,
+        F: FnOnce(Store<CallState>, wasmtime::component::Instance) -> Fut,
         Fut: Future<Output = wasmtime::Result<Result<T, bindings::types::DriverError>>>,
     {
         let started = Instant::now();
@@ -210,6 +210,7 @@ impl Sandbox {
 
         let work = async move {
             let instance = pre
+                .instance_pre()
                 .instantiate_async(&mut store)
                 .await
                 .map_err(outcome::Failure::Instantiate)?;

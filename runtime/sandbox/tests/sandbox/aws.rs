@@ -547,3 +547,85 @@ async fn a_class_naming_missing_cloud_resources_is_invalid_argument() {
     assert!(err.message.contains("ami-00000000000000000"), "{err}");
     assert!(env.moto.live_instances_named("no-profile").await.is_empty());
 }
+
+/// Contract 0.1.2's batch interface: the AWS provider answers the status of many machines with
+/// one DescribeInstances and deletes many with one TerminateInstances, each machine with its
+/// own answer (found, not found, two VMs); a provider built against 0.1.0, loaded beside it in
+/// the same sandbox, has no batch export and is served one machine at a time.
+#[tokio::test]
+async fn batches_are_one_ec2_request_and_an_old_contract_provider_gets_single_calls() {
+    let env = env().await;
+    let p = &env.provider;
+    assert!(p.batches(), "the AWS provider exports mcm:driver/batch");
+    let mut reqs = Vec::new();
+    for i in 0..12 {
+        let req = env.request(&format!("b{i}"));
+        if i < 10 {
+            p.create_machine(&req).await.unwrap();
+        }
+        reqs.push(req);
+    }
+    env.proxy.take_actions();
+    let statuses = p.get_machine_statuses(&reqs).await;
+    assert_eq!(
+        env.proxy.take_actions(),
+        ["DescribeInstances"],
+        "one request for 12 machines"
+    );
+    assert_eq!(statuses.len(), 12);
+    for (i, s) in statuses.iter().enumerate() {
+        match s {
+            Ok(s) if i < 10 => assert!(s.provider_id.starts_with("aws:///"), "{s:?}"),
+            Err(e) if i >= 10 => assert_eq!(e.code, Code::NotFound, "b{i}: {e}"),
+            other => panic!("b{i}: {other:?}"),
+        }
+    }
+    // The same answers as one call per machine.
+    for (req, batched) in reqs.iter().zip(&statuses) {
+        let single = p.get_machine_status(req).await;
+        assert_eq!(
+            single.as_ref().map(|s| &s.provider_id).map_err(|e| e.code),
+            batched.as_ref().map(|s| &s.provider_id).map_err(|e| e.code)
+        );
+    }
+    // Delete by providerID: one TerminateInstances for the ten.
+    let mut to_delete: Vec<MachineRequest> = reqs[..10].to_vec();
+    for (req, status) in to_delete.iter_mut().zip(&statuses) {
+        req.machine.provider_id = status.as_ref().unwrap().provider_id.clone();
+    }
+    env.proxy.take_actions();
+    let deleted = p.delete_machines(&to_delete).await;
+    assert_eq!(env.proxy.take_actions(), ["TerminateInstances"]);
+    assert!(
+        deleted.iter().all(|d| d
+            .as_ref()
+            .is_ok_and(|d| d.last_known_state.contains("terminated"))),
+        "{deleted:?}"
+    );
+    for req in &to_delete {
+        assert!(
+            env.moto
+                .live_instances_named(&req.machine.name)
+                .await
+                .is_empty()
+        );
+    }
+    // Again: EC2 refuses the batch of terminated instances (moto), and each is found gone.
+    let again = p.delete_machines(&to_delete).await;
+    assert!(again.iter().all(Result::is_ok), "{again:?}");
+
+    // A 0.1.0 provider in the same sandbox: no batch export, one call per machine.
+    let old = load(
+        &sandbox(Duration::from_secs(30)),
+        "test_contract_0_1_0",
+        ProviderSettings::default(),
+    )
+    .await;
+    assert!(!old.batches());
+    let answers = old.get_machine_statuses(&reqs[..3]).await;
+    assert_eq!(answers.len(), 3);
+    for a in &answers {
+        // Its own get-machine-status answer, machine by machine.
+        assert_eq!(a.as_ref().unwrap_err().code, Code::Unimplemented, "{a:?}");
+    }
+}

@@ -16,6 +16,26 @@ struct Env {
 
 const DEADLINE: Duration = Duration::from_secs(4);
 
+/// 100 requests per second for every EC2 action the provider sends.
+fn wide_rate_limits() -> mcm_sandbox::RateLimits {
+    let wide = mcm_sandbox::Limit {
+        rate: 100.0,
+        burst: 100,
+    };
+    mcm_sandbox::RateLimits {
+        classes: [
+            "RunInstances",
+            "DescribeImages",
+            "DescribeInstances",
+            "TerminateInstances",
+        ]
+        .map(|c| (c.to_string(), wide))
+        .into(),
+        default: Some(wide),
+        throttle_codes: Vec::new(),
+    }
+}
+
 async fn env() -> Env {
     let moto = Moto::start();
     let proxy = FaultProxy::start(moto.addr).await;
@@ -24,6 +44,9 @@ async fn env() -> Env {
         egress: EgressPolicy::parse(&[proxy.addr.to_string()]).unwrap(),
         config: Some(serde_json::json!({"endpoint": proxy.endpoint}).to_string()),
         deadlines: Some(Deadlines::all(DEADLINE)),
+        // Faults, not EC2's pace, are under test: buckets wide enough that the host's
+        // resends of a throttled request fit the short deadline.
+        rate_limits: Some(wide_rate_limits()),
         ..Default::default()
     };
     let provider = load(&sandbox(DEADLINE), "aws_provider", settings).await;
@@ -108,22 +131,42 @@ async fn service_unavailable_503_is_unavailable() {
 }
 
 #[tokio::test]
-async fn throttling_is_unavailable() {
+async fn throttling_is_absorbed_by_the_host_until_it_persists() {
     let env = env().await;
-    env.fault_then_retry(
-        "f-throttle",
-        "RunInstances",
-        Fault::Throttle,
-        Code::Unavailable,
-    )
-    .await;
-    env.fault_then_retry(
-        "f-throttle-images",
-        "DescribeImages",
-        Fault::Throttle,
-        Code::Unavailable,
-    )
-    .await;
+    // One throttling answer: the host's rate limiter sends the request again once its bucket
+    // allows; the call succeeds with one VM and the guest never saw the throttle.
+    env.proxy.inject("RunInstances", Fault::Throttle);
+    env.proxy.take_actions();
+    env.provider
+        .create_machine(&env.request("f-throttle-once"))
+        .await
+        .unwrap();
+    assert_eq!(env.proxy.pending_faults(), 0, "the fault was used");
+    let runs = env
+        .proxy
+        .take_actions()
+        .into_iter()
+        .filter(|a| a == "RunInstances")
+        .count();
+    assert_eq!(runs, 2, "refused once, sent again");
+    assert_eq!(
+        env.moto.live_instances_named("f-throttle-once").await.len(),
+        1
+    );
+    // Throttled on every attempt the host makes: the guest sees it, Unavailable; the retry
+    // makes one VM.
+    for action in ["RunInstances", "DescribeImages"] {
+        for _ in 1..mcm_sandbox::MAX_THROTTLED_ATTEMPTS {
+            env.proxy.inject(action, Fault::Throttle);
+        }
+        env.fault_then_retry(
+            &format!("f-throttle-{}", action.to_lowercase()),
+            action,
+            Fault::Throttle,
+            Code::Unavailable,
+        )
+        .await;
+    }
 }
 
 #[tokio::test]
@@ -169,7 +212,9 @@ async fn delete_and_status_faults_map_too() {
     let mut by_id = env.request("f-del");
     by_id.machine.provider_id = created.provider_id.clone();
 
-    env.proxy.inject("DescribeInstances", Fault::Throttle);
+    for _ in 0..mcm_sandbox::MAX_THROTTLED_ATTEMPTS {
+        env.proxy.inject("DescribeInstances", Fault::Throttle);
+    }
     assert_eq!(
         env.provider
             .get_machine_status(&by_id)
@@ -200,4 +245,52 @@ async fn delete_and_status_faults_map_too() {
             .code,
         Code::NotFound
     );
+}
+
+/// A request whose token would come after the call's deadline fails the call at once with
+/// Unavailable naming the rate limit and its bucket, instead of hanging until the deadline;
+/// no request reaches the cloud for it.
+#[tokio::test]
+async fn a_token_after_the_deadline_is_unavailable_rate_limited_at_once() {
+    let moto = Moto::start();
+    let proxy = FaultProxy::start(moto.addr).await;
+    let (ami, subnet, group) = moto.class_resources().await;
+    let mut limits = wide_rate_limits();
+    limits.classes.insert(
+        "RunInstances".into(),
+        mcm_sandbox::Limit {
+            rate: 0.05,
+            burst: 1,
+        },
+    );
+    let settings = ProviderSettings {
+        egress: EgressPolicy::parse(&[proxy.addr.to_string()]).unwrap(),
+        config: Some(serde_json::json!({"endpoint": proxy.endpoint}).to_string()),
+        deadlines: Some(Deadlines::all(DEADLINE)),
+        rate_limits: Some(limits),
+        ..Default::default()
+    };
+    let provider = load(&sandbox(DEADLINE), "aws_provider", settings).await;
+    let request = |name: &str| {
+        let mut req = machine_request(name, provider_spec(&ami, &subnet, &group));
+        req.secret = secret();
+        req
+    };
+    provider.create_machine(&request("r1")).await.unwrap();
+    proxy.take_actions();
+    let started = std::time::Instant::now();
+    let err = provider.create_machine(&request("r2")).await.unwrap_err();
+    assert_eq!(err.code, Code::Unavailable, "{err}");
+    assert!(err.message.starts_with("rate limited"), "{err}");
+    assert!(err.message.contains("RunInstances"), "{err}");
+    assert!(
+        started.elapsed() < DEADLINE / 2,
+        "failed fast: {:?}",
+        started.elapsed()
+    );
+    assert!(
+        !proxy.take_actions().contains(&"RunInstances".to_string()),
+        "no RunInstances was sent"
+    );
+    assert!(moto.live_instances_named("r2").await.is_empty());
 }
