@@ -319,12 +319,19 @@ _HTTP_CODES = {
 }
 
 
+RATE_CLASS_HEADER = "mcm-wasm-rate-class"
+
+
 def send(method: str, url: str, headers: Optional[List[Tuple[str, str]]] = None,
-         body: bytes = b"", json_body: Any = None) -> Response:
+         body: bytes = b"", json_body: Any = None, rate_class: Optional[str] = None) -> Response:
     """Send a request through the host's http capability (the only way out of the sandbox).
-    `json_body` is serialised and sets content-type. A transport failure (egress denied,
-    deadline, connect) raises DriverError with the code the Rust SDK gives it."""
+    `json_body` is serialised and sets content-type. `rate_class` names the host's rate
+    bucket for the request (e.g. the cloud API's action; the host removes the header). A
+    transport failure (egress denied, deadline, connect) raises DriverError with the code the
+    Rust SDK gives it."""
     headers = list(headers or [])
+    if rate_class:
+        headers.append((RATE_CLASS_HEADER, rate_class))
     if json_body is not None:
         body = json.dumps(json_body).encode()
         headers.append(("content-type", "application/json"))

@@ -378,7 +378,7 @@ impl MachineDriver for Provider {
                 },
             )
             .await;
-        self.fan_out(reqs.len(), answers, |r| {
+        self.fan_out(Operation::GetMachineStatus, reqs, answers, |r| {
             let r = GetMachineStatusResponse::from(r);
             match engine::cap_result(
                 Response::GetMachineStatus(r),
@@ -418,7 +418,9 @@ impl MachineDriver for Provider {
                 },
             )
             .await;
-        self.fan_out(reqs.len(), answers, |r| Ok(DeleteMachineResponse::from(r)))
+        self.fan_out(Operation::DeleteMachine, reqs, answers, |r| {
+            Ok(DeleteMachineResponse::from(r))
+        })
     }
 }
 
@@ -479,8 +481,33 @@ impl Provider {
     }
 
     /// A batch answer, one entry per request: a failed call (trap, deadline, rate limit) or
-    /// an answer of the wrong length fails every entry alike.
+    /// an answer of the wrong length fails every entry alike. A machine's failure is logged as
+    /// a single call's would be (its own `driver_call` span, `batch=true`).
     fn fan_out<W, R>(
+        &self,
+        op: Operation,
+        reqs: &[MachineRequest],
+        answers: Result<Vec<Result<W, bindings::types::DriverError>>, DriverError>,
+        convert: impl Fn(W) -> Result<R, DriverError>,
+    ) -> Vec<Result<R, DriverError>> {
+        let out = self.entries(reqs.len(), answers, convert);
+        for (req, answer) in reqs.iter().zip(&out) {
+            if let Err(e) = answer {
+                let span = tracing::info_span!(
+                    "driver_call",
+                    provider = self.name(),
+                    version = self.version(),
+                    operation = op.wit_name(),
+                    machine = req.machine.name.as_str(),
+                    batch = true,
+                );
+                tracing::info!(parent: &span, code = %e.code, "driver call failed: {}", e.message);
+            }
+        }
+        out
+    }
+
+    fn entries<W, R>(
         &self,
         expected: usize,
         answers: Result<Vec<Result<W, bindings::types::DriverError>>, DriverError>,

@@ -411,6 +411,11 @@ impl FaultProxy {
         self.state.faults.lock().unwrap().len()
     }
 
+    /// Forget the faults injected but not used yet.
+    pub fn clear_faults(&self) {
+        self.state.faults.lock().unwrap().clear();
+    }
+
     /// From now on, answer requests as EC2's throttling would (see [`crate::throttle`]):
     /// 503 `RequestLimitExceeded` when the action's bucket is empty.
     pub fn throttle(&self, settings: crate::throttle::Throttling) {

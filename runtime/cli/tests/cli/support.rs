@@ -117,16 +117,27 @@ pub fn node_sim(client: &kube::Client, ns: &str, providers: Arc<dyn ProviderLook
             // Never run: every read goes to the API server.
             cache: mcm_controller::cache::Cache::new(ns),
             namespace: ns.to_string(),
+            batcher: mcm_controller::batcher::Batcher::new(
+                mcm_controller::batcher::BatchConfig {
+                    idle: Duration::from_millis(20),
+                    ..Default::default()
+                },
+                Default::default(),
+                Default::default(),
+            ),
         }),
     }
 }
 
-/// A VM is live when its provider says so (GetMachineStatus with the class's merged secret).
+/// A VM is live when its provider says so (GetMachineStatus with the class's merged secret;
+/// the scans' concurrent questions batched, as the controller's are, so that the simulated
+/// kubelets of many machines do not load the cloud more than the controller does).
 pub struct ProviderLiveness {
     pub providers: Arc<dyn ProviderLookup>,
     pub client: kube::Client,
     pub cache: mcm_controller::cache::Cache,
     pub namespace: String,
+    pub batcher: mcm_controller::batcher::Batcher,
 }
 
 #[async_trait::async_trait]
@@ -150,7 +161,7 @@ impl Liveness for ProviderLiveness {
             machine_class: mcm_controller::machine::driver_class(class),
             secret,
         };
-        let vm = provider.get_machine_status(&req).await.ok()?;
+        let vm = self.batcher.get_machine_status(&provider, req).await.ok()?;
         Some(Vm {
             provider_id: vm.provider_id,
             node_name: vm.node_name,

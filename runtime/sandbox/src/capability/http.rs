@@ -87,8 +87,12 @@ impl HttpCall {
             match &answer {
                 Ok(r) if self.rate_limits.is_throttled(r.status, &r.body) => {
                     limiter.throttled(&key, ratelimit::retry_after(&r.headers));
-                    if attempt < MAX_THROTTLED_ATTEMPTS {
-                        tracing::debug!(provider = %self.provider, bucket = %key, attempt, status = r.status, "throttled; sending again when the bucket allows");
+                    // Back off before asking for a token again, so that the bucket's lowered
+                    // rate takes hold before the request's attempts are used up.
+                    let pause = ratelimit::throttle_backoff(attempt);
+                    if attempt < MAX_THROTTLED_ATTEMPTS && Instant::now() + pause < self.deadline {
+                        tracing::debug!(provider = %self.provider, bucket = %key, attempt, status = r.status, ?pause, "throttled; sending again when the bucket allows");
+                        tokio::time::sleep(pause).await;
                         attempt += 1;
                         continue;
                     }

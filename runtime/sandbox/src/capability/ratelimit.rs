@@ -52,6 +52,21 @@ pub const DEFAULT_THROTTLE_CODES: &[&str] = &[
 /// cloud answered it (the `http` capability sends a throttled request again until then).
 pub const MAX_THROTTLED_ATTEMPTS: u32 = 8;
 
+/// How long a request throttled `attempt` times waits before it asks for a token again:
+/// exponential from 100 ms, at most 5 s, with "equal jitter" (half fixed, half random), as the
+/// AWS SDKs back off, so that the requests throttled together do not come back together.
+pub fn throttle_backoff(attempt: u32) -> Duration {
+    let ceiling = Duration::from_millis(100)
+        .saturating_mul(1 << attempt.saturating_sub(1).min(6))
+        .min(Duration::from_secs(5));
+    // Jitter from the clock's nanoseconds: no cryptographic needs, no dependency.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let half = ceiling / 2;
+    half + half.mul_f64(f64::from(nanos % 1000) / 1000.0)
+}
+
 /// The lowest rate a bucket is lowered to (requests per second).
 const MIN_RATE: f64 = 0.25;
 /// Multiplicative decrease on a throttling answer.
@@ -598,6 +613,17 @@ mod tests {
             .await
             .unwrap();
         assert!(waited > secs(0.99) && waited <= secs(1.0), "{waited:?}");
+    }
+
+    #[test]
+    fn throttled_requests_back_off_exponentially_with_jitter_up_to_five_seconds() {
+        for (attempt, ceiling) in [(1, 0.1), (2, 0.2), (3, 0.4), (6, 3.2), (7, 5.0), (30, 5.0)] {
+            let pause = throttle_backoff(attempt);
+            assert!(
+                pause >= secs(ceiling / 2.0) && pause <= secs(ceiling),
+                "attempt {attempt}: {pause:?}"
+            );
+        }
     }
 
     #[test]

@@ -153,19 +153,33 @@ async fn throttling_is_absorbed_by_the_host_until_it_persists() {
         env.moto.live_instances_named("f-throttle-once").await.len(),
         1
     );
-    // Throttled on every attempt the host makes: the guest sees it, Unavailable; the retry
-    // makes one VM.
+    // Throttled on every attempt the host makes within the deadline (it backs off between
+    // them): the guest sees it, Unavailable; once the cloud accepts again, one VM.
     for action in ["RunInstances", "DescribeImages"] {
-        for _ in 1..mcm_sandbox::MAX_THROTTLED_ATTEMPTS {
+        let name = format!("f-throttle-{}", action.to_lowercase());
+        for _ in 0..mcm_sandbox::MAX_THROTTLED_ATTEMPTS {
             env.proxy.inject(action, Fault::Throttle);
         }
-        env.fault_then_retry(
-            &format!("f-throttle-{}", action.to_lowercase()),
-            action,
-            Fault::Throttle,
-            Code::Unavailable,
-        )
-        .await;
+        let err = env
+            .provider
+            .create_machine(&env.request(&name))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code, Code::Unavailable, "{action}: {err}");
+        assert!(
+            err.message.contains("RequestLimitExceeded"),
+            "{action}: {err}"
+        );
+        env.proxy.clear_faults();
+        env.provider
+            .create_machine(&env.request(&name))
+            .await
+            .unwrap();
+        assert_eq!(
+            env.moto.live_instances_named(&name).await.len(),
+            1,
+            "{action}"
+        );
     }
 }
 
@@ -223,6 +237,8 @@ async fn delete_and_status_faults_map_too() {
             .code,
         Code::Unavailable
     );
+    // The host's attempts within the deadline did not use them all.
+    env.proxy.clear_faults();
     env.proxy
         .inject("TerminateInstances", Fault::Status(500, INTERNAL_ERROR_XML));
     assert_eq!(
