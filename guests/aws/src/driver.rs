@@ -440,6 +440,16 @@ pub fn initialize<T: Transport>(
     req: &MachineRequest,
 ) -> Result<InitializeMachineResponse, DriverError> {
     let spec = spec::parse(&req.machine_class.provider_spec).map_err(invalid)?;
+    if spec.src_and_dst_checks_enabled != Some(false) {
+        // Nothing to initialize (create already applied everything the class asks for): no
+        // cloud request; the answer carries the machine's providerID (MCM's controller sets it
+        // before it initializes) and nothing looked up.
+        return Ok(InitializeMachineResponse {
+            provider_id: req.machine.provider_id.clone(),
+            node_name: String::new(),
+            addresses: Vec::new(),
+        });
+    }
     let ec2 = client(t, cfg, &spec.region, &req.secret)?;
     let instances = find_machine(&ec2, &spec, &req.machine)?;
     let i = match one(&instances, &req.machine) {

@@ -96,6 +96,12 @@ impl<'t, T: Transport> Ec2<'t, T> {
             mcm_wasm_sdk::http::RATE_CLASS_HEADER.to_string(),
             action.name.to_string(),
         ));
+        if action.cache_secs > 0 {
+            headers.push((
+                mcm_wasm_sdk::http::CACHE_TTL_HEADER.to_string(),
+                action.cache_secs.to_string(),
+            ));
+        }
         let req = Request {
             method: "POST".into(),
             url: self.endpoint.clone(),

@@ -14,6 +14,9 @@ pub const LIVE_STATES: [&str; 4] = ["pending", "running", "stopping", "stopped"]
 pub struct Action {
     pub name: &'static str,
     pub params: Vec<(String, String)>,
+    /// Seconds the host may keep a successful answer for every call of this provider with
+    /// the same credential (0: not kept); for reads that do not change during a scale-up.
+    pub cache_secs: u32,
 }
 
 impl Action {
@@ -21,6 +24,7 @@ impl Action {
         Action {
             name,
             params: Vec::new(),
+            cache_secs: 0,
         }
     }
     fn set(&mut self, key: impl Into<String>, value: impl Into<String>) -> &mut Self {
@@ -133,9 +137,12 @@ pub fn describe_instance(id: &str) -> Action {
     a
 }
 
+/// The class's AMI (its root device): the same answer for every machine of a scale-up, so
+/// the host keeps it a minute.
 pub fn describe_image(ami: &str) -> Action {
     let mut a = Action::new("DescribeImages");
     a.set("ImageId.1", ami);
+    a.cache_secs = 60;
     a
 }
 

@@ -15,6 +15,12 @@ pub fn send(req: &Request) -> Result<Response, Error> {
 /// separately, the action's name.
 pub const RATE_CLASS_HEADER: &str = "mcm-wasm-rate-class";
 
+/// The request header asking the host to keep a successful answer this many seconds (at most
+/// 300) and give it to any call of the provider that sends the same request (method, URL,
+/// body) with the same credential, without reaching the cloud; the host takes it out. For
+/// reads that do not change meanwhile (an image's description), not for a VM's state.
+pub const CACHE_TTL_HEADER: &str = "mcm-wasm-cache-ttl";
+
 /// Build a request with no headers and no body.
 pub fn request(method: &str, url: impl Into<String>) -> Request {
     Request {

@@ -12,6 +12,7 @@
 mod support;
 
 use std::collections::{BTreeMap, HashMap};
+use std::ops::Not as _;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt as _;
@@ -25,6 +26,26 @@ use test_artifacts::built_guest as guest;
 const NS: &str = "default";
 
 /// The value after `--NAME` on the command line.
+/// Whether the flag `name` was given.
+fn arg_flag(name: &str) -> bool {
+    std::env::args().any(|a| a == name)
+}
+
+/// The AWS provider's EC2 limits (its metadata's defaults) with every rate × `factor`.
+fn rate_limits(factor: f64) -> String {
+    let class = |rate: f64, burst: u32| serde_json::json!({"rate": rate * factor, "burst": burst});
+    serde_json::json!({
+        "classes": {
+            "RunInstances": class(2.0, 5),
+            "TerminateInstances": class(5.0, 100),
+            "DescribeInstances": class(20.0, 100),
+            "DescribeImages": class(20.0, 100),
+        },
+        "default": class(5.0, 50),
+    })
+    .to_string()
+}
+
 fn arg(name: &str) -> Option<String> {
     let args: Vec<String> = std::env::args().collect();
     args.iter()
@@ -208,6 +229,14 @@ async fn main() {
     let qps = arg("--kube-api-qps").unwrap_or_else(|| "0".into());
     let burst = arg("--kube-api-burst").unwrap_or_else(|| "30".into());
     println!("controller API-server limit: --kube-api-qps {qps} --kube-api-burst {burst}");
+    // The client-side rate limits: EC2's default buckets (the AWS provider's own defaults)
+    // scaled as the emulator's when throttling; on a moto that does not throttle, out of the
+    // way (as provider-aws has none), unless `--ec2-default-limits` keeps the defaults.
+    if matches!(cloud, Cloud::Moto(_)) && arg_flag("--ec2-default-limits").not() {
+        let limits = rate_limits(throttle.unwrap_or(100.0));
+        println!("controller rate limits: {limits}");
+        cmd.arg(format!("--provider-rate-limits=aws={limits}"));
+    }
     cmd.args(["--namespace", NS, "--leader-elect=false", "--port", "0"])
         .args(["--kube-api-qps", &qps, "--kube-api-burst", &burst])
         .env("MCM_WASM_LOG", "warn");

@@ -773,6 +773,9 @@ async fn launch(job: &Job, machine: &Machine) -> Result<Launch, Error> {
     }
     update_labels(job, machine, &node_name, &provider_id).await?;
     if uninitialized {
+        // As MCM's: the Machine as updateLabels left it, with its providerID.
+        let mut req = req;
+        req.machine.provider_id = provider_id.clone();
         let init = job
             .timed(
                 Operation::InitializeMachine,

@@ -352,76 +352,53 @@ impl MachineDriver for Provider {
         &self,
         reqs: &[MachineRequest],
     ) -> Vec<Result<GetMachineStatusResponse, DriverError>> {
-        let Some(batch) = self.batch.as_ref().filter(|_| one_secret(reqs)) else {
+        let Some(answers) = self.batch_call(Operation::GetMachineStatus, reqs).await else {
             let mut out = Vec::with_capacity(reqs.len());
             for req in reqs {
                 out.push(self.get_machine_status(req).await);
             }
             return out;
         };
-        let (visible, brokered) = self.broker(&reqs[0].secret);
-        let wreqs: Vec<_> = reqs
-            .iter()
-            .map(|r| engine::machine_request(r, &visible))
-            .collect();
-        let answers = self
-            .sandboxed(
-                Operation::GetMachineStatus,
-                &batch_label(reqs),
-                &reqs[0].secret,
-                brokered,
-                async move |mut store, instance| {
-                    let guest = batch.load(&mut store, &instance)?;
-                    Ok(Ok(guest
-                        .call_get_machine_statuses(&mut store, &wreqs)
-                        .await?))
-                },
-            )
-            .await;
-        self.fan_out(Operation::GetMachineStatus, reqs, answers, |r| {
-            let r = GetMachineStatusResponse::from(r);
-            match engine::cap_result(
-                Response::GetMachineStatus(r),
-                self.sandbox.config.max_result_bytes,
-            )? {
-                Response::GetMachineStatus(r) => Ok(r),
-                _ => unreachable!("cap_result answers what it was given"),
-            }
-        })
+        let cap = self.sandbox.config.max_result_bytes;
+        answers
+            .into_iter()
+            .map(|a| match a? {
+                BatchAnswer::Status(r) => {
+                    match engine::cap_result(Response::GetMachineStatus(r.into()), cap)? {
+                        Response::GetMachineStatus(r) => Ok(r),
+                        _ => unreachable!("cap_result answers what it was given"),
+                    }
+                }
+                BatchAnswer::Delete(_) => unreachable!("a status batch answers statuses"),
+            })
+            .collect()
     }
 
     async fn delete_machines(
         &self,
         reqs: &[MachineRequest],
     ) -> Vec<Result<DeleteMachineResponse, DriverError>> {
-        let Some(batch) = self.batch.as_ref().filter(|_| one_secret(reqs)) else {
+        let Some(answers) = self.batch_call(Operation::DeleteMachine, reqs).await else {
             let mut out = Vec::with_capacity(reqs.len());
             for req in reqs {
                 out.push(self.delete_machine(req).await);
             }
             return out;
         };
-        let (visible, brokered) = self.broker(&reqs[0].secret);
-        let wreqs: Vec<_> = reqs
-            .iter()
-            .map(|r| engine::machine_request(r, &visible))
-            .collect();
-        let answers = self
-            .sandboxed(
-                Operation::DeleteMachine,
-                &batch_label(reqs),
-                &reqs[0].secret,
-                brokered,
-                async move |mut store, instance| {
-                    let guest = batch.load(&mut store, &instance)?;
-                    Ok(Ok(guest.call_delete_machines(&mut store, &wreqs).await?))
-                },
-            )
-            .await;
-        self.fan_out(Operation::DeleteMachine, reqs, answers, |r| {
-            Ok(DeleteMachineResponse::from(r))
-        })
+        answers
+            .into_iter()
+            .map(|a| match a? {
+                BatchAnswer::Delete(r) => Ok(r.into()),
+                BatchAnswer::Status(_) => unreachable!("a delete batch answers deletions"),
+            })
+            .collect()
     }
+}
+
+/// One entry of a batch answer, in the contract's types.
+enum BatchAnswer {
+    Status(bindings::types::GetMachineStatusResponse),
+    Delete(bindings::types::DeleteMachineResponse),
 }
 
 impl Provider {
@@ -480,39 +457,52 @@ impl Provider {
         result
     }
 
+    /// One call of the batch export for `op` (GetMachineStatus or DeleteMachine), one entry
+    /// per request; `None` when the provider has no batch export or the requests do not share
+    /// one secret (then they are served one by one).
+    async fn batch_call(
+        &self,
+        op: Operation,
+        reqs: &[MachineRequest],
+    ) -> Option<Vec<Result<BatchAnswer, DriverError>>> {
+        let batch = self.batch.as_ref().filter(|_| one_secret(reqs))?;
+        let (visible, brokered) = self.broker(&reqs[0].secret);
+        let wreqs: Vec<_> = reqs
+            .iter()
+            .map(|r| engine::machine_request(r, &visible))
+            .collect();
+        let answers = self
+            .sandboxed(
+                op,
+                &batch_label(reqs),
+                &reqs[0].secret,
+                brokered,
+                async move |mut store, instance| {
+                    let guest = batch.load(&mut store, &instance)?;
+                    let answers: Vec<_> = if op == Operation::DeleteMachine {
+                        let a = guest.call_delete_machines(&mut store, &wreqs).await?;
+                        a.into_iter().map(|r| r.map(BatchAnswer::Delete)).collect()
+                    } else {
+                        let a = guest.call_get_machine_statuses(&mut store, &wreqs).await?;
+                        a.into_iter().map(|r| r.map(BatchAnswer::Status)).collect()
+                    };
+                    Ok(Ok(answers))
+                },
+            )
+            .await;
+        Some(self.fan_out(op, reqs, answers))
+    }
+
     /// A batch answer, one entry per request: a failed call (trap, deadline, rate limit) or
     /// an answer of the wrong length fails every entry alike. A machine's failure is logged as
     /// a single call's would be (its own `driver_call` span, `batch=true`).
-    fn fan_out<W, R>(
+    fn fan_out<W>(
         &self,
         op: Operation,
         reqs: &[MachineRequest],
         answers: Result<Vec<Result<W, bindings::types::DriverError>>, DriverError>,
-        convert: impl Fn(W) -> Result<R, DriverError>,
-    ) -> Vec<Result<R, DriverError>> {
-        let out = self.entries(reqs.len(), answers, convert);
-        for (req, answer) in reqs.iter().zip(&out) {
-            if let Err(e) = answer {
-                let span = tracing::info_span!(
-                    "driver_call",
-                    provider = self.name(),
-                    version = self.version(),
-                    operation = op.wit_name(),
-                    machine = req.machine.name.as_str(),
-                    batch = true,
-                );
-                tracing::info!(parent: &span, code = %e.code, "driver call failed: {}", e.message);
-            }
-        }
-        out
-    }
-
-    fn entries<W, R>(
-        &self,
-        expected: usize,
-        answers: Result<Vec<Result<W, bindings::types::DriverError>>, DriverError>,
-        convert: impl Fn(W) -> Result<R, DriverError>,
-    ) -> Vec<Result<R, DriverError>> {
+    ) -> Vec<Result<W, DriverError>> {
+        let expected = reqs.len();
         let answers = answers.and_then(|a| {
             if a.len() == expected {
                 Ok(a)
@@ -527,13 +517,27 @@ impl Provider {
                 ))
             }
         });
-        match answers {
+        let out: Vec<Result<W, DriverError>> = match answers {
             Ok(a) => a
                 .into_iter()
-                .map(|entry| entry.map_err(engine::from_wit_error).and_then(&convert))
+                .map(|entry| entry.map_err(engine::from_wit_error))
                 .collect(),
             Err(e) => (0..expected).map(|_| Err(e.clone())).collect(),
+        };
+        for (req, answer) in reqs.iter().zip(&out) {
+            if let Err(e) = answer {
+                let span = tracing::info_span!(
+                    "driver_call",
+                    provider = self.name(),
+                    version = self.version(),
+                    operation = op.wit_name(),
+                    machine = req.machine.name.as_str(),
+                    batch = true,
+                );
+                tracing::info!(parent: &span, code = %e.code, "driver call failed: {}", e.message);
+            }
         }
+        out
     }
 }
 

@@ -75,12 +75,12 @@ impl wit::Host for CredentialsView<'_> {
         {
             return Ok(Err(Error::Denied(why.to_string())));
         }
-        // The rate class is the host's, not the cloud's: out before the headers are signed.
-        let class = super::ratelimit::take_rate_class(&mut req.headers);
+        // The host's headers are not the cloud's: out before the headers are signed.
+        let hints = super::http::Hints::take(&mut req);
         if let Err(why) = brokered.sign_aws_sigv4(&mut req, &region, &service) {
             return Ok(Err(Error::InvalidRequest(why.to_string())));
         }
-        Ok(self.http.send_in_class(req, class).await)
+        Ok(self.http.send_with(req, hints).await)
     }
 }
 

@@ -20,6 +20,7 @@ use super::egress::EgressHook;
 use super::ratelimit::{
     self, BucketKey, MAX_THROTTLED_ATTEMPTS, RateLimited, RateLimiter, RateLimits,
 };
+use super::response_cache::{self, CacheKey, ResponseCache};
 use crate::bindings::mcm::driver::http::{self as wit, Error, Request, Response};
 
 /// Link `mcm:driver/http`; `view` borrows the call's [`HttpCall`] out of the store's data.
@@ -47,29 +48,51 @@ pub(crate) struct HttpCall {
 }
 
 impl HttpCall {
-    /// Send `req` under this call's egress hook, rate limits and remaining deadline; the rate
-    /// class is taken out of its headers.
+    /// Send `req` under this call's egress hook, rate limits and remaining deadline; the
+    /// host's headers (rate class, cache TTL) are taken out of it.
     pub(crate) async fn send(&self, mut req: Request) -> Result<Response, Error> {
-        let class = ratelimit::take_rate_class(&mut req.headers);
-        self.send_in_class(req, class).await
+        let hints = Hints::take(&mut req);
+        self.send_with(req, hints).await
     }
 
-    /// [`HttpCall::send`] for a request whose rate class was already taken out (a request
-    /// the host signs must not carry the header it removes).
-    pub(crate) async fn send_in_class(
-        &self,
-        req: Request,
-        class: String,
-    ) -> Result<Response, Error> {
+    /// [`HttpCall::send`] for a request whose [`Hints`] were already taken out (a request the
+    /// host signs must not carry the headers it removes).
+    pub(crate) async fn send_with(&self, req: Request, hints: Hints) -> Result<Response, Error> {
         let key = match req.url.parse::<reqwest::Url>() {
             Ok(url) if self.egress.check(&url).is_ok() => BucketKey {
                 credential: self.credential.to_string(),
                 host: host_port(&url),
-                class,
+                class: hints.rate_class,
             },
             // Refused without sending: nothing to meter.
             _ => return self.send_now(req).await,
         };
+        let cached = hints.cache_ttl.map(|ttl| {
+            let key = CacheKey {
+                credential: self.credential.to_string(),
+                method: req.method.clone(),
+                url: req.url.clone(),
+                body: req.body.clone(),
+            };
+            (key, ttl)
+        });
+        if let Some((key, _)) = &cached
+            && let Some(answer) = self.client.cache.get(key, Instant::now())
+        {
+            tracing::debug!(provider = %self.provider, url = %key.url, "answered from the host's cache");
+            return Ok(answer);
+        }
+        let answer = self.send_metered(req, key).await;
+        if let (Some((key, ttl)), Ok(r)) = (cached, &answer)
+            && (200..300).contains(&r.status)
+        {
+            self.client.cache.put(key, r.clone(), ttl, Instant::now());
+        }
+        answer
+    }
+
+    /// Send through the rate bucket of `key`, again after throttling answers.
+    async fn send_metered(&self, req: Request, key: BucketKey) -> Result<Response, Error> {
         let limit = self.rate_limits.limit(&key.class);
         let limiter = &self.client.limiter;
         let mut attempt = 1;
@@ -112,6 +135,22 @@ impl HttpCall {
     }
 }
 
+/// What a guest asks of the host per request, in headers the host takes out before sending:
+/// the rate class (`ratelimit`) and how long to keep the answer (`response_cache`).
+pub(crate) struct Hints {
+    pub rate_class: String,
+    pub cache_ttl: Option<Duration>,
+}
+
+impl Hints {
+    pub(crate) fn take(req: &mut Request) -> Hints {
+        Hints {
+            rate_class: ratelimit::take_rate_class(&mut req.headers),
+            cache_ttl: response_cache::take_ttl(&mut req.headers),
+        }
+    }
+}
+
 /// A URL's host, with its port when it is not the scheme's default.
 fn host_port(url: &reqwest::Url) -> String {
     let host = url.host_str().unwrap_or_default();
@@ -133,6 +172,8 @@ pub(crate) struct HttpClient {
     max_body: u64,
     /// The process's rate buckets, shared by every provider.
     pub limiter: Arc<RateLimiter>,
+    /// Answers guests asked the host to keep (`response_cache`).
+    pub cache: Arc<ResponseCache<Response>>,
 }
 
 impl HttpClient {
@@ -147,6 +188,7 @@ impl HttpClient {
             client,
             max_body,
             limiter: Arc::new(RateLimiter::new()),
+            cache: Arc::default(),
         })
     }
 

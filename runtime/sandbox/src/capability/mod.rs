@@ -12,10 +12,12 @@
 //! | [`credentials`] | `mcm:driver/credentials` | `Brokered` (+ `HttpCall`) | `CredentialsView<'_>` |
 //!
 //! Policy shared by every call of every provider: [`ratelimit`] (token buckets per
-//! credential, endpoint and rate class), used by `http`.
+//! credential, endpoint and rate class) and [`response_cache`] (answers a guest asked the host
+//! to keep), both used by `http`.
 pub(crate) mod context;
 pub mod credentials;
 pub mod egress;
 pub(crate) mod http;
 pub(crate) mod log;
 pub mod ratelimit;
+pub mod response_cache;

@@ -565,7 +565,17 @@ async fn batches_are_one_ec2_request_and_an_old_contract_provider_gets_single_ca
         }
         reqs.push(req);
     }
+    // Initialize of a class without srcAndDstChecksEnabled=false: nothing to do, no request;
+    // it answers the providerID it was asked with (MCM's controller sets it first).
+    let mut init = reqs[0].clone();
+    init.machine.provider_id = format!("aws:///{REGION}/i-0123456789abcdef0");
     env.proxy.take_actions();
+    let answer = p.initialize_machine(&init).await.unwrap();
+    assert_eq!(answer.provider_id, init.machine.provider_id);
+    assert!(
+        env.proxy.take_actions().is_empty(),
+        "nothing to initialize, nothing asked"
+    );
     let statuses = p.get_machine_statuses(&reqs).await;
     assert_eq!(
         env.proxy.take_actions(),
@@ -628,4 +638,35 @@ async fn batches_are_one_ec2_request_and_an_old_contract_provider_gets_single_ca
         // Its own get-machine-status answer, machine by machine.
         assert_eq!(a.as_ref().unwrap_err().code, Code::Unimplemented, "{a:?}");
     }
+}
+
+/// The class's AMI is described once for a scale-up: the provider asks the host to keep the
+/// DescribeImages answer a minute, and the host answers the other creates' identical requests
+/// from memory (the same credential); another credential asks the cloud itself.
+#[tokio::test]
+async fn the_ami_is_described_once_per_credential_for_many_creates() {
+    let env = env().await;
+    let p = &env.provider;
+    env.proxy.take_actions();
+    for i in 0..4 {
+        p.create_machine(&env.request(&format!("ami-{i}")))
+            .await
+            .unwrap();
+    }
+    let images = |actions: Vec<String>| actions.iter().filter(|a| *a == "DescribeImages").count();
+    assert_eq!(
+        images(env.proxy.take_actions()),
+        1,
+        "one DescribeImages for four creates"
+    );
+    let mut other = env.request("ami-other");
+    other
+        .secret
+        .insert("providerAccessKeyId".into(), b"AKIAOTHER".to_vec());
+    p.create_machine(&other).await.unwrap();
+    assert_eq!(
+        images(env.proxy.take_actions()),
+        1,
+        "another credential is another cache entry"
+    );
 }
