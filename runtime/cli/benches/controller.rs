@@ -1,12 +1,16 @@
 //! `cargo bench -p mcm-wasm --bench controller [-- --machines N] [--provider aws|sample]
-//! [--kube-api-qps Q --kube-api-burst B]`: the
+//! [--kube-api-qps Q --kube-api-burst B] [--throttle F] [--ec2-default-limits]`: the
 //! machine controller at scale. A real kube-apiserver + etcd, the cloud (moto for the AWS
 //! provider, default; the sample provider's backend) behind a counting loopback proxy, and
 //! `mcm-wasm controller` as its own process; the node join is simulated in the bench process.
 //! N Machines (default 100) are created at once; measured: time until all are Running (and the
 //! per-machine creation -> Running latency), the controller's cloud requests per machine by
 //! action, CPU time of the controller and the cloud, the controller's memory (peak and final
-//! RSS), and then the time until all are deleted. Prints a Markdown table (see BENCHMARKS.md).
+//! RSS), and then the time until all are deleted. Prints a Markdown table (see BENCHMARKS.md),
+//! and, for the AWS provider on plain moto, provider-aws v0.28.0's figures beside ours.
+//! `--throttle F` puts EC2's throttling (AWS's default buckets, refill rates × F) in front of
+//! moto and sets the provider's rate limits to EC2's × F; without it the limits are set out of
+//! the way (moto does not throttle), unless `--ec2-default-limits` keeps the provider's own.
 
 #[path = "../tests/cli/support.rs"]
 mod support;

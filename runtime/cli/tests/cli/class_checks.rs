@@ -175,17 +175,9 @@ async fn an_invalid_class_is_refused_before_create_and_labels_reach_metrics() {
     }
 
     // /metrics: the good machine's mcm_machine_info ends with the provider's size label.
-    let http = reqwest::Client::builder().no_proxy().build().unwrap();
     let started = Instant::now();
     loop {
-        let metrics = http
-            .get(format!("http://127.0.0.1:{port}/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let metrics = crate::support::metrics_text(port).await;
         let info = metrics
             .lines()
             .find(|l| l.starts_with("mcm_machine_info{") && l.contains("name=\"good-machine-1\""));

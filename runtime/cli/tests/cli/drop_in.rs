@@ -4,7 +4,7 @@
 //! (`provider: AWS`, `test` keys with trailing newlines); MCM's client-side API limit; and no
 //! finalizer conflicts logged when 100 machines arrive at once.
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::support::*;
@@ -35,22 +35,8 @@ impl Setup {
     /// `mcm-wasm controller` with the providers directory and kubeconfigs, and nothing of ours
     /// about the provider: its endpoint comes from `AWS_ENDPOINT_URL_EC2`, as for provider-aws.
     fn controller(&self) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_mcm-wasm"));
-        cmd.arg("controller")
-            .arg("--providers-dir")
-            .arg(self.providers.path())
-            .arg(format!(
-                "--control-kubeconfig={}",
-                self.cp.kubeconfig_path().display()
-            ))
-            .arg(format!(
-                "--target-kubeconfig={}",
-                self.cp.kubeconfig_path().display()
-            ))
-            .args(["--namespace=default", "--port=0"])
-            .env("AWS_ENDPOINT_URL_EC2", &self.moto.endpoint)
-            .stdout(Stdio::null())
-            .stderr(self.log.reopen().unwrap());
+        let mut cmd = drop_in_command(&self.base, &self.moto.endpoint, &self.log);
+        cmd.arg("--port=0");
         cmd
     }
 

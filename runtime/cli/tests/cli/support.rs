@@ -253,6 +253,44 @@ impl ControllerSetup {
     }
 }
 
+/// `mcm-wasm controller` as a provider-aws deployment runs it: `setup`'s providers directory,
+/// its cluster as control and target, namespace `default`, and nothing of ours about the
+/// provider — its endpoint comes from `AWS_ENDPOINT_URL_EC2` (`endpoint`), as for
+/// provider-aws; stderr goes to `log`. Callers add the ports and other flags.
+pub fn drop_in_command(
+    setup: &ControllerSetup,
+    endpoint: &str,
+    log: &tempfile::NamedTempFile,
+) -> std::process::Command {
+    let kubeconfig = setup.cp.kubeconfig_path().display().to_string();
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_mcm-wasm"));
+    cmd.arg("controller")
+        .arg("--providers-dir")
+        .arg(setup.providers.path())
+        .arg(format!("--control-kubeconfig={kubeconfig}"))
+        .arg(format!("--target-kubeconfig={kubeconfig}"))
+        .arg("--namespace=default")
+        .env("AWS_ENDPOINT_URL_EC2", endpoint)
+        .stdout(std::process::Stdio::null())
+        .stderr(log.reopen().unwrap());
+    cmd
+}
+
+/// The exposition of a controller's `/metrics` on loopback `port`.
+pub async fn metrics_text(port: u16) -> String {
+    reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .unwrap()
+        .get(format!("http://127.0.0.1:{port}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 /// A child process killed (and reaped) when the test ends, passing or not.
 pub struct KillOnDrop(pub std::process::Child);
 

@@ -3,7 +3,6 @@
 //! (`testenv::throttle`, EC2's token buckets), and two providers — the AWS provider and a
 //! renamed copy of it, `aws-b` — whose classes share one credential.
 
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use kube::api::{Api, PostParams};
@@ -11,7 +10,7 @@ use machine_api::{Machine, MachinePhase};
 use testenv::ec2::FaultProxy;
 use testenv::throttle::Throttling;
 
-use crate::support::{ControllerSetup, KillOnDrop, SimulatedKubelet, guest};
+use crate::support::{ControllerSetup, KillOnDrop, SimulatedKubelet, drop_in_command, guest};
 
 /// A control plane, moto behind a throttling proxy, the providers `aws` and `aws-b` (the same
 /// code, renamed) in one directory, their kubelets, and the classes `aws-class` (provider
@@ -77,24 +76,10 @@ impl World {
     /// the provider declares) and `args`.
     fn controller(&self, args: &[&str]) -> KillOnDrop {
         KillOnDrop(
-            Command::new(env!("CARGO_BIN_EXE_mcm-wasm"))
-                .arg("controller")
-                .arg("--providers-dir")
-                .arg(self.providers.path())
-                .arg(format!(
-                    "--control-kubeconfig={}",
-                    self.cp.kubeconfig_path().display()
-                ))
-                .arg(format!(
-                    "--target-kubeconfig={}",
-                    self.cp.kubeconfig_path().display()
-                ))
-                .args(["--namespace=default", "--leader-elect=false"])
+            drop_in_command(&self.base, &self.proxy.endpoint, &self.log)
+                .arg("--leader-elect=false")
                 .args(args)
-                .env("AWS_ENDPOINT_URL_EC2", &self.proxy.endpoint)
                 .env("MCM_WASM_LOG", "info")
-                .stdout(Stdio::null())
-                .stderr(self.log.reopen().unwrap())
                 .spawn()
                 .unwrap(),
         )
@@ -233,17 +218,7 @@ async fn fifty_machines_run_behind_tight_ec2_throttling_without_a_throttling_err
     );
     // The limiter's view on /metrics: one bucket per action for both providers, having seen
     // every RunInstances request (retries included) and the emulator's refusals.
-    let metrics = reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .unwrap()
-        .get(format!("http://127.0.0.1:{port}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = crate::support::metrics_text(port).await;
     let series = |family: &str, class: &str| -> Vec<f64> {
         metrics
             .lines()
