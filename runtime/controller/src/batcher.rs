@@ -216,6 +216,14 @@ async fn flush(
     queues: Arc<Mutex<HashMap<Key, Arc<Queue>>>>,
     (batches, machines): (Family<BatchLabels, Counter>, Family<BatchLabels, Counter>),
 ) {
+    // However this task ends (a provider that panics included), its queue stops taking
+    // requests: the next request of the key opens a new queue with a flusher of its own, and
+    // the requests left here get an error instead of waiting forever.
+    let _retire = Retire {
+        key: key.clone(),
+        queue: queue.clone(),
+        queues: queues.clone(),
+    };
     loop {
         let opened = tokio::time::Instant::now();
         loop {
@@ -283,6 +291,28 @@ async fn flush(
         // Requests left behind the window (more than max_items): the next window.
         if !is_current(&queues.lock().expect("batcher lock"), &key, &queue) {
             return;
+        }
+    }
+}
+
+/// Removes a flusher's queue from the map when the flusher ends, if it is still there.
+struct Retire {
+    key: Key,
+    queue: Arc<Queue>,
+    queues: Arc<Mutex<HashMap<Key, Arc<Queue>>>>,
+}
+
+impl Drop for Retire {
+    fn drop(&mut self) {
+        let Ok(mut map) = self.queues.lock() else {
+            return;
+        };
+        if is_current(&map, &self.key, &self.queue) {
+            map.remove(&self.key);
+        }
+        if let Ok(mut items) = self.queue.items.lock() {
+            // Their senders drop: the waiting reconciles get an error and retry.
+            items.clear();
         }
     }
 }
@@ -407,6 +437,62 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(*echo.batches.lock().unwrap(), vec![5, 1]);
+    }
+
+    /// A provider that panics in a batch call fails that batch's callers, not the key: the
+    /// next call of the same key opens a new batch.
+    #[tokio::test]
+    async fn a_panicking_batch_fails_its_callers_and_the_next_batch_still_runs() {
+        struct Panics(std::sync::atomic::AtomicBool);
+        #[async_trait::async_trait]
+        impl MachineDriver for Panics {
+            fn name(&self) -> &str {
+                "panics"
+            }
+            fn version(&self) -> &str {
+                "0"
+            }
+            async fn call(&self, _: Request<'_>) -> Result<Response, DriverError> {
+                Ok(Response::GetMachineStatus(Default::default()))
+            }
+            fn batches(&self) -> bool {
+                true
+            }
+            async fn get_machine_statuses(
+                &self,
+                reqs: &[MachineRequest],
+            ) -> Vec<Result<GetMachineStatusResponse, DriverError>> {
+                if !self.0.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                    panic!("first batch panics");
+                }
+                reqs.iter().map(|_| Ok(Default::default())).collect()
+            }
+        }
+        let provider: Arc<dyn MachineDriver> =
+            Arc::new(Panics(std::sync::atomic::AtomicBool::new(false)));
+        // Windows of two: m3 is still queued behind the batch of m1 and m2 when it panics.
+        let b = batcher(BatchConfig {
+            max_items: 2,
+            ..Default::default()
+        });
+        let calls = ["m1", "m2", "m3"].map(|name| {
+            let (b, provider) = (b.clone(), provider.clone());
+            async move { b.get_machine_status(&provider, request(name, "#")).await }
+        });
+        let answers =
+            tokio::time::timeout(Duration::from_secs(5), futures::future::join_all(calls))
+                .await
+                .expect("a request queued behind a panicking batch must not wait forever");
+        for a in &answers {
+            assert_eq!(
+                a.as_ref().map_err(|e| e.code).err(),
+                Some(Code::Internal),
+                "{answers:?}"
+            );
+        }
+        b.get_machine_status(&provider, request("m4", "#"))
+            .await
+            .unwrap();
     }
 
     /// A window closes at `max_items`; other credentials never share a batch; a provider
