@@ -76,8 +76,8 @@ struct Key {
     kind: Kind,
     provider: String,
     class: String,
-    /// The secret's entries but `userData`, hashed.
-    credentials: u64,
+    /// The secret's credential ([`mcm_driver::credential_fingerprint`]).
+    credentials: String,
 }
 
 struct Pending {
@@ -158,7 +158,7 @@ impl Batcher {
             kind,
             provider: provider.name().to_string(),
             class: req.machine_class.name.clone(),
-            credentials: credentials_hash(&req),
+            credentials: mcm_driver::credential_fingerprint(&req.secret),
         };
         let (tx, rx) = oneshot::channel();
         {
@@ -193,18 +193,6 @@ impl Batcher {
             )
         })
     }
-}
-
-/// Hash of the secret's entries but `userData`: requests with equal hashes carry the same
-/// credentials.
-fn credentials_hash(req: &MachineRequest) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    for (k, v) in req.secret.iter().filter(|(k, _)| k.as_str() != "userData") {
-        k.hash(&mut h);
-        v.hash(&mut h);
-    }
-    h.finish()
 }
 
 /// The queue's flusher: close windows and send batches until the queue stays empty.

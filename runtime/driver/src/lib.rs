@@ -126,6 +126,23 @@ impl DriverError {
 /// Secret data: the class's secretRef merged with its credentialsSecretRef.
 pub type SecretData = BTreeMap<String, Vec<u8>>;
 
+/// A short, stable fingerprint of the credential in a secret: sha256 over its entries but
+/// `userData` (which differs between worker pools of one account, and per machine once its
+/// placeholders are filled), in key order; the first 12 hex digits. Never the credential
+/// itself: it names rate buckets in logs and metrics, and which calls may share a batch.
+pub fn credential_fingerprint(secret: &SecretData) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for (k, v) in secret.iter().filter(|(k, _)| k.as_str() != "userData") {
+        h.update((k.len() as u64).to_le_bytes());
+        h.update(k.as_bytes());
+        h.update((v.len() as u64).to_le_bytes());
+        h.update(v);
+    }
+    let digest = h.finalize();
+    digest[..6].iter().map(|b| format!("{b:02x}")).collect()
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
 pub struct Machine {

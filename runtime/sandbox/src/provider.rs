@@ -13,7 +13,7 @@ use crate::bindings;
 use crate::cache::CacheHit;
 use crate::capability::credentials::{self, Brokered};
 use crate::capability::egress::{EgressHook, EgressPolicy};
-use crate::capability::ratelimit::{self, RateLimits};
+use crate::capability::ratelimit::RateLimits;
 use crate::engine::{self, CallContext, Sandbox};
 use mcm_driver::*;
 
@@ -426,7 +426,7 @@ impl Provider {
             outcome = tracing::field::Empty,
             duration_us = tracing::field::Empty,
         );
-        let credential = Arc::from(ratelimit::credential_fingerprint(secret));
+        let credential = Arc::from(credential_fingerprint(secret));
         let started = Instant::now();
         // The deadline covers waiting for a slot (maxConcurrentCalls) and the call itself; a
         // call that got no slot is logged and counted like any other outcome.

@@ -42,7 +42,7 @@ pub(crate) struct HttpCall {
     pub deadline: Instant,
     /// The provider's rate limits (its defaults under the operator's settings).
     pub rate_limits: Arc<RateLimits>,
-    /// The fingerprint of the credential in the call's secret (`ratelimit::credential_fingerprint`).
+    /// The fingerprint of the credential in the call's secret (`mcm_driver::credential_fingerprint`).
     pub credential: Arc<str>,
     pub rate_limited: RateLimitedRecord,
 }

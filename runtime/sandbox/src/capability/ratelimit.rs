@@ -30,6 +30,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use mcm_driver::RateBucketStats;
+#[cfg(test)]
+use mcm_driver::credential_fingerprint;
 use serde::{Deserialize, Serialize};
 
 /// The request header a guest names the request's rate class in (removed before sending).
@@ -171,7 +173,7 @@ impl RateLimits {
 /// What a bucket is for.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 pub struct BucketKey {
-    /// A short fingerprint of the credential (see [`credential_fingerprint`]).
+    /// A short fingerprint of the credential ([`mcm_driver::credential_fingerprint`]).
     pub credential: String,
     /// The endpoint's host (and port, when not the scheme's default).
     pub host: String,
@@ -444,29 +446,6 @@ impl Bucket {
         };
         self.rate = Some(rate);
     }
-}
-
-/// A short, stable fingerprint of the credential in a secret: sha256 over its entries but
-/// `userData` (which differs between worker pools of one account), sorted by key; the first 12
-/// hex digits. Never the credential itself: it names buckets in logs and metrics.
-pub fn credential_fingerprint<'a>(
-    entries: impl IntoIterator<Item = (&'a String, &'a Vec<u8>)>,
-) -> String {
-    use sha2::{Digest, Sha256};
-    let mut sorted: Vec<_> = entries
-        .into_iter()
-        .filter(|(k, _)| k.as_str() != "userData")
-        .collect();
-    sorted.sort();
-    let mut h = Sha256::new();
-    for (k, v) in sorted {
-        h.update((k.len() as u64).to_le_bytes());
-        h.update(k.as_bytes());
-        h.update((v.len() as u64).to_le_bytes());
-        h.update(v);
-    }
-    let digest = h.finalize();
-    digest[..6].iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The seconds of a `Retry-After` header (delta-seconds; an HTTP date is not honoured).
