@@ -111,22 +111,65 @@ fn find_by_tags<T: Transport>(
     Ok(found)
 }
 
-/// The machine's instances: by tags, else by the providerID.
+/// The machine's instances: the live instance of its providerID when it has one (as
+/// provider-aws looks a machine up), else the live instances tagged for it.
 fn find_machine<T: Transport>(
     ec2: &Ec2<T>,
     spec: &ProviderSpec,
     machine: &Machine,
 ) -> Result<Vec<Instance>, DriverError> {
-    let found = if machine.name.is_empty() {
-        Vec::new()
-    } else {
-        find_by_tags(ec2, spec, &machine.name)?
-    };
-    if !found.is_empty() || machine.provider_id.is_empty() {
-        return Ok(found);
+    if !machine.provider_id.is_empty() {
+        let (_, id) = decode_provider_id(&machine.provider_id)?;
+        if let Some(i) = ec2.instance_by_id(&id)? {
+            return Ok(vec![i]);
+        }
     }
-    let (_, id) = decode_provider_id(&machine.provider_id)?;
-    Ok(ec2.instance_by_id(&id)?.into_iter().collect())
+    if machine.name.is_empty() {
+        return Ok(Vec::new());
+    }
+    find_by_tags(ec2, spec, &machine.name)
+}
+
+/// The live instances tagged for any of `names` (one DescribeInstances per
+/// [`query::MAX_FILTER_VALUES`] names).
+fn find_all_by_tags<T: Transport>(
+    ec2: &Ec2<T>,
+    spec: &ProviderSpec,
+    names: &[&str],
+) -> Result<Vec<Instance>, DriverError> {
+    let mut found = Vec::new();
+    for chunk in names.chunks(query::MAX_FILTER_VALUES) {
+        found.extend(ec2.describe_all(|token| {
+            query::describe_machines(chunk, spec.cluster_tag(), spec.role_tag(), token)
+        })?);
+    }
+    found.retain(|i| of_class(i, spec) && i.tag("Name").is_some_and(|n| names.contains(&n)));
+    Ok(found)
+}
+
+/// The live instances of `ids` (one DescribeInstances per [`query::MAX_FILTER_VALUES`] IDs).
+fn find_all_by_id<T: Transport>(ec2: &Ec2<T>, ids: &[&str]) -> Result<Vec<Instance>, DriverError> {
+    let mut found = Vec::new();
+    for chunk in ids.chunks(query::MAX_FILTER_VALUES) {
+        found.extend(ec2.describe_all(|token| query::describe_instances_by_id(chunk, token))?);
+    }
+    found.retain(|i| query::LIVE_STATES.contains(&i.instance_state.name.as_str()));
+    Ok(found)
+}
+
+/// The secret's entries but `userData`: what the requests of one batch share.
+fn credentials(secret: &[(String, Vec<u8>)]) -> Vec<&(String, Vec<u8>)> {
+    secret
+        .iter()
+        .filter(|(k, _)| k != spec::USER_DATA_KEY)
+        .collect()
+}
+
+/// Can `req` be served with `first`'s lookups: the same class and credentials, and a name?
+fn same_batch(first: &MachineRequest, req: &MachineRequest) -> bool {
+    req.machine_class.provider_spec == first.machine_class.provider_spec
+        && credentials(&req.secret) == credentials(&first.secret)
+        && !req.machine.name.is_empty()
 }
 
 fn one<'a>(instances: &'a [Instance], machine: &Machine) -> Result<&'a Instance, DriverError> {
@@ -174,16 +217,94 @@ pub fn create<T: Transport>(
     // covers a RunInstances whose answer was lost). The ClientToken makes the RunInstances
     // itself idempotent on EC2.
     let existing = find_by_tags(&ec2, &spec, &machine.name)?;
+    let image = std::cell::OnceCell::new();
+    launch(&ec2, &spec, machine, &user_data, &existing, &image)
+}
+
+/// A RunInstances is not started in a batch with less time than this left: its machine is
+/// answered `unavailable` and asked again.
+pub const CREATE_RESERVE_MILLIS: u64 = 5_000;
+
+/// Batch create (contract 0.1.3): the machines of one class and credentials (each with its
+/// own `userData`) looked up with one DescribeInstances per [`query::MAX_FILTER_VALUES`]
+/// names, the AMI read once, and one RunInstances for each machine without a VM (EC2's
+/// RunInstances takes one user data, so one request per machine stays). Each entry is what
+/// [`create`] would answer; requests of another class or credentials are created one by one.
+/// Near the deadline, a machine still without a VM is answered `unavailable` instead.
+pub fn creates<T: Transport>(
+    t: &T,
+    cfg: &Config,
+    reqs: &[MachineRequest],
+) -> Vec<Result<CreateMachineResponse, DriverError>> {
+    let Some(first) = reqs.first() else {
+        return Vec::new();
+    };
+    let looked_up = (|| {
+        let (spec, creds) = spec::validate_class(
+            &first.machine_class.provider_spec,
+            &first.secret,
+            t.brokered(),
+        )
+        .map_err(invalid)?;
+        let ec2 = Ec2::new(t, &cfg.endpoint(&spec.region), &spec.region, creds);
+        let names: Vec<&str> = reqs
+            .iter()
+            .filter(|r| same_batch(first, r))
+            .map(|r| r.machine.name.as_str())
+            .collect();
+        let found = find_all_by_tags(&ec2, &spec, &names)?;
+        Ok::<_, DriverError>((spec, ec2, found))
+    })();
+    let image = std::cell::OnceCell::new();
+    reqs.iter()
+        .map(|req| {
+            if !same_batch(first, req) {
+                return create(t, cfg, req);
+            }
+            let (spec, ec2, found) = looked_up.as_ref().map_err(Clone::clone)?;
+            let user_data = spec::user_data(&req.secret).map_err(invalid)?;
+            let existing: Vec<Instance> = found
+                .iter()
+                .filter(|i| i.tag("Name") == Some(req.machine.name.as_str()))
+                .cloned()
+                .collect();
+            if existing.is_empty() && t.remaining_millis() < CREATE_RESERVE_MILLIS {
+                return Err(DriverError::unavailable(format!(
+                    "machine {:?} not created: its batch ran out of time (asked again)",
+                    req.machine.name
+                )));
+            }
+            launch(ec2, spec, &req.machine, &user_data, &existing, &image)
+        })
+        .collect()
+}
+
+/// Create the machine's VM unless `existing` (its tagged instances) has it, and answer its
+/// ids. `image` keeps the AMI's root device for the machines of one call.
+fn launch<T: Transport>(
+    ec2: &Ec2<T>,
+    spec: &ProviderSpec,
+    machine: &Machine,
+    user_data: &[u8],
+    existing: &[Instance],
+    image: &std::cell::OnceCell<Result<String, DriverError>>,
+) -> Result<CreateMachineResponse, DriverError> {
     let mut instance = match existing.len() {
-        0 => run_instance(&ec2, &spec, machine, &user_data)?,
-        _ => one(&existing, machine)?.clone(),
+        0 => {
+            let root = image
+                .get_or_init(|| root_device(ec2, spec))
+                .as_ref()
+                .map_err(Clone::clone)?;
+            run_instance(ec2, spec, machine, user_data, root)?
+        }
+        _ => one(existing, machine)?.clone(),
     };
     if instance.private_dns_name().is_empty()
         && let Some(fresh) = ec2.instance_by_id(&instance.instance_id)?
     {
         instance = fresh;
     }
-    if needs_src_dst_disabled(&spec, &instance) {
+    if needs_src_dst_disabled(spec, &instance) {
         ec2.call(&query::disable_source_dest_check(&instance.instance_id))?;
     }
     let node_name = instance.private_dns_name().to_string();
@@ -204,12 +325,8 @@ pub fn create<T: Transport>(
     })
 }
 
-fn run_instance<T: Transport>(
-    ec2: &Ec2<T>,
-    spec: &ProviderSpec,
-    machine: &Machine,
-    user_data: &[u8],
-) -> Result<Instance, DriverError> {
+/// The root device name of the class's AMI.
+fn root_device<T: Transport>(ec2: &Ec2<T>, spec: &ProviderSpec) -> Result<String, DriverError> {
     let images: xml::DescribeImages = ec2.call_xml(&query::describe_image(&spec.ami))?;
     let image = images.images_set.item.into_iter().next().ok_or_else(|| {
         DriverError::not_found(format!(
@@ -217,18 +334,27 @@ fn run_instance<T: Transport>(
             spec.ami, spec.region
         ))
     })?;
-    let root = image
+    image
         .root_device_name
         .filter(|r| !r.is_empty())
         .ok_or_else(|| {
             DriverError::invalid_argument(format!("AMI {} has no root device name", spec.ami))
-        })?;
+        })
+}
+
+fn run_instance<T: Transport>(
+    ec2: &Ec2<T>,
+    spec: &ProviderSpec,
+    machine: &Machine,
+    user_data: &[u8],
+    root: &str,
+) -> Result<Instance, DriverError> {
     let token = query::client_token(&machine.namespace, &machine.name, &machine.uid);
     let run: xml::RunInstances = ec2.call_xml(&query::run_instances(
         spec,
         &machine.name,
         user_data,
-        &root,
+        root,
         &token,
     ))?;
     run.instances_set
@@ -314,10 +440,11 @@ pub fn status<T: Transport>(
     answer_status(&spec, &instances, &req.machine)
 }
 
-/// Batch status (contract 0.1.2): the machines of one class and secret (as the host
-/// batches them) looked up with one DescribeInstances per [`query::MAX_FILTER_VALUES`] names;
-/// a machine not found by its tags but with a providerID is looked up by ID alone, as in
-/// [`status`]. Requests of another class or secret than the first are answered one by one.
+/// Batch status (contract 0.1.2): the machines of one class and credentials (as the host
+/// batches them) looked up as [`status`] would, in few requests: the machines with a
+/// providerID with one DescribeInstances per [`query::MAX_FILTER_VALUES`] IDs, the others
+/// (and those whose instance is gone) with one per as many names. Requests of another class
+/// or credentials are answered one by one.
 pub fn statuses<T: Transport>(
     t: &T,
     cfg: &Config,
@@ -326,42 +453,47 @@ pub fn statuses<T: Transport>(
     let Some(first) = reqs.first() else {
         return Vec::new();
     };
-    let same = |r: &MachineRequest| {
-        r.machine_class.provider_spec == first.machine_class.provider_spec
-            && r.secret == first.secret
-            && !r.machine.name.is_empty()
+    let id_of = |r: &MachineRequest| {
+        decode_provider_id(&r.machine.provider_id)
+            .ok()
+            .map(|(_, id)| id)
     };
     let looked_up = (|| {
         let spec = spec::parse(&first.machine_class.provider_spec).map_err(invalid)?;
         let ec2 = client(t, cfg, &spec.region, &first.secret)?;
+        let ids: Vec<String> = reqs
+            .iter()
+            .filter(|r| same_batch(first, r))
+            .filter_map(id_of)
+            .collect();
+        let by_id: std::collections::HashMap<String, Instance> =
+            find_all_by_id(&ec2, &ids.iter().map(String::as_str).collect::<Vec<_>>())?
+                .into_iter()
+                .map(|i| (i.instance_id.clone(), i))
+                .collect();
         let names: Vec<&str> = reqs
             .iter()
-            .filter(|r| same(r))
+            .filter(|r| same_batch(first, r))
+            .filter(|r| !id_of(r).is_some_and(|id| by_id.contains_key(&id)))
             .map(|r| r.machine.name.as_str())
             .collect();
-        let mut found = Vec::new();
-        for chunk in names.chunks(query::MAX_FILTER_VALUES) {
-            found.extend(ec2.describe_all(|token| {
-                query::describe_machines(chunk, spec.cluster_tag(), spec.role_tag(), token)
-            })?);
-        }
-        found.retain(|i| of_class(i, &spec));
-        Ok::<_, DriverError>((spec, found))
+        let by_name = find_all_by_tags(&ec2, &spec, &names)?;
+        Ok::<_, DriverError>((spec, by_id, by_name))
     })();
     reqs.iter()
         .map(|req| {
-            if !same(req) {
+            if !same_batch(first, req) {
                 return status(t, cfg, req);
             }
-            let (spec, found) = looked_up.as_ref().map_err(Clone::clone)?;
-            let mine: Vec<Instance> = found
+            let (spec, by_id, by_name) = looked_up.as_ref().map_err(Clone::clone)?;
+            if let Some(i) = id_of(req).and_then(|id| by_id.get(&id)) {
+                return answer_status(spec, std::slice::from_ref(i), &req.machine);
+            }
+            let mine: Vec<Instance> = by_name
                 .iter()
                 .filter(|i| i.tag("Name") == Some(req.machine.name.as_str()))
                 .cloned()
                 .collect();
-            if mine.is_empty() && !req.machine.provider_id.is_empty() {
-                return status(t, cfg, req);
-            }
             answer_status(spec, &mine, &req.machine)
         })
         .collect()
@@ -406,11 +538,18 @@ pub fn deletes<T: Transport>(
     let Some((region, _)) = by_id.iter().flatten().next().cloned() else {
         return reqs.iter().map(|r| delete(t, cfg, r)).collect();
     };
-    let secret = &reqs[by_id.iter().position(Option::is_some).expect("one has an ID")].secret;
+    let secret = &reqs[by_id
+        .iter()
+        .position(Option::is_some)
+        .expect("one has an ID")]
+    .secret;
     let batched: Vec<bool> = reqs
         .iter()
         .zip(&by_id)
-        .map(|(r, id)| id.as_ref().is_some_and(|(reg, _)| *reg == region) && &r.secret == secret)
+        .map(|(r, id)| {
+            id.as_ref().is_some_and(|(reg, _)| *reg == region)
+                && credentials(&r.secret) == credentials(secret)
+        })
         .collect();
     let ids: Vec<&str> = by_id
         .iter()
@@ -419,8 +558,10 @@ pub fn deletes<T: Transport>(
         .filter_map(|(id, _)| id.as_ref().map(|(_, i)| i.as_str()))
         .collect();
     let terminated = regions::is_known(&region)
-        && client(t, cfg, &region, secret)
-            .is_ok_and(|ec2| ids.chunks(1000).all(|c| ec2.call(&query::terminate_instances(c)).is_ok()));
+        && client(t, cfg, &region, secret).is_ok_and(|ec2| {
+            ids.chunks(1000)
+                .all(|c| ec2.call(&query::terminate_instances(c)).is_ok())
+        });
     reqs.iter()
         .zip(by_id.iter().zip(&batched))
         .map(|(req, (id, batched))| match (terminated && *batched, id) {
@@ -542,6 +683,8 @@ mod tests {
     struct Scripted {
         answers: RefCell<Vec<(&'static str, u16, String)>>,
         seen: RefCell<Vec<String>>,
+        /// The call's time left (`None`: plenty).
+        remaining_millis: Option<u64>,
     }
 
     impl Scripted {
@@ -587,6 +730,170 @@ mod tests {
                 body: text.into_bytes(),
             })
         }
+        fn remaining_millis(&self) -> u64 {
+            self.remaining_millis.unwrap_or(u64::MAX)
+        }
+    }
+
+    /// The request of machine `name` (its own userData), with `provider_id`.
+    fn request_of(name: &str, provider_id: &str) -> MachineRequest {
+        let mut r = request();
+        r.machine.name = name.into();
+        r.machine.uid = format!("uid-{name}");
+        r.machine.provider_id = provider_id.into();
+        for (k, v) in &mut r.secret {
+            if k == "userData" {
+                *v = format!("#!/bin/sh\necho {name}").into_bytes();
+            }
+        }
+        r
+    }
+
+    /// A RunInstances answer for instance `id`.
+    fn run_xml(id: &str) -> String {
+        instance_xml("RunInstancesResponse", id)
+            .replace("<reservationSet><item>", "")
+            .replace("</item></reservationSet>", "")
+    }
+
+    const IMAGE: &str = "<DescribeImagesResponse><imagesSet><item><imageId>ami-1</imageId><rootDeviceName>/dev/xvda</rootDeviceName></item></imagesSet></DescribeImagesResponse>";
+
+    #[test]
+    fn batch_create_looks_up_once_reads_the_ami_once_and_runs_one_instance_per_new_machine() {
+        // m1 has its VM already (tagged Name=m1); m2 and m3 get one each.
+        let ec2 = Scripted::default()
+            .on(
+                "DescribeInstances",
+                200,
+                &instance_xml("DescribeInstancesResponse", "i-0abc"),
+            )
+            .on("DescribeImages", 200, IMAGE)
+            .on("RunInstances", 200, &run_xml("i-2"))
+            .on("RunInstances", 200, &run_xml("i-3"));
+        let reqs = [
+            request_of("m1", ""),
+            request_of("m2", ""),
+            request_of("m3", ""),
+        ];
+        let answers = creates(&ec2, &Config::default(), &reqs);
+        let ids: Vec<String> = answers
+            .iter()
+            .map(|a| a.as_ref().unwrap().provider_id.clone())
+            .collect();
+        assert_eq!(
+            ids,
+            [
+                "aws:///eu-west-1/i-0abc",
+                "aws:///eu-west-1/i-2",
+                "aws:///eu-west-1/i-3"
+            ]
+        );
+        assert_eq!(
+            ec2.actions(),
+            [
+                "DescribeInstances",
+                "DescribeImages",
+                "RunInstances",
+                "RunInstances"
+            ]
+        );
+        let seen = ec2.seen.borrow();
+        // One lookup of the three names; each RunInstances with its machine's own user data
+        // and idempotency token.
+        for name in ["m1", "m2", "m3"] {
+            assert!(seen[0].contains(&format!("={name}&")), "{}", seen[0]);
+        }
+        for (body, name) in seen[2..].iter().zip(["m2", "m3"]) {
+            use base64::Engine as _;
+            let user_data =
+                base64::engine::general_purpose::STANDARD.encode(format!("#!/bin/sh\necho {name}"));
+            let mut encoded = String::new();
+            query::encode_into(&user_data, &mut encoded);
+            assert!(body.contains(&format!("UserData={encoded}")), "{body}");
+            let token = query::client_token("ns", name, &format!("uid-{name}"));
+            assert!(body.contains(&format!("ClientToken={token}")), "{body}");
+        }
+    }
+
+    #[test]
+    fn batch_create_out_of_time_runs_no_instance_and_answers_unavailable() {
+        let ec2 = Scripted {
+            remaining_millis: Some(CREATE_RESERVE_MILLIS - 1),
+            ..Default::default()
+        }
+        .on(
+            "DescribeInstances",
+            200,
+            &instance_xml("DescribeInstancesResponse", "i-0abc"),
+        );
+        let answers = creates(
+            &ec2,
+            &Config::default(),
+            &[request_of("m1", ""), request_of("m2", "")],
+        );
+        // m1's VM exists: answered; m2 would need a RunInstances: asked again later.
+        assert_eq!(
+            answers[0].as_ref().unwrap().provider_id,
+            "aws:///eu-west-1/i-0abc"
+        );
+        let e = answers[1].as_ref().unwrap_err();
+        assert_eq!(e.code, Code::Unavailable, "{}", e.message);
+        assert!(e.message.contains("ran out of time"), "{}", e.message);
+        assert_eq!(ec2.actions(), ["DescribeInstances"]);
+    }
+
+    #[test]
+    fn batch_create_of_a_class_without_its_ami_fails_each_new_machine_alike() {
+        let ec2 = Scripted::default().on("DescribeInstances", 200, NONE).on(
+            "DescribeImages",
+            200,
+            "<DescribeImagesResponse><imagesSet/></DescribeImagesResponse>",
+        );
+        let answers = creates(
+            &ec2,
+            &Config::default(),
+            &[request_of("m1", ""), request_of("m2", "")],
+        );
+        for a in &answers {
+            let e = a.as_ref().unwrap_err();
+            assert_eq!(e.code, Code::NotFound, "{}", e.message);
+        }
+        // The AMI is asked once for the batch.
+        assert_eq!(ec2.actions(), ["DescribeInstances", "DescribeImages"]);
+    }
+
+    #[test]
+    fn batch_status_asks_by_id_first_then_by_name_for_the_rest() {
+        // m1's providerID instance is live; m2 has none yet; m3's instance is gone (and no
+        // VM is tagged for it): not found.
+        let by_id = instance_xml("DescribeInstancesResponse", "i-0abc");
+        let ec2 = Scripted::default().on("DescribeInstances", 200, &by_id).on(
+            "DescribeInstances",
+            200,
+            NONE,
+        );
+        let reqs = [
+            request_of("m1", "aws:///eu-west-1/i-0abc"),
+            request_of("m2", ""),
+            request_of("m3", "aws:///eu-west-1/i-gone"),
+        ];
+        let answers = statuses(&ec2, &Config::default(), &reqs);
+        assert_eq!(
+            answers[0].as_ref().unwrap().provider_id,
+            "aws:///eu-west-1/i-0abc"
+        );
+        assert_eq!(answers[1].as_ref().unwrap_err().code, Code::NotFound);
+        assert_eq!(answers[2].as_ref().unwrap_err().code, Code::NotFound);
+        let seen = ec2.seen.borrow();
+        assert_eq!(seen.len(), 2, "{seen:?}");
+        assert!(seen[0].contains("Filter.1.Name=instance-id"), "{}", seen[0]);
+        assert!(
+            seen[0].contains("=i-0abc&") && seen[0].contains("=i-gone&"),
+            "{}",
+            seen[0]
+        );
+        assert!(seen[1].contains("Filter.1.Name=tag%3AName"), "{}", seen[1]);
+        assert!(!seen[1].contains("=m1&") && seen[1].contains("=m2&") && seen[1].contains("=m3&"));
     }
 
     fn instance_xml(wrapper: &str, id: &str) -> String {

@@ -29,6 +29,10 @@ pub trait Transport {
     fn now(&self) -> SystemTime {
         SystemTime::now()
     }
+    /// Milliseconds left before the host cancels the call (the host's `context`).
+    fn remaining_millis(&self) -> u64 {
+        u64::MAX
+    }
 }
 
 pub struct Ec2<'t, T: Transport> {

@@ -41,6 +41,9 @@ impl ec2::Transport for Host {
         self.requests.set(self.requests.get() + 1);
         credentials::send_aws_sigv4(req, region, "ec2")
     }
+    fn remaining_millis(&self) -> u64 {
+        remaining_millis()
+    }
 }
 
 fn run<R>(
@@ -74,6 +77,24 @@ fn run<R>(
         ),
     }
     result
+}
+
+/// A batch operation: [`run`] once for all machines; a failure before any machine was served
+/// (the provider config) answers every machine with it.
+fn run_batch<R>(
+    operation: &str,
+    reqs: &[MachineRequest],
+    f: impl FnOnce(&Host, &driver::Config) -> Vec<Result<R, DriverError>>,
+) -> Vec<Result<R, DriverError>> {
+    let label = format!("{} machines", reqs.len());
+    let mut answers = Vec::new();
+    match run(operation, &label, |h, c| {
+        answers = f(h, c);
+        Ok(())
+    }) {
+        Ok(()) => answers,
+        Err(e) => reqs.iter().map(|_| Err(e.clone())).collect(),
+    }
 }
 
 /// Credentials that look wrong are a warning in the host log, not a refusal (see
@@ -135,26 +156,28 @@ impl Driver for Aws {
     fn get_machine_statuses(
         reqs: Vec<MachineRequest>,
     ) -> Vec<Result<GetMachineStatusResponse, DriverError>> {
-        let label = format!("{} machines", reqs.len());
-        let mut answers = Vec::new();
-        let _ = run("get-machine-statuses", &label, |h, c| {
-            answers = driver::statuses(h, c, &reqs);
-            Ok(())
-        });
-        answers
+        run_batch("get-machine-statuses", &reqs, |h, c| {
+            driver::statuses(h, c, &reqs)
+        })
     }
 
-    fn delete_machines(reqs: Vec<MachineRequest>) -> Vec<Result<DeleteMachineResponse, DriverError>> {
-        let label = format!("{} machines", reqs.len());
-        let mut answers = Vec::new();
-        let result = run("delete-machines", &label, |h, c| {
-            answers = driver::deletes(h, c, &reqs);
-            Ok(())
-        });
-        match result {
-            Ok(()) => answers,
-            Err(e) => reqs.iter().map(|_| Err(e.clone())).collect(),
+    fn create_machines(
+        reqs: Vec<MachineRequest>,
+    ) -> Vec<Result<CreateMachineResponse, DriverError>> {
+        if let Some(first) = reqs.first() {
+            warn_about_credentials(&first.secret, &format!("{} machines", reqs.len()));
         }
+        run_batch("create-machines", &reqs, |h, c| {
+            driver::creates(h, c, &reqs)
+        })
+    }
+
+    fn delete_machines(
+        reqs: Vec<MachineRequest>,
+    ) -> Vec<Result<DeleteMachineResponse, DriverError>> {
+        run_batch("delete-machines", &reqs, |h, c| {
+            driver::deletes(h, c, &reqs)
+        })
     }
 
     fn metrics_labels(req: MetricsLabelsRequest) -> Result<Vec<(String, String)>, DriverError> {
@@ -174,11 +197,11 @@ mod batch_bindings {
         path: "../../wit",
         world: "batch-provider",
         with: {
-            "mcm:driver/types@0.1.2": mcm_wasm_sdk::bindings::mcm::driver::types,
-            "mcm:driver/http@0.1.2": mcm_wasm_sdk::bindings::mcm::driver::http,
-            "mcm:driver/log@0.1.2": mcm_wasm_sdk::bindings::mcm::driver::log,
-            "mcm:driver/context@0.1.2": mcm_wasm_sdk::bindings::mcm::driver::context,
-            "mcm:driver/credentials@0.1.2": mcm_wasm_sdk::bindings::mcm::driver::credentials,
+            "mcm:driver/types@0.1.3": mcm_wasm_sdk::bindings::mcm::driver::types,
+            "mcm:driver/http@0.1.3": mcm_wasm_sdk::bindings::mcm::driver::http,
+            "mcm:driver/log@0.1.3": mcm_wasm_sdk::bindings::mcm::driver::log,
+            "mcm:driver/context@0.1.3": mcm_wasm_sdk::bindings::mcm::driver::context,
+            "mcm:driver/credentials@0.1.3": mcm_wasm_sdk::bindings::mcm::driver::credentials,
         },
         generate_all,
     });

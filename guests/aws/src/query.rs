@@ -106,6 +106,18 @@ pub fn describe_machines(
     a
 }
 
+/// Live instances by ID (at most [`MAX_FILTER_VALUES`]): the `instance-id` filter, not
+/// `InstanceId.N`, so that an ID EC2 no longer knows is left out instead of failing the
+/// request. The ID filter comes first: a server that applies filters in order (moto) then
+/// reads the tags of these instances only.
+pub fn describe_instances_by_id(ids: &[&str], next_token: Option<&str>) -> Action {
+    let mut a = Action::new("DescribeInstances");
+    a.filter(1, "instance-id", ids)
+        .filter(2, "instance-state-name", &LIVE_STATES);
+    a.opt("NextToken", next_token);
+    a
+}
+
 /// Terminate several instances in one request.
 pub fn terminate_instances(ids: &[&str]) -> Action {
     let mut a = Action::new("TerminateInstances");

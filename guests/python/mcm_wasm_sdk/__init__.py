@@ -43,7 +43,7 @@ from wit_world.imports import log as _log
 from wit_world.imports import types
 
 #: The contract version this SDK builds against (the `mcm:driver` WIT package version).
-CONTRACT_VERSION = "0.1.2"
+CONTRACT_VERSION = "0.1.3"
 
 Code = types.Code
 Machine = types.Machine

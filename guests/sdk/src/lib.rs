@@ -46,7 +46,7 @@ pub use hooks::install as __install_hooks;
 pub use metadata::{metadata_bytes, metadata_len};
 
 /// The contract version this SDK builds against (the `mcm:driver` WIT package version).
-pub const CONTRACT_VERSION: &str = "0.1.2";
+pub const CONTRACT_VERSION: &str = "0.1.3";
 
 /// Name of the custom section holding the provider's metadata (JSON: name, version, contract).
 pub const METADATA_SECTION: &str = "mcm-wasm:provider";
@@ -101,9 +101,21 @@ pub trait Driver {
         reqs.into_iter().map(Self::get_machine_status).collect()
     }
 
+    /// (0.1.3, batch providers only) Create each machine's VM, one entry per request in the
+    /// order asked (see [`Driver::get_machine_statuses`]); each request carries its own secret
+    /// (its own `userData`), the credentials are the same. A provider that runs short of time
+    /// ([`remaining_millis`]) answers the machines it did not get to with `unavailable`.
+    fn create_machines(
+        reqs: Vec<MachineRequest>,
+    ) -> Vec<Result<CreateMachineResponse, DriverError>> {
+        reqs.into_iter().map(Self::create_machine).collect()
+    }
+
     /// (0.1.2, batch providers only) Delete each machine's VM, one entry per request in the
     /// order asked (see [`Driver::get_machine_statuses`]).
-    fn delete_machines(reqs: Vec<MachineRequest>) -> Vec<Result<DeleteMachineResponse, DriverError>> {
+    fn delete_machines(
+        reqs: Vec<MachineRequest>,
+    ) -> Vec<Result<DeleteMachineResponse, DriverError>> {
         reqs.into_iter().map(Self::delete_machine).collect()
     }
 }
@@ -197,10 +209,11 @@ pub fn provider_config<T: serde::de::DeserializeOwned>() -> Result<T, DriverErro
 /// [`http::RATE_CLASS_HEADER`]).
 ///
 /// A provider that serves many machines in one cloud request (contract 0.1.2) also exports
-/// the `mcm:driver/batch` interface: generate bindings of the world `batch-provider` in a
-/// module of the crate root that reuse this SDK's imported interfaces (see the AWS provider's
-/// `batch_bindings`), implement [`Driver::get_machine_statuses`] and
-/// [`Driver::delete_machines`], and pass `batch_bindings: <that module>` last.
+/// the `mcm:driver/batch` and (0.1.3) `mcm:driver/batch-create` interfaces: generate bindings
+/// of the world `batch-provider` in a module of the crate root that reuse this SDK's imported
+/// interfaces (see the AWS provider's `batch_bindings`), implement
+/// [`Driver::get_machine_statuses`], [`Driver::delete_machines`] and (or leave it one machine
+/// at a time) [`Driver::create_machines`], and pass `batch_bindings: <that module>` last.
 #[macro_export]
 macro_rules! export_provider {
     (
@@ -226,6 +239,13 @@ macro_rules! export_provider {
             fn delete_machines(reqs: Vec<$crate::MachineRequest>) -> Vec<Result<$crate::DeleteMachineResponse, $crate::DriverError>> {
                 $crate::__install_hooks();
                 <$driver as $crate::Driver>::delete_machines(reqs)
+            }
+        }
+
+        impl $batch::exports::mcm::driver::batch_create::Guest for __McmProvider {
+            fn create_machines(reqs: Vec<$crate::MachineRequest>) -> Vec<Result<$crate::CreateMachineResponse, $crate::DriverError>> {
+                $crate::__install_hooks();
+                <$driver as $crate::Driver>::create_machines(reqs)
             }
         }
 
@@ -282,35 +302,51 @@ macro_rules! __provider_metadata {
 macro_rules! __driver_guest {
     ($guest:path, $driver:ty) => {
         impl $guest for __McmProvider {
-            fn create_machine(r: $crate::MachineRequest) -> Result<$crate::CreateMachineResponse, $crate::DriverError> {
+            fn create_machine(
+                r: $crate::MachineRequest,
+            ) -> Result<$crate::CreateMachineResponse, $crate::DriverError> {
                 $crate::__install_hooks();
                 <$driver as $crate::Driver>::create_machine(r)
             }
-            fn initialize_machine(r: $crate::MachineRequest) -> Result<$crate::InitializeMachineResponse, $crate::DriverError> {
+            fn initialize_machine(
+                r: $crate::MachineRequest,
+            ) -> Result<$crate::InitializeMachineResponse, $crate::DriverError> {
                 $crate::__install_hooks();
                 <$driver as $crate::Driver>::initialize_machine(r)
             }
-            fn delete_machine(r: $crate::MachineRequest) -> Result<$crate::DeleteMachineResponse, $crate::DriverError> {
+            fn delete_machine(
+                r: $crate::MachineRequest,
+            ) -> Result<$crate::DeleteMachineResponse, $crate::DriverError> {
                 $crate::__install_hooks();
                 <$driver as $crate::Driver>::delete_machine(r)
             }
-            fn get_machine_status(r: $crate::MachineRequest) -> Result<$crate::GetMachineStatusResponse, $crate::DriverError> {
+            fn get_machine_status(
+                r: $crate::MachineRequest,
+            ) -> Result<$crate::GetMachineStatusResponse, $crate::DriverError> {
                 $crate::__install_hooks();
                 <$driver as $crate::Driver>::get_machine_status(r)
             }
-            fn list_machines(r: $crate::ListMachinesRequest) -> Result<$crate::ListMachinesResponse, $crate::DriverError> {
+            fn list_machines(
+                r: $crate::ListMachinesRequest,
+            ) -> Result<$crate::ListMachinesResponse, $crate::DriverError> {
                 $crate::__install_hooks();
                 <$driver as $crate::Driver>::list_machines(r)
             }
-            fn get_volume_ids(r: $crate::GetVolumeIdsRequest) -> Result<$crate::GetVolumeIdsResponse, $crate::DriverError> {
+            fn get_volume_ids(
+                r: $crate::GetVolumeIdsRequest,
+            ) -> Result<$crate::GetVolumeIdsResponse, $crate::DriverError> {
                 $crate::__install_hooks();
                 <$driver as $crate::Driver>::get_volume_ids(r)
             }
-            fn validate_machine_class(r: $crate::ValidateRequest) -> Result<(), $crate::DriverError> {
+            fn validate_machine_class(
+                r: $crate::ValidateRequest,
+            ) -> Result<(), $crate::DriverError> {
                 $crate::__install_hooks();
                 <$driver as $crate::Driver>::validate_machine_class(r)
             }
-            fn metrics_labels(r: $crate::MetricsLabelsRequest) -> Result<Vec<(String, String)>, $crate::DriverError> {
+            fn metrics_labels(
+                r: $crate::MetricsLabelsRequest,
+            ) -> Result<Vec<(String, String)>, $crate::DriverError> {
                 $crate::__install_hooks();
                 <$driver as $crate::Driver>::metrics_labels(r)
             }

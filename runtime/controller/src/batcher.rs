@@ -1,25 +1,27 @@
-//! Coalescing of driver calls, after Karpenter's `pkg/batcher`: the GetMachineStatus and
-//! DeleteMachine calls of machines that share a provider, a class and credentials, made by
-//! concurrent reconciles within a short window, become one batch call of the provider's
-//! `mcm:driver/batch` interface (contract 0.1.2); each reconcile gets its own machine's answer
-//! back, and one machine's error never fails the others.
+//! Coalescing of driver calls, after Karpenter's `pkg/batcher`: the GetMachineStatus,
+//! CreateMachine and DeleteMachine calls of machines that share a provider, a class and
+//! credentials, made by concurrent reconciles within a short window, become one batch call of
+//! the provider's `mcm:driver/batch` interface (contract 0.1.2) or `batch-create` (0.1.3);
+//! each reconcile gets its own machine's answer back, and one machine's error never fails the
+//! others.
 //!
 //! A window closes when no request came for `idle`, after `max_wait` at the latest, or at
-//! `max_items` requests. A provider without the batch interface (`MachineDriver::batches`) is
-//! called directly, machine by machine, without waiting.
+//! `max_items` requests. A provider without the batch interface (`MachineDriver::batches`,
+//! `MachineDriver::batches_creates`) is called directly, machine by machine, without waiting.
 //!
-//! Deliberate deviations from single calls: the requests of one batch share one secret (the
-//! first request's; their credentials are the same by the batch key, only `userData` may
-//! differ, which neither status nor delete reads), and warnings a provider logs during a
-//! batch call are logged, not turned into events on each machine.
+//! Deliberate deviations from single calls: the status and delete requests of one batch share
+//! one secret (the first request's; their credentials are the same by the batch key, only
+//! `userData` may differ, which neither status nor delete reads; a creation keeps its own),
+//! and warnings a provider logs during a batch call are logged, not turned into events on
+//! each machine.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use mcm_driver::{
-    Code, DeleteMachineResponse, DriverError, GetMachineStatusResponse, MachineDriver,
-    MachineRequest,
+    Code, CreateMachineResponse, DeleteMachineResponse, DriverError, GetMachineStatusResponse,
+    MachineDriver, MachineRequest,
 };
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -52,6 +54,7 @@ impl Default for BatchConfig {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 enum Kind {
     Status,
+    Create,
     Delete,
 }
 
@@ -59,14 +62,16 @@ impl Kind {
     fn operation(self) -> &'static str {
         match self {
             Kind::Status => "GetMachineStatus",
+            Kind::Create => "CreateMachine",
             Kind::Delete => "DeleteMachine",
         }
     }
 }
 
-/// One answer of either kind.
+/// One answer of any kind.
 enum Answer {
     Status(Result<GetMachineStatusResponse, DriverError>),
+    Create(Result<CreateMachineResponse, DriverError>),
     Delete(Result<DeleteMachineResponse, DriverError>),
 }
 
@@ -125,7 +130,22 @@ impl Batcher {
         }
         match self.submit(Kind::Status, provider, req).await? {
             Answer::Status(a) => a,
-            Answer::Delete(_) => unreachable!("a status batch answers statuses"),
+            _ => unreachable!("a status batch answers statuses"),
+        }
+    }
+
+    /// Create the machine's VM, through a batch when the provider batches creations.
+    pub async fn create_machine(
+        &self,
+        provider: &Arc<dyn MachineDriver>,
+        req: MachineRequest,
+    ) -> Result<CreateMachineResponse, DriverError> {
+        if self.config.max_items <= 1 || !provider.batches_creates() {
+            return provider.create_machine(&req).await;
+        }
+        match self.submit(Kind::Create, provider, req).await? {
+            Answer::Create(a) => a,
+            _ => unreachable!("a create batch answers creations"),
         }
     }
 
@@ -140,7 +160,7 @@ impl Batcher {
         }
         match self.submit(Kind::Delete, provider, req).await? {
             Answer::Delete(a) => a,
-            Answer::Status(_) => unreachable!("a delete batch answers deletes"),
+            _ => unreachable!("a delete batch answers deletes"),
         }
     }
 
@@ -253,7 +273,9 @@ async fn flush(
             .into_iter()
             .map(|p| {
                 let mut req = p.req;
-                req.secret = secret.clone();
+                if key.kind != Kind::Create {
+                    req.secret = secret.clone();
+                }
                 (req, p.answer)
             })
             .unzip();
@@ -264,6 +286,12 @@ async fn flush(
                 .await
                 .into_iter()
                 .map(Answer::Status)
+                .collect(),
+            Kind::Create => provider
+                .create_machines(&reqs)
+                .await
+                .into_iter()
+                .map(Answer::Create)
                 .collect(),
             Kind::Delete => provider
                 .delete_machines(&reqs)
@@ -347,6 +375,7 @@ mod tests {
                         ..Default::default()
                     }))
                 }
+                Request::CreateMachine(_) => Ok(Response::CreateMachine(Default::default())),
                 _ => Ok(Response::DeleteMachine(Default::default())),
             }
         }
@@ -372,6 +401,24 @@ mod tests {
         ) -> Vec<Result<DeleteMachineResponse, DriverError>> {
             self.batches.lock().unwrap().push(reqs.len());
             reqs.iter().map(|_| Ok(Default::default())).collect()
+        }
+        fn batches_creates(&self) -> bool {
+            self.batching
+        }
+        /// The providerID is the machine's own userData: a batch must not share one secret.
+        async fn create_machines(
+            &self,
+            reqs: &[MachineRequest],
+        ) -> Vec<Result<mcm_driver::CreateMachineResponse, DriverError>> {
+            self.batches.lock().unwrap().push(reqs.len());
+            reqs.iter()
+                .map(|r| {
+                    Ok(mcm_driver::CreateMachineResponse {
+                        provider_id: String::from_utf8(r.secret["userData"].clone()).unwrap(),
+                        ..Default::default()
+                    })
+                })
+                .collect()
         }
     }
 
@@ -425,6 +472,38 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(*echo.batches.lock().unwrap(), vec![5, 1]);
+    }
+
+    /// Concurrent creations become one batch call in which each machine keeps its own
+    /// userData (its bootstrap token and name are in it).
+    #[tokio::test]
+    async fn creations_batch_with_each_machine_s_own_user_data() {
+        let echo = Arc::new(Echo {
+            batching: true,
+            ..Default::default()
+        });
+        let provider: Arc<dyn MachineDriver> = echo.clone();
+        let b = batcher(BatchConfig::default());
+        let calls = (0..4).map(|i| {
+            let (b, provider) = (b.clone(), provider.clone());
+            async move {
+                b.create_machine(&provider, request(&format!("m{i}"), &format!("#m{i}")))
+                    .await
+            }
+        });
+        let answers = futures::future::join_all(calls).await;
+        assert_eq!(*echo.batches.lock().unwrap(), vec![4], "one batch of four");
+        for (i, a) in answers.iter().enumerate() {
+            assert_eq!(a.as_ref().unwrap().provider_id, format!("#m{i}"));
+        }
+        // Without the batch export (or with batching off): one call per machine, at once.
+        let single = Arc::new(Echo::default());
+        let provider: Arc<dyn MachineDriver> = single.clone();
+        b.create_machine(&provider, request("m7", "#m7"))
+            .await
+            .unwrap();
+        assert!(single.batches.lock().unwrap().is_empty());
+        assert_eq!(*single.singles.lock().unwrap(), ["m7"]);
     }
 
     /// A provider that panics in a batch call fails that batch's callers, not the key: the

@@ -734,7 +734,10 @@ async fn launch(job: &Job, machine: &Machine) -> Result<Launch, Error> {
                 return Ok(Launch::CreateFailed(e));
             }
             let created = job
-                .timed(Operation::CreateMachine, provider.create_machine(&req))
+                .timed(
+                    Operation::CreateMachine,
+                    ctx.batcher.create_machine(provider, req.clone()),
+                )
                 .await;
             let detail = created
                 .as_ref()

@@ -8,7 +8,7 @@ use super::cache::Cache;
 use mcm_driver::SecretData;
 
 /// The key that holds the VM's user data.
-pub const USER_DATA_KEY: &str = "userData";
+pub use mcm_driver::USER_DATA_KEY;
 pub const BOOTSTRAP_TOKEN_PLACEHOLDER: &str = "<<BOOTSTRAP_TOKEN>>";
 pub const MACHINE_NAME_PLACEHOLDER: &str = "<<MACHINE_NAME>>";
 

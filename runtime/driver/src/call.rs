@@ -231,6 +231,25 @@ pub trait MachineDriver: Send + Sync {
         out
     }
 
+    /// Does the provider serve [`MachineDriver::create_machines`] in one call (contract
+    /// 0.1.3's `batch-create` interface)? When not, batching callers create one at a time.
+    fn batches_creates(&self) -> bool {
+        false
+    }
+
+    /// Create each machine's VM, one answer per request in order; each request keeps its own
+    /// secret (its own `userData`). See [`MachineDriver::get_machine_statuses`].
+    async fn create_machines(
+        &self,
+        reqs: &[MachineRequest],
+    ) -> Vec<Result<CreateMachineResponse, DriverError>> {
+        let mut out = Vec::with_capacity(reqs.len());
+        for req in reqs {
+            out.push(self.create_machine(req).await);
+        }
+        out
+    }
+
     /// Delete each machine's VM, one answer per request in order (see
     /// [`MachineDriver::get_machine_statuses`]).
     async fn delete_machines(

@@ -24,7 +24,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 /// The contract version this runtime speaks (`package mcm:driver@...` in wit/).
-pub const CONTRACT_VERSION: &str = "0.1.2";
+pub const CONTRACT_VERSION: &str = "0.1.3";
 
 /// MCM machine error codes (pkg/util/provider/machinecodes/codes), without OK.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
@@ -123,6 +123,10 @@ impl DriverError {
     }
 }
 
+/// The secret key of the machine's bootstrap user data (per worker pool, and per machine once
+/// its placeholders are filled): not part of the credential.
+pub const USER_DATA_KEY: &str = "userData";
+
 /// Secret data: the class's secretRef merged with its credentialsSecretRef.
 pub type SecretData = BTreeMap<String, Vec<u8>>;
 
@@ -133,7 +137,7 @@ pub type SecretData = BTreeMap<String, Vec<u8>>;
 pub fn credential_fingerprint(secret: &SecretData) -> String {
     use sha2::{Digest, Sha256};
     let mut h = Sha256::new();
-    for (k, v) in secret.iter().filter(|(k, _)| k.as_str() != "userData") {
+    for (k, v) in secret.iter().filter(|(k, _)| k.as_str() != USER_DATA_KEY) {
         h.update((k.len() as u64).to_le_bytes());
         h.update(k.as_bytes());
         h.update((v.len() as u64).to_le_bytes());
@@ -141,6 +145,15 @@ pub fn credential_fingerprint(secret: &SecretData) -> String {
     }
     let digest = h.finalize();
     digest[..6].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Do two secrets hold the same credential (every entry equal but `userData`)? What the
+/// requests of one batch call must share: the host signs and meters the call with one of them.
+pub fn same_credentials(a: &SecretData, b: &SecretData) -> bool {
+    fn credential(s: &SecretData) -> impl Iterator<Item = (&String, &Vec<u8>)> {
+        s.iter().filter(|(k, _)| k.as_str() != USER_DATA_KEY)
+    }
+    credential(a).eq(credential(b))
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -18,6 +18,7 @@ use crate::engine::{self, CallContext, Sandbox};
 use mcm_driver::*;
 
 type BatchIndices = bindings::batch::exports::mcm::driver::batch::GuestIndices;
+type BatchCreateIndices = bindings::batch::exports::mcm::driver::batch_create::GuestIndices;
 
 /// What the operator decides for a provider: where it may connect, its own config, deadlines.
 #[derive(Clone, Debug, Default)]
@@ -51,6 +52,8 @@ pub struct Provider {
     driver: bindings::ProviderIndices,
     /// The batch export (contract 0.1.2), when the component has it.
     batch: Option<BatchIndices>,
+    /// The batch-create export (contract 0.1.3), when the component has it.
+    batch_create: Option<BatchCreateIndices>,
     sandbox: Arc<Sandbox>,
     settings: ProviderSettings,
     call_ctx: CallContextTemplate,
@@ -149,12 +152,14 @@ impl Provider {
             })?;
         // Optional: a component without it gets one call per machine.
         let batch = BatchIndices::new(pre.instance_pre()).ok();
+        let batch_create = BatchCreateIndices::new(pre.instance_pre()).ok();
         let provider = Provider {
             info,
             path: path.to_path_buf(),
             pre,
             driver,
             batch,
+            batch_create,
             sandbox: sandbox.clone(),
             permits: permits(&settings),
             settings,
@@ -200,6 +205,7 @@ impl Provider {
             pre: self.pre.clone(),
             driver: self.driver.clone(),
             batch: self.batch.clone(),
+            batch_create: self.batch_create.clone(),
             sandbox: self.sandbox.clone(),
             call_ctx: CallContextTemplate::new(&self.info, &settings),
             permits: permits(&settings),
@@ -359,19 +365,41 @@ impl MachineDriver for Provider {
             }
             return out;
         };
-        let cap = self.sandbox.config.max_result_bytes;
-        answers
-            .into_iter()
-            .map(|a| match a? {
-                BatchAnswer::Status(r) => {
-                    match engine::cap_result(Response::GetMachineStatus(r.into()), cap)? {
-                        Response::GetMachineStatus(r) => Ok(r),
-                        _ => unreachable!("cap_result answers what it was given"),
-                    }
-                }
-                BatchAnswer::Delete(_) => unreachable!("a status batch answers statuses"),
-            })
-            .collect()
+        self.capped(answers, |a| match a {
+            BatchAnswer::Status(r) => Response::GetMachineStatus(r.into()),
+            _ => unreachable!("a status batch answers statuses"),
+        })
+        .map(|r| match r? {
+            Response::GetMachineStatus(r) => Ok(r),
+            _ => unreachable!("cap_result answers what it was given"),
+        })
+        .collect()
+    }
+
+    fn batches_creates(&self) -> bool {
+        self.batch_create.is_some()
+    }
+
+    async fn create_machines(
+        &self,
+        reqs: &[MachineRequest],
+    ) -> Vec<Result<CreateMachineResponse, DriverError>> {
+        let Some(answers) = self.batch_call(Operation::CreateMachine, reqs).await else {
+            let mut out = Vec::with_capacity(reqs.len());
+            for req in reqs {
+                out.push(self.create_machine(req).await);
+            }
+            return out;
+        };
+        self.capped(answers, |a| match a {
+            BatchAnswer::Create(r) => Response::CreateMachine(r.into()),
+            _ => unreachable!("a create batch answers creations"),
+        })
+        .map(|r| match r? {
+            Response::CreateMachine(r) => Ok(r),
+            _ => unreachable!("cap_result answers what it was given"),
+        })
+        .collect()
     }
 
     async fn delete_machines(
@@ -389,7 +417,7 @@ impl MachineDriver for Provider {
             .into_iter()
             .map(|a| match a? {
                 BatchAnswer::Delete(r) => Ok(r.into()),
-                BatchAnswer::Status(_) => unreachable!("a delete batch answers deletions"),
+                _ => unreachable!("a delete batch answers deletions"),
             })
             .collect()
     }
@@ -398,6 +426,7 @@ impl MachineDriver for Provider {
 /// One entry of a batch answer, in the contract's types.
 enum BatchAnswer {
     Status(bindings::types::GetMachineStatusResponse),
+    Create(bindings::types::CreateMachineResponse),
     Delete(bindings::types::DeleteMachineResponse),
 }
 
@@ -457,34 +486,69 @@ impl Provider {
         result
     }
 
-    /// One call of the batch export for `op` (GetMachineStatus or DeleteMachine), one entry
-    /// per request; `None` when the provider has no batch export or the requests do not share
-    /// one secret (then they are served one by one).
+    /// Each successful entry of a batch answer within the sandbox's result-size cap, as a
+    /// single call's answer is.
+    fn capped(
+        &self,
+        answers: Vec<Result<BatchAnswer, DriverError>>,
+        response: impl Fn(BatchAnswer) -> Response,
+    ) -> impl Iterator<Item = Result<Response, DriverError>> {
+        let cap = self.sandbox.config.max_result_bytes;
+        answers
+            .into_iter()
+            .map(move |a| engine::cap_result(response(a?), cap))
+    }
+
+    /// One call of the batch export for `op` (GetMachineStatus, CreateMachine or
+    /// DeleteMachine), one entry per request; `None` when the provider does not export it or
+    /// the requests do not share one credential (then they are served one by one). Each
+    /// request keeps its own secret (a creation's `userData` is the machine's own); the call
+    /// is signed and metered with the first's credential, which all share.
     async fn batch_call(
         &self,
         op: Operation,
         reqs: &[MachineRequest],
     ) -> Option<Vec<Result<BatchAnswer, DriverError>>> {
-        let batch = self.batch.as_ref().filter(|_| one_secret(reqs))?;
-        let (visible, brokered) = self.broker(&reqs[0].secret);
+        let first = reqs.first()?;
+        if !reqs
+            .iter()
+            .all(|r| same_credentials(&r.secret, &first.secret))
+        {
+            return None;
+        }
+        let (batch, batch_create) = match op {
+            Operation::CreateMachine => (None, Some(self.batch_create.as_ref()?)),
+            _ => (Some(self.batch.as_ref()?), None),
+        };
+        let brokered = self.broker(&first.secret).1;
         let wreqs: Vec<_> = reqs
             .iter()
-            .map(|r| engine::machine_request(r, &visible))
+            .map(|r| engine::machine_request(r, &self.broker(&r.secret).0))
             .collect();
         let answers = self
             .sandboxed(
                 op,
                 &batch_label(reqs),
-                &reqs[0].secret,
+                &first.secret,
                 brokered,
                 async move |mut store, instance| {
-                    let guest = batch.load(&mut store, &instance)?;
-                    let answers: Vec<_> = if op == Operation::DeleteMachine {
-                        let a = guest.call_delete_machines(&mut store, &wreqs).await?;
-                        a.into_iter().map(|r| r.map(BatchAnswer::Delete)).collect()
-                    } else {
-                        let a = guest.call_get_machine_statuses(&mut store, &wreqs).await?;
-                        a.into_iter().map(|r| r.map(BatchAnswer::Status)).collect()
+                    let answers: Vec<_> = match (op, batch, batch_create) {
+                        (Operation::CreateMachine, _, Some(indices)) => {
+                            let guest = indices.load(&mut store, &instance)?;
+                            let a = guest.call_create_machines(&mut store, &wreqs).await?;
+                            a.into_iter().map(|r| r.map(BatchAnswer::Create)).collect()
+                        }
+                        (Operation::DeleteMachine, Some(indices), _) => {
+                            let guest = indices.load(&mut store, &instance)?;
+                            let a = guest.call_delete_machines(&mut store, &wreqs).await?;
+                            a.into_iter().map(|r| r.map(BatchAnswer::Delete)).collect()
+                        }
+                        (_, Some(indices), _) => {
+                            let guest = indices.load(&mut store, &instance)?;
+                            let a = guest.call_get_machine_statuses(&mut store, &wreqs).await?;
+                            a.into_iter().map(|r| r.map(BatchAnswer::Status)).collect()
+                        }
+                        _ => unreachable!("an export was chosen for the operation"),
                     };
                     Ok(Ok(answers))
                 },
@@ -539,13 +603,6 @@ impl Provider {
         }
         out
     }
-}
-
-/// Every request of a batch on one secret (what the host signs and meters with); otherwise
-/// the batch is served one machine at a time.
-fn one_secret(reqs: &[MachineRequest]) -> bool {
-    reqs.first()
-        .is_some_and(|first| reqs.iter().all(|r| r.secret == first.secret))
 }
 
 /// The `machine` field of a batch call's span: its machines, shortened past a few.

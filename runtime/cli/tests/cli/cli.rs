@@ -27,7 +27,7 @@ fn inspect_shows_name_versions_operations_size_and_digest() {
     let info: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(info["name"], "sample");
     assert_eq!(info["version"], "0.1.0");
-    assert_eq!(info["contract"], "0.1.2");
+    assert_eq!(info["contract"], "0.1.3");
     assert_eq!(info["size"], std::fs::metadata(&path).unwrap().len());
     assert!(info["digest"].as_str().unwrap().starts_with("sha256:"));
     let ops: Vec<String> = serde_json::from_value(info["operations"].clone()).unwrap();

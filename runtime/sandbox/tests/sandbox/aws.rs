@@ -548,22 +548,52 @@ async fn a_class_naming_missing_cloud_resources_is_invalid_argument() {
     assert!(env.moto.live_instances_named("no-profile").await.is_empty());
 }
 
-/// Contract 0.1.2's batch interface: the AWS provider answers the status of many machines with
-/// one DescribeInstances and deletes many with one TerminateInstances, each machine with its
-/// own answer (found, not found, two VMs); a provider built against 0.1.0, loaded beside it in
-/// the same sandbox, has no batch export and is served one machine at a time.
+/// Contract 0.1.2's batch interface and 0.1.3's batch-create: the AWS provider creates many
+/// machines with one lookup and one RunInstances each (again: none), answers the status of
+/// many machines with one DescribeInstances by name (by ID, once they have providerIDs) and
+/// deletes many with one TerminateInstances, each machine with its own answer (found, not
+/// found); a provider built against 0.1.0, loaded beside it in the same sandbox, has no batch
+/// export and is served one machine at a time.
 #[tokio::test]
 async fn batches_are_one_ec2_request_and_an_old_contract_provider_gets_single_calls() {
     let env = env().await;
     let p = &env.provider;
     assert!(p.batches(), "the AWS provider exports mcm:driver/batch");
-    let mut reqs = Vec::new();
-    for i in 0..12 {
-        let req = env.request(&format!("b{i}"));
-        if i < 10 {
-            p.create_machine(&req).await.unwrap();
-        }
-        reqs.push(req);
+    assert!(p.batches_creates(), "and mcm:driver/batch-create");
+    let reqs: Vec<MachineRequest> = (0..12).map(|i| env.request(&format!("b{i}"))).collect();
+    env.proxy.take_actions();
+    let created = p.create_machines(&reqs[..10]).await;
+    let count = |actions: &[String], action: &str| actions.iter().filter(|a| *a == action).count();
+    let actions = env.proxy.take_actions();
+    assert_eq!(
+        (
+            count(&actions, "DescribeInstances"),
+            count(&actions, "RunInstances"),
+            count(&actions, "DescribeImages") <= 1,
+            actions.len() <= 12
+        ),
+        (1, 10, true, true),
+        "one lookup, one RunInstances per machine: {actions:?}"
+    );
+    let ids: std::collections::BTreeSet<String> = created
+        .iter()
+        .map(|c| c.as_ref().unwrap().provider_id.clone())
+        .collect();
+    assert_eq!(ids.len(), 10, "ten VMs: {created:?}");
+    for req in &reqs[..10] {
+        assert_eq!(
+            env.moto.live_instances_named(&req.machine.name).await.len(),
+            1
+        );
+    }
+    // Asked again (a lost answer): the lookup finds every VM, none is made twice.
+    let again = p.create_machines(&reqs[..10]).await;
+    assert_eq!(env.proxy.take_actions(), ["DescribeInstances"]);
+    for (a, b) in created.iter().zip(&again) {
+        assert_eq!(
+            a.as_ref().unwrap().provider_id,
+            b.as_ref().unwrap().provider_id
+        );
     }
     // Initialize of a class without srcAndDstChecksEnabled=false: nothing to do, no request;
     // it answers the providerID it was asked with (MCM's controller sets it first).
@@ -596,6 +626,25 @@ async fn batches_are_one_ec2_request_and_an_old_contract_provider_gets_single_ca
         assert_eq!(
             single.as_ref().map(|s| &s.provider_id).map_err(|e| e.code),
             batched.as_ref().map(|s| &s.provider_id).map_err(|e| e.code)
+        );
+    }
+    // With their providerIDs: one request by ID, one by name for the two without.
+    let mut with_ids = reqs.clone();
+    for (req, status) in with_ids.iter_mut().zip(&statuses) {
+        if let Ok(s) = status {
+            req.machine.provider_id = s.provider_id.clone();
+        }
+    }
+    env.proxy.take_actions();
+    let by_id = p.get_machine_statuses(&with_ids).await;
+    assert_eq!(
+        env.proxy.take_actions(),
+        ["DescribeInstances", "DescribeInstances"]
+    );
+    for (a, b) in statuses.iter().zip(&by_id) {
+        assert_eq!(
+            a.as_ref().map(|s| &s.provider_id).map_err(|e| e.code),
+            b.as_ref().map(|s| &s.provider_id).map_err(|e| e.code)
         );
     }
     // Delete by providerID: one TerminateInstances for the ten.
@@ -631,7 +680,8 @@ async fn batches_are_one_ec2_request_and_an_old_contract_provider_gets_single_ca
         ProviderSettings::default(),
     )
     .await;
-    assert!(!old.batches());
+    assert!(!old.batches() && !old.batches_creates());
+    assert_eq!(old.create_machines(&reqs[..2]).await.len(), 2);
     let answers = old.get_machine_statuses(&reqs[..3]).await;
     assert_eq!(answers.len(), 3);
     for a in &answers {

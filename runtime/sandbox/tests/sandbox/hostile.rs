@@ -292,7 +292,7 @@ async fn incompatible_contract_is_rejected_naming_file_and_both_versions() {
     let text = err.to_string();
     assert!(text.contains("test_incompatible.wasm"), "{text}");
     assert!(
-        text.contains("mcm:driver@1.0.0") && text.contains("mcm:driver@0.1.2"),
+        text.contains("mcm:driver@1.0.0") && text.contains("mcm:driver@0.1.3"),
         "{text}"
     );
 }

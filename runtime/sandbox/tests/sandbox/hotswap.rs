@@ -126,7 +126,7 @@ async fn swap_under_load_then_reject_broken_artifacts() {
     match next_event(&mut events).await {
         RegistryEvent::Rejected { error, .. } => {
             assert!(
-                error.contains("mcm:driver@1.0.0") && error.contains("mcm:driver@0.1.2"),
+                error.contains("mcm:driver@1.0.0") && error.contains("mcm:driver@0.1.3"),
                 "{error}"
             );
         }
