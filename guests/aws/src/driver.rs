@@ -217,20 +217,27 @@ pub fn create<T: Transport>(
     // covers a RunInstances whose answer was lost). The ClientToken makes the RunInstances
     // itself idempotent on EC2.
     let existing = find_by_tags(&ec2, &spec, &machine.name)?;
-    let image = std::cell::OnceCell::new();
-    launch(&ec2, &spec, machine, &user_data, &existing, &image)
+    let instance = match existing.len() {
+        0 => {
+            let root = root_device(&ec2, &spec)?;
+            let run = ec2.call(&run_action(&spec, machine, &user_data, &root));
+            launched(run.map_err(DriverError::from), machine)?
+        }
+        _ => one(&existing, machine)?.clone(),
+    };
+    answer_create(&ec2, &spec, machine, instance)
 }
 
-/// A RunInstances is not started in a batch with less time than this left: its machine is
-/// answered `unavailable` and asked again.
+/// No RunInstances is sent in a batch with less time than this left: the machines that
+/// still need one are answered `unavailable` and asked again.
 pub const CREATE_RESERVE_MILLIS: u64 = 5_000;
 
 /// Batch create (contract 0.1.3): the machines of one class and credentials (each with its
 /// own `userData`) looked up with one DescribeInstances per [`query::MAX_FILTER_VALUES`]
 /// names, the AMI read once, and one RunInstances for each machine without a VM (EC2's
-/// RunInstances takes one user data, so one request per machine stays). Each entry is what
+/// RunInstances takes one user data, so one request per machine stays), all sent at once
+/// (`http.send-many`; each still waits for its own rate-limit token). Each entry is what
 /// [`create`] would answer; requests of another class or credentials are created one by one.
-/// Near the deadline, a machine still without a VM is answered `unavailable` instead.
 pub fn creates<T: Transport>(
     t: &T,
     cfg: &Config,
@@ -255,50 +262,93 @@ pub fn creates<T: Transport>(
         let found = find_all_by_tags(&ec2, &spec, &names)?;
         Ok::<_, DriverError>((spec, ec2, found))
     })();
-    let image = std::cell::OnceCell::new();
-    reqs.iter()
+    let (spec, ec2, found) = match &looked_up {
+        Ok(l) => l,
+        Err(e) => {
+            return reqs
+                .iter()
+                .map(|r| {
+                    if same_batch(first, r) {
+                        Err(e.clone())
+                    } else {
+                        create(t, cfg, r)
+                    }
+                })
+                .collect();
+        }
+    };
+    // Per machine: its VM found, a RunInstances to send, or its own error.
+    enum Plan {
+        Found(Vec<Instance>),
+        Run(query::Action),
+        Done(Result<CreateMachineResponse, DriverError>),
+    }
+    let mut root = None;
+    let out_of_time = t.remaining_millis() < CREATE_RESERVE_MILLIS;
+    let mut plans: Vec<Plan> = reqs
+        .iter()
         .map(|req| {
             if !same_batch(first, req) {
-                return create(t, cfg, req);
+                return Plan::Done(create(t, cfg, req));
             }
-            let (spec, ec2, found) = looked_up.as_ref().map_err(Clone::clone)?;
-            let user_data = spec::user_data(&req.secret).map_err(invalid)?;
-            let existing: Vec<Instance> = found
+            let mine: Vec<Instance> = found
                 .iter()
                 .filter(|i| i.tag("Name") == Some(req.machine.name.as_str()))
                 .cloned()
                 .collect();
-            if existing.is_empty() && t.remaining_millis() < CREATE_RESERVE_MILLIS {
-                return Err(DriverError::unavailable(format!(
+            if !mine.is_empty() {
+                return Plan::Found(mine);
+            }
+            let user_data = match spec::user_data(&req.secret).map_err(invalid) {
+                Ok(u) => u,
+                Err(e) => return Plan::Done(Err(e)),
+            };
+            if out_of_time {
+                return Plan::Done(Err(DriverError::unavailable(format!(
                     "machine {:?} not created: its batch ran out of time (asked again)",
                     req.machine.name
-                )));
+                ))));
             }
-            launch(ec2, spec, &req.machine, &user_data, &existing, &image)
+            let root = root.get_or_insert_with(|| root_device(ec2, spec));
+            match root {
+                Ok(root) => Plan::Run(run_action(spec, &req.machine, &user_data, root)),
+                Err(e) => Plan::Done(Err(e.clone())),
+            }
+        })
+        .collect();
+    let runs: Vec<&query::Action> = plans
+        .iter()
+        .filter_map(|p| match p {
+            Plan::Run(a) => Some(a),
+            _ => None,
+        })
+        .collect();
+    let mut sent = ec2.call_many(&runs).into_iter();
+    reqs.iter()
+        .zip(plans.iter_mut())
+        .map(|(req, plan)| {
+            let machine = &req.machine;
+            let instance = match std::mem::replace(plan, Plan::Found(Vec::new())) {
+                Plan::Done(answer) => return answer,
+                Plan::Found(mine) => one(&mine, machine)?.clone(),
+                Plan::Run(_) => {
+                    let run = sent.next().expect("one answer per RunInstances sent");
+                    launched(run.map_err(DriverError::from), machine)?
+                }
+            };
+            answer_create(ec2, spec, machine, instance)
         })
         .collect()
 }
 
-/// Create the machine's VM unless `existing` (its tagged instances) has it, and answer its
-/// ids. `image` keeps the AMI's root device for the machines of one call.
-fn launch<T: Transport>(
+/// The answer of a create whose VM is `instance`: its private DNS name (looked up again when
+/// the answer had none yet) and source/destination checks as the class asks.
+fn answer_create<T: Transport>(
     ec2: &Ec2<T>,
     spec: &ProviderSpec,
     machine: &Machine,
-    user_data: &[u8],
-    existing: &[Instance],
-    image: &std::cell::OnceCell<Result<String, DriverError>>,
+    mut instance: Instance,
 ) -> Result<CreateMachineResponse, DriverError> {
-    let mut instance = match existing.len() {
-        0 => {
-            let root = image
-                .get_or_init(|| root_device(ec2, spec))
-                .as_ref()
-                .map_err(Clone::clone)?;
-            run_instance(ec2, spec, machine, user_data, root)?
-        }
-        _ => one(existing, machine)?.clone(),
-    };
     if instance.private_dns_name().is_empty()
         && let Some(fresh) = ec2.instance_by_id(&instance.instance_id)?
     {
@@ -342,21 +392,22 @@ fn root_device<T: Transport>(ec2: &Ec2<T>, spec: &ProviderSpec) -> Result<String
         })
 }
 
-fn run_instance<T: Transport>(
-    ec2: &Ec2<T>,
+/// The machine's RunInstances, with its idempotency token.
+fn run_action(
     spec: &ProviderSpec,
     machine: &Machine,
     user_data: &[u8],
     root: &str,
-) -> Result<Instance, DriverError> {
+) -> query::Action {
     let token = query::client_token(&machine.namespace, &machine.name, &machine.uid);
-    let run: xml::RunInstances = ec2.call_xml(&query::run_instances(
-        spec,
-        &machine.name,
-        user_data,
-        root,
-        &token,
-    ))?;
+    query::run_instances(spec, &machine.name, user_data, root, &token)
+}
+
+/// The instance a RunInstances answer (`run`: its body) made.
+fn launched(run: Result<String, DriverError>, machine: &Machine) -> Result<Instance, DriverError> {
+    let run: xml::RunInstances = xml::parse(&run?).map_err(|e| {
+        DriverError::internal(format!("EC2 RunInstances answer could not be decoded: {e}"))
+    })?;
     run.instances_set
         .item
         .into_iter()

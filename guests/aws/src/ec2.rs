@@ -16,6 +16,10 @@ use crate::xml::{self, Instance};
 /// How requests leave the provider.
 pub trait Transport {
     fn send(&self, req: &Request) -> Result<Response, HttpError>;
+    /// Send independent requests at once (the host's `send-many`); one answer each, in order.
+    fn send_many(&self, reqs: &[Request]) -> Vec<Result<Response, HttpError>> {
+        reqs.iter().map(|r| self.send(r)).collect()
+    }
     /// Whether the host brokers the credentials (they are not in the secret).
     fn brokered(&self) -> bool {
         false
@@ -71,6 +75,57 @@ impl<'t, T: Transport> Ec2<'t, T> {
 
     /// Send one action; the body of a 2xx answer, or the mapped error.
     pub fn call(&self, action: &Action) -> Result<String, ApiError> {
+        let req = self.request(action)?;
+        self.requests.set(self.requests.get() + 1);
+        let sent = match self.signing {
+            Signing::Own(_) => self.transport.send(&req),
+            Signing::Brokered => self.transport.send_signed(&req, &self.region),
+        };
+        self.answer(action, sent)
+    }
+
+    /// [`Ec2::call`] for independent actions, sent at once (brokered signing: one after
+    /// another, the host signs each); one answer per action, in order.
+    pub fn call_many(&self, actions: &[&Action]) -> Vec<Result<String, ApiError>> {
+        let mut answers: Vec<Option<Result<String, ApiError>>> = Vec::with_capacity(actions.len());
+        let mut reqs = Vec::new();
+        for action in actions {
+            match self.request(action) {
+                Ok(req) => {
+                    reqs.push(req);
+                    answers.push(None);
+                }
+                Err(e) => answers.push(Some(Err(e))),
+            }
+        }
+        self.requests.set(self.requests.get() + reqs.len() as u32);
+        let mut sent = match self.signing {
+            Signing::Own(_) => self.transport.send_many(&reqs),
+            Signing::Brokered => reqs
+                .iter()
+                .map(|r| self.transport.send_signed(r, &self.region))
+                .collect(),
+        }
+        .into_iter();
+        actions
+            .iter()
+            .zip(answers)
+            .map(|(action, answer)| match answer {
+                Some(built_wrong) => built_wrong,
+                None => self.answer(
+                    action,
+                    sent.next().unwrap_or_else(|| {
+                        Err(HttpError::Other(
+                            "the host answered fewer requests than sent".into(),
+                        ))
+                    }),
+                ),
+            })
+            .collect()
+    }
+
+    /// The signed HTTP request of an action.
+    fn request(&self, action: &Action) -> Result<Request, ApiError> {
         let body = action.body();
         let mut headers = vec![(
             "content-type".to_string(),
@@ -106,17 +161,20 @@ impl<'t, T: Transport> Ec2<'t, T> {
                 action.cache_secs.to_string(),
             ));
         }
-        let req = Request {
+        Ok(Request {
             method: "POST".into(),
             url: self.endpoint.clone(),
             headers,
             body: body.into_bytes(),
-        };
-        self.requests.set(self.requests.get() + 1);
-        let sent = match self.signing {
-            Signing::Own(_) => self.transport.send(&req),
-            Signing::Brokered => self.transport.send_signed(&req, &self.region),
-        };
+        })
+    }
+
+    /// The body of a 2xx answer to `action`, or the mapped error.
+    fn answer(
+        &self,
+        action: &Action,
+        sent: Result<Response, HttpError>,
+    ) -> Result<String, ApiError> {
         let resp = sent.map_err(|e| {
             let mut error = DriverError::from(e);
             error.message = format!("EC2 {}: {}", action.name, error.message);

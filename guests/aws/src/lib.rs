@@ -33,6 +33,10 @@ impl ec2::Transport for Host {
         self.requests.set(self.requests.get() + 1);
         http::send(req)
     }
+    fn send_many(&self, reqs: &[Request]) -> Vec<Result<Response, HttpError>> {
+        self.requests.set(self.requests.get() + reqs.len() as u32);
+        http::send_many(reqs)
+    }
     fn brokered(&self) -> bool {
         credentials::is_withheld(spec::ACCESS_KEY_KEYS[0])
             || credentials::is_withheld(spec::ACCESS_KEY_KEYS[1])

@@ -9,6 +9,12 @@ pub fn send(req: &Request) -> Result<Response, Error> {
     crate::bindings::mcm::driver::http::send(req)
 }
 
+/// (0.1.3) Send independent requests at once (the host sends them concurrently, each as
+/// [`send`] would: allowlist, rate limits, deadline); one answer per request, in order.
+pub fn send_many(reqs: &[Request]) -> Vec<Result<Response, Error>> {
+    crate::bindings::mcm::driver::http::send_many(reqs)
+}
+
 /// The request header naming the request's rate class: the host keeps a token bucket per
 /// credential, endpoint and class (shared by every provider using that credential), waits for
 /// a token before sending, and takes the header out. For a cloud that meters each API action

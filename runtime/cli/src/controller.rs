@@ -97,8 +97,9 @@ pub struct ControllerArgs {
     /// Workers for the health and status of machines with a VM (default: --concurrent-syncs).
     #[arg(long)]
     pub health_workers: Option<u16>,
-    /// Batch windows of GetMachineStatus and DeleteMachine calls (providers with contract
-    /// 0.1.2's batch interface): a window closes after this long without a new call...
+    /// Batch windows of GetMachineStatus, CreateMachine and DeleteMachine calls (providers
+    /// with contract 0.1.2's batch or 0.1.3's batch-create interface): a window closes after
+    /// this long without a new call...
     #[arg(long, value_parser = machine_api::parse_duration, default_value = "100ms")]
     pub batch_idle: Duration,
     /// ... or this long after it opened ...
@@ -107,6 +108,11 @@ pub struct ControllerArgs {
     /// ... or at this many machines (1: no batching).
     #[arg(long, default_value_t = 500)]
     pub batch_max_size: usize,
+    /// At most this many machines in one CreateMachine batch (the provider's creations of a
+    /// batch must fit in one call's deadline, rate limits included: EC2's RunInstances bucket
+    /// refills at 2/s).
+    #[arg(long, default_value_t = 50)]
+    pub batch_max_creates: usize,
     /// Pause between deletion steps, e.g. 5s as Gardener's machine controller requeues
     /// (default: none, every step runs on in one reconcile).
     #[arg(long, value_parser = machine_api::parse_duration)]
@@ -301,6 +307,7 @@ impl ControllerArgs {
                 idle: self.batch_idle,
                 max_wait: self.batch_max_wait,
                 max_items: self.batch_max_size.max(1),
+                max_creates: self.batch_max_creates.max(1),
             },
             orphan_min_age: self.orphan_min_age.unwrap_or(self.machine_creation_timeout),
             orphan_max_deletions_per_pass: self.orphan_max_deletions_per_pass,

@@ -38,6 +38,10 @@ pub struct BatchConfig {
     pub max_wait: Duration,
     /// Close at this many requests (`--batch-max-size`; 1 turns batching off).
     pub max_items: usize,
+    /// Close a CreateMachine window at this many requests (`--batch-max-creates`): a
+    /// batch's creations (e.g. one EC2 RunInstances per machine, each waiting for its rate
+    /// limit's token) must fit in one call's deadline.
+    pub max_creates: usize,
 }
 
 impl Default for BatchConfig {
@@ -46,6 +50,7 @@ impl Default for BatchConfig {
             idle: Duration::from_millis(100),
             max_wait: Duration::from_secs(1),
             max_items: 500,
+            max_creates: 50,
         }
     }
 }
@@ -140,7 +145,7 @@ impl Batcher {
         provider: &Arc<dyn MachineDriver>,
         req: MachineRequest,
     ) -> Result<CreateMachineResponse, DriverError> {
-        if self.config.max_items <= 1 || !provider.batches_creates() {
+        if !self.batches_creates(provider) {
             return provider.create_machine(&req).await;
         }
         match self.submit(Kind::Create, provider, req).await? {
@@ -162,6 +167,11 @@ impl Batcher {
             Answer::Delete(a) => a,
             _ => unreachable!("a delete batch answers deletes"),
         }
+    }
+
+    /// Are the provider's creations batched (contract 0.1.3's `batch-create`, batching on)?
+    pub fn batches_creates(&self, provider: &Arc<dyn MachineDriver>) -> bool {
+        self.config.max_items.min(self.config.max_creates) > 1 && provider.batches_creates()
     }
 
     fn batching(&self, provider: &Arc<dyn MachineDriver>) -> bool {
@@ -232,10 +242,14 @@ async fn flush(
         queue: queue.clone(),
         queues: queues.clone(),
     };
+    let max_items = match key.kind {
+        Kind::Create => config.max_items.min(config.max_creates),
+        _ => config.max_items,
+    };
     loop {
         let opened = tokio::time::Instant::now();
         loop {
-            if queue.items.lock().expect("queue lock").len() >= config.max_items {
+            if queue.items.lock().expect("queue lock").len() >= max_items {
                 break;
             }
             let left = config.max_wait.saturating_sub(opened.elapsed());
@@ -252,7 +266,7 @@ async fn flush(
             // starts the next one.
             let mut map = queues.lock().expect("batcher lock");
             let mut items = queue.items.lock().expect("queue lock");
-            let n = items.len().min(config.max_items);
+            let n = items.len().min(max_items);
             let taken: Vec<Pending> = items.drain(..n).collect();
             if items.is_empty() && is_current(&map, &key, &queue) {
                 map.remove(&key);

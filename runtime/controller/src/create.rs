@@ -691,14 +691,26 @@ async fn launch(job: &Job, machine: &Machine) -> Result<Launch, Error> {
     secret.insert(secrets::USER_DATA_KEY.to_string(), filled);
     let req = job.request(machine, secret);
 
-    let got = job
-        .timed(
-            Operation::GetMachineStatus,
-            ctx.batcher.get_machine_status(provider, req.clone()),
-        )
-        .await;
-    job.driver_event(machine, Operation::GetMachineStatus, &got, "")
-        .await;
+    // A machine without a providerID whose provider creates in batches goes straight to
+    // CreateMachine: create-machines is "find or create" (it answers an existing VM as status
+    // would, from one lookup for the whole batch), so MCM's status call first would only ask
+    // the cloud the same question twice.
+    let got = if machine.spec.provider_id.is_empty() && ctx.batcher.batches_creates(provider) {
+        Err(DriverError::new(
+            Code::NotFound,
+            "not asked: create-machines finds an existing VM",
+        ))
+    } else {
+        let got = job
+            .timed(
+                Operation::GetMachineStatus,
+                ctx.batcher.get_machine_status(provider, req.clone()),
+            )
+            .await;
+        job.driver_event(machine, Operation::GetMachineStatus, &got, "")
+            .await;
+        got
+    };
     let mut last_known_state = machine
         .status
         .as_ref()

@@ -32,7 +32,14 @@
 //! - after InitializeMachine succeeds the machine goes to Pending in the same pass;
 //! - `Uninitialized` from GetMachineStatus carries no ids in our contract: CreateMachine
 //!   (idempotent per machine) is called to learn them, then InitializeMachine;
-//! - Kubernetes Events are recorded for every driver outcome (MCM records none).
+//! - Kubernetes Events are recorded for every driver outcome (MCM records none);
+//! - a machine without a providerID whose provider creates in batches (contract 0.1.3's
+//!   `batch-create`) is not asked GetMachineStatus first: CreateMachine is "find or create"
+//!   per machine, and its batch looks the machines' VMs up once; InitializeMachine follows
+//!   every such create (also for a VM that was found, which MCM would not initialize again:
+//!   initialization is idempotent);
+//! - GetMachineStatus, CreateMachine and DeleteMachine of machines of one provider, class and
+//!   credentials are coalesced into batch calls ([`batcher`]).
 //!
 //! Not yet: the Unknown→Failed rate limit per
 //! MachineDeployment; the "similar status" write skip; nodeTemplate / virtual capacity sync;

@@ -6,6 +6,7 @@ wasmtime::component::bindgen!({
     world: "provider",
     imports: {
         "mcm:driver/http.send": async | trappable,
+        "mcm:driver/http.send-many": async | trappable,
         "mcm:driver/credentials.send-aws-sigv4": async | trappable,
         default: trappable,
     },

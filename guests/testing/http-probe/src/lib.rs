@@ -2,7 +2,8 @@
 //! the answer (status and headers as JSON in last-known-state, body as node-name). Transport
 //! errors come back as the SDK maps them (denied -> permission-denied, timeout ->
 //! deadline-exceeded, too-large -> resource-exhausted). Used for egress, slow-server and
-//! huge-body tests.
+//! huge-body tests. With `many` (a list of such requests), it sends them with `send-many`
+//! instead and reports each answer's status (or error) as JSON in last-known-state.
 use mcm_wasm_sdk::*;
 use serde::Deserialize;
 
@@ -14,6 +15,20 @@ struct Probe {
     headers: Vec<(String, String)>,
     #[serde(default)]
     body: String,
+    /// Send these with `http.send-many` instead.
+    #[serde(default)]
+    many: Vec<Probe>,
+}
+
+impl Probe {
+    fn request(&self) -> http::Request {
+        let mut request =
+            http::request(&self.method, self.url.clone()).body(self.body.clone().into_bytes());
+        for (k, v) in &self.headers {
+            request = request.header(k, v.clone());
+        }
+        request
+    }
 }
 
 struct HttpProbe;
@@ -21,11 +36,23 @@ struct HttpProbe;
 impl Driver for HttpProbe {
     fn create_machine(req: MachineRequest) -> Result<CreateMachineResponse, DriverError> {
         let probe: Probe = req.machine_class.decode_spec()?;
-        let mut request = http::request(&probe.method, probe.url).body(probe.body.into_bytes());
-        for (k, v) in probe.headers {
-            request = request.header(&k, v);
+        if !probe.many.is_empty() {
+            let requests: Vec<http::Request> = probe.many.iter().map(Probe::request).collect();
+            let answers: Vec<String> = http::send_many(&requests)
+                .iter()
+                .map(|a| match a {
+                    Ok(r) => r.status.to_string(),
+                    Err(e) => http::describe(e),
+                })
+                .collect();
+            return Ok(CreateMachineResponse {
+                provider_id: "probe:///many".into(),
+                node_name: String::new(),
+                last_known_state: serde_json::json!({ "many": answers }).to_string(),
+                addresses: Vec::new(),
+            });
         }
-        let response = http::send(&request)?;
+        let response = http::send(&probe.request())?;
         log::info(
             "probe answered",
             &[("status", &response.status.to_string())],

@@ -5,7 +5,8 @@
 //! a token of its rate bucket (see `ratelimit`), is clamped to the call's remaining deadline,
 //! and its response body is capped. A throttling answer lowers the bucket's rate and the
 //! request is sent again once a token is there (the cloud did not act on it), up to
-//! [`MAX_THROTTLED_ATTEMPTS`] times; the guest sees only the final answer.
+//! [`MAX_THROTTLED_ATTEMPTS`] times; the guest sees only the final answer. `send-many` sends
+//! a guest's independent requests concurrently, each as `send` would.
 //!
 //! Shape of wasmtime-wasi-http / Spin's outbound-http factor: process-wide init
 //! ([`HttpClient::new`]), per-call state ([`HttpCall`]), linker registration
@@ -30,6 +31,9 @@ pub(crate) fn add_to_linker<T: Send + 'static>(
 ) -> wasmtime::Result<()> {
     wit::add_to_linker::<T, HasSelf<HttpCall>>(linker, view)
 }
+
+/// At most this many requests of one `send-many` in flight at once.
+pub(crate) const MAX_CONCURRENT_SENDS: usize = 32;
 
 /// Where a call records that the rate limiter refused it (the outcome becomes Unavailable).
 pub(crate) type RateLimitedRecord = Arc<Mutex<Option<RateLimited>>>;
@@ -163,6 +167,21 @@ fn host_port(url: &reqwest::Url) -> String {
 impl wit::Host for HttpCall {
     async fn send(&mut self, req: Request) -> wasmtime::Result<Result<Response, Error>> {
         Ok(HttpCall::send(self, req).await)
+    }
+
+    /// Every request as [`HttpCall::send`], concurrently (up to [`MAX_CONCURRENT_SENDS`] at
+    /// once): each waits for its own token, in the order given, and gets its own answer.
+    async fn send_many(
+        &mut self,
+        reqs: Vec<Request>,
+    ) -> wasmtime::Result<Vec<Result<Response, Error>>> {
+        use futures::StreamExt as _;
+        let call = &*self;
+        Ok(futures::stream::iter(reqs)
+            .map(|r| call.send(r))
+            .buffered(MAX_CONCURRENT_SENDS)
+            .collect()
+            .await)
     }
 }
 

@@ -52,6 +52,39 @@ async fn allowed_call_keeps_method_headers_and_body() {
     );
 }
 
+/// `send-many` (contract 0.1.3): every request as `send` would send it (a host outside the
+/// allowlist denied, the others sent), one answer each in the order given, and sent at once:
+/// `/pair` answers 200 only to two requests in flight together (one after the other, the first
+/// would wait alone and get 408).
+#[tokio::test]
+async fn send_many_sends_at_once_each_under_the_same_rules_answers_in_order() {
+    let addr = test_server().await;
+    let sandbox = sandbox(Duration::from_secs(20));
+    let probe = load(&sandbox, "test_http_probe", allow(addr)).await;
+    let get = |url: String| serde_json::json!({ "method": "GET", "url": url });
+    let spec = serde_json::json!({
+        "method": "GET",
+        "url": "",
+        "many": [
+            get(format!("http://{addr}/pair")),
+            get("http://127.0.0.1:9/not-allowed".into()),
+            get(format!("http://{addr}/pair")),
+            { "method": "POST", "url": format!("http://{addr}/echo"), "body": "x" },
+        ],
+    });
+    let answer = probe
+        .create_machine(&machine_request("m1", spec))
+        .await
+        .unwrap();
+    let state: serde_json::Value = serde_json::from_str(&answer.last_known_state).unwrap();
+    let many: Vec<String> = serde_json::from_value(state["many"].clone()).unwrap();
+    assert_eq!(many.len(), 4, "{many:?}");
+    assert_eq!(many[0], "200", "{many:?}");
+    assert!(many[1].contains("denied"), "{many:?}");
+    assert_eq!(many[2], "200", "{many:?}");
+    assert_eq!(many[3], "201", "{many:?}");
+}
+
 #[tokio::test]
 #[traced_test]
 async fn denied_host_is_denied_to_the_guest_and_logged() {

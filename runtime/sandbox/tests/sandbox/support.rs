@@ -98,7 +98,8 @@ pub async fn serve(router: axum::Router) -> SocketAddr {
     addr
 }
 
-/// Test servers: `/echo` answers with what it got; `/slow` waits 10 s; `/huge` sends 64 MiB.
+/// Test servers: `/echo` answers with what it got; `/slow` waits 10 s; `/huge` sends 64 MiB;
+/// `/pair` answers 200 once two of its requests are in flight together (408 after 5 s alone).
 pub async fn test_server() -> SocketAddr {
     use axum::body::Body;
     use axum::http::{HeaderMap, Method};
@@ -128,10 +129,21 @@ pub async fn test_server() -> SocketAddr {
             futures::stream::iter((0..64).map(move |_| Ok::<_, std::io::Error>(chunk.clone())));
         Body::from_stream(stream)
     }
+    let arrived = std::sync::Arc::new(tokio::sync::Barrier::new(2));
+    let pair = move || {
+        let arrived = arrived.clone();
+        async move {
+            match tokio::time::timeout(Duration::from_secs(5), arrived.wait()).await {
+                Ok(_) => (axum::http::StatusCode::OK, "together"),
+                Err(_) => (axum::http::StatusCode::REQUEST_TIMEOUT, "alone"),
+            }
+        }
+    };
     let router = axum::Router::new()
         .route("/echo", any(echo))
         .route("/slow", get(slow))
-        .route("/huge", get(huge));
+        .route("/huge", get(huge))
+        .route("/pair", get(pair));
     serve(router).await
 }
 
