@@ -1,5 +1,6 @@
 //! `cargo bench -p mcm-wasm --bench controller [-- --machines N] [--provider aws|sample]
-//! [--kube-api-qps Q --kube-api-burst B] [--throttle F] [--ec2-default-limits]`: the
+//! [--kube-api-qps Q --kube-api-burst B] [--throttle F] [--ec2-default-limits]
+//! [--deployment]`: the
 //! machine controller at scale. A real kube-apiserver + etcd, the cloud (moto for the AWS
 //! provider, default; the sample provider's backend) behind a counting loopback proxy, and
 //! `mcm-wasm controller` as its own process; the node join is simulated in the bench process.
@@ -11,6 +12,10 @@
 //! `--throttle F` puts EC2's throttling (AWS's default buckets, refill rates × F) in front of
 //! moto and sets the provider's rate limits to EC2's × F; without it the limits are set out of
 //! the way (moto does not throttle), unless `--ec2-default-limits` keeps the provider's own.
+//! `--deployment`: the N Machines come from a MachineDeployment scaled 0 -> N by Gardener's
+//! machine-controller-manager (`--kube-api-qps 200 --kube-api-burst 300`, so that its own
+//! client limit does not pace the creations), and deletion is the scale back to 0; the
+//! per-machine latency then starts when the bench first sees the Machine.
 
 #[path = "../tests/cli/support.rs"]
 mod support;
@@ -23,7 +28,7 @@ use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt as _;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
-use machine_api::{Machine, MachineClass};
+use machine_api::{Machine, MachineClass, MachineDeployment};
 use support::*;
 use test_artifacts::built_guest as guest;
 
@@ -238,7 +243,7 @@ async fn main() {
     }
     cmd.args(["--namespace", NS, "--leader-elect=false", "--port", "0"])
         .args(["--kube-api-qps", &qps, "--kube-api-burst", &burst])
-        .env("MCM_WASM_LOG", "warn");
+        .env("MCM_WASM_LOG", "warn,mcm_sandbox=info");
     let controller = testenv::spawn("mcm-wasm controller", cmd, log.path()).unwrap();
     // The kubelets, simulated in this process and asking the cloud directly: the proxy counts
     // only the controller's requests.
@@ -250,22 +255,62 @@ async fn main() {
     let (_, rss_idle) = memory_mib(pid);
     proxy.take_actions();
 
+    // `--deployment`: Gardener's MCM makes the Machines of a MachineDeployment.
+    let deployment = arg_flag("--deployment");
+    let deployments: Api<MachineDeployment> = Api::namespaced(client.clone(), NS);
+    let _mcm = if deployment {
+        deployments
+            .create(
+                &PostParams::default(),
+                &machine_deployment("bench", "aws-class"),
+            )
+            .await
+            .unwrap();
+        let mcm = cp
+            .start_gardener_mcm_with(NS, &["--kube-api-qps=200", "--kube-api-burst=300"])
+            .expect("Gardener MCM (run `just controlplane`)");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        println!("Machines from MachineDeployment `bench` (Gardener's machine-controller-manager)");
+        Some(mcm)
+    } else {
+        None
+    };
+    let scale = |replicas: usize| {
+        let deployments = deployments.clone();
+        async move {
+            let patch = serde_json::json!({"spec": {"replicas": replicas}});
+            deployments
+                .patch(
+                    "bench",
+                    &kube::api::PatchParams::default(),
+                    &kube::api::Patch::Merge(&patch),
+                )
+                .await
+                .unwrap();
+        }
+    };
+
     let machines: Api<Machine> = Api::namespaced(client.clone(), NS);
     let started = Instant::now();
     let mut created_at: HashMap<String, Instant> = HashMap::new();
-    let names: Vec<String> = (0..n).map(|i| format!("bench-{i:04}")).collect();
-    let creates = futures::stream::iter(names.iter().cloned().map(|name| {
-        let client = client.clone();
-        async move {
-            create_machine(&client, NS, &name).await;
-            (name, Instant::now())
-        }
-    }))
-    .buffer_unordered(32)
-    .collect::<Vec<_>>()
-    .await;
-    created_at.extend(creates);
-    let all_posted = started.elapsed();
+    let mut all_posted = None;
+    if deployment {
+        scale(n).await;
+    } else {
+        let names: Vec<String> = (0..n).map(|i| format!("bench-{i:04}")).collect();
+        let creates = futures::stream::iter(names.into_iter().map(|name| {
+            let client = client.clone();
+            async move {
+                create_machine(&client, NS, &name).await;
+                (name, Instant::now())
+            }
+        }))
+        .buffer_unordered(32)
+        .collect::<Vec<_>>()
+        .await;
+        created_at.extend(creates);
+        all_posted = Some(started.elapsed());
+    }
 
     let cpu_before = (cpu_time(pid), cpu_time(cloud.pid()));
     let mut vm_at: HashMap<String, Instant> = HashMap::new();
@@ -285,7 +330,12 @@ async fn main() {
             "the controller exited:\n{}",
             testenv::tail(log.path(), 20)
         );
-        for m in machines.list(&ListParams::default()).await.unwrap() {
+        let listed = machines.list(&ListParams::default()).await.unwrap();
+        if all_posted.is_none() && listed.items.len() >= n {
+            all_posted = Some(started.elapsed());
+        }
+        for m in listed {
+            created_at.entry(m.name_any()).or_insert_with(Instant::now);
             let said = m
                 .status
                 .as_ref()
@@ -318,26 +368,32 @@ async fn main() {
     let live = cloud.running().await;
     assert_eq!(live, n, "one running instance per machine");
 
+    let all_posted = all_posted.unwrap_or(all_running);
+    let names: Vec<String> = running_at.keys().cloned().collect();
     let mut latencies: Vec<Duration> = names
         .iter()
         .map(|name| running_at[name] - created_at[name])
         .collect();
     latencies.sort();
 
-    // Delete them all.
+    // Delete them all (scale the deployment to 0).
     let deleting = Instant::now();
-    futures::stream::iter(names.iter().cloned().map(|name| {
-        let machines = machines.clone();
-        async move {
-            machines
-                .delete(&name, &DeleteParams::default())
-                .await
-                .unwrap();
-        }
-    }))
-    .buffer_unordered(32)
-    .collect::<Vec<_>>()
-    .await;
+    if deployment {
+        scale(0).await;
+    } else {
+        futures::stream::iter(names.iter().cloned().map(|name| {
+            let machines = machines.clone();
+            async move {
+                machines
+                    .delete(&name, &DeleteParams::default())
+                    .await
+                    .unwrap();
+            }
+        }))
+        .buffer_unordered(32)
+        .collect::<Vec<_>>()
+        .await;
+    }
     loop {
         let left = machines
             .list(&ListParams::default())
@@ -359,6 +415,11 @@ async fn main() {
     let delete_actions = proxy.take_actions();
     let (hwm_end, rss_end) = memory_mib(pid);
     drop(controller);
+    // The controller's log (warnings, failed driver calls) stays for a look afterwards.
+    let kept = test_artifacts::repo_root().join("target/bench-controller.log");
+    if std::fs::copy(log.path(), &kept).is_ok() {
+        println!("controller log: {}", kept.display());
+    }
     kubelet.stop().await;
 
     let count = |actions: &[String], action: &str| {
@@ -381,8 +442,13 @@ async fn main() {
         Cloud::Moto(_) => "AWS provider, moto",
         Cloud::Sample(_) => "sample provider, its backend",
     };
+    let source = if deployment {
+        "a MachineDeployment (Gardener's MCM)"
+    } else {
+        "Machines"
+    };
     println!(
-        "\n## Machine controller: {n} machines ({cloud_name}; control plane, controller process)\n"
+        "\n## Machine controller: {n} machines from {source} ({cloud_name}; control plane, controller process)\n"
     );
     println!("| figure | value |");
     println!("|---|---|");

@@ -6,7 +6,7 @@
 //! others.
 //!
 //! A window closes when no request came for `idle`, after `max_wait` at the latest, or at
-//! `max_items` requests. A provider without the batch interface (`MachineDriver::batches`,
+//! `max_items` requests (a creation window: at `max_creates` or after `max_wait`). A provider without the batch interface (`MachineDriver::batches`,
 //! `MachineDriver::batches_creates`) is called directly, machine by machine, without waiting.
 //!
 //! Deliberate deviations from single calls: the status and delete requests of one batch share
@@ -242,9 +242,11 @@ async fn flush(
         queue: queue.clone(),
         queues: queues.clone(),
     };
-    let max_items = match key.kind {
-        Kind::Create => config.max_items.min(config.max_creates),
-        _ => config.max_items,
+    // A creation window stays open until it is full or `max_wait` has passed: a VM takes
+    // minutes to boot, so a second's wait costs little, and every batch is one more lookup.
+    let (max_items, idle) = match key.kind {
+        Kind::Create => (config.max_items.min(config.max_creates), config.max_wait),
+        _ => (config.max_items, config.idle),
     };
     loop {
         let opened = tokio::time::Instant::now();
@@ -254,7 +256,7 @@ async fn flush(
             }
             let left = config.max_wait.saturating_sub(opened.elapsed());
             if left.is_zero()
-                || tokio::time::timeout(config.idle.min(left), queue.arrived.notified())
+                || tokio::time::timeout(idle.min(left), queue.arrived.notified())
                     .await
                     .is_err()
             {

@@ -287,6 +287,17 @@ pub enum Error {
 }
 
 impl Error {
+    /// Is this the API server saying the Machine `name` itself is gone (deleted while the
+    /// reconcile ran, e.g. its finalizer removed by the pass before)? Then there is nothing
+    /// left to reconcile, and nothing failed.
+    pub fn machine_gone(&self, name: &str) -> bool {
+        matches!(self, Error::Kube(kube::Error::Api(s))
+            if s.code == 404
+                && s.details
+                    .as_ref()
+                    .is_some_and(|d| d.kind == "machines" && d.name == name))
+    }
+
     /// The label of this error in metrics.
     pub fn metric_label(&self) -> &'static str {
         match self {
@@ -314,8 +325,19 @@ pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
-/// One reconcile of one Machine.
+/// One reconcile of one Machine. A Machine deleted while it ran ends it quietly.
 pub async fn reconcile(machine: Arc<Machine>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let name = machine.name_any();
+    match reconcile_machine(machine, ctx).await {
+        Err(e) if e.machine_gone(&name) => {
+            tracing::debug!(machine = %name, "the machine is gone: {e}");
+            Ok(Action::await_change())
+        }
+        done => done,
+    }
+}
+
+async fn reconcile_machine(machine: Arc<Machine>, ctx: Arc<Context>) -> Result<Action, Error> {
     // A worker of this kind of work's pool for the whole reconcile.
     tracing::trace!(machine = %machine.name_any(), "reconcile: waiting for a worker");
     let (machine, work, _worker) = ctx.worker_for(machine).await;
@@ -705,5 +727,37 @@ where
         // brings the object back with its current finalizers.
         Err(kube::Error::Api(s)) if s.code == 404 || s.code == 422 => Ok(false),
         Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod error_tests {
+    use super::Error;
+
+    /// The API server's answer to a write of a Machine that no longer exists.
+    fn not_found(kind: &str, name: &str) -> Error {
+        let status: kube::core::Status = serde_json::from_value(serde_json::json!({
+            "status": "Failure",
+            "code": 404,
+            "reason": "NotFound",
+            "message": format!("{kind}.machine.sapcloud.io \"{name}\" not found"),
+            "details": { "name": name, "group": "machine.sapcloud.io", "kind": kind },
+        }))
+        .unwrap();
+        Error::Kube(kube::Error::Api(Box::new(status)))
+    }
+
+    #[test]
+    fn only_the_machine_itself_gone_is_gone() {
+        assert!(not_found("machines", "m1").machine_gone("m1"));
+        // Another machine, or another kind of object (a Node, a Secret) missing, is a failure.
+        assert!(!not_found("machines", "m2").machine_gone("m1"));
+        assert!(!not_found("nodes", "m1").machine_gone("m1"));
+        let conflict: kube::core::Status = serde_json::from_value(serde_json::json!({
+            "status": "Failure", "code": 409, "reason": "Conflict",
+            "details": { "name": "m1", "kind": "machines" },
+        }))
+        .unwrap();
+        assert!(!Error::Kube(kube::Error::Api(Box::new(conflict))).machine_gone("m1"));
     }
 }

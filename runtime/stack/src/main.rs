@@ -268,7 +268,7 @@ async fn run(args: &Args, stack: &mut Stack) -> Result<()> {
     let with_deployment = if args.no_gardener_mcm {
         false
     } else {
-        match testenv::start_gardener_mcm(&kubeconfig, NAMESPACE, stack.dir.path()) {
+        match testenv::start_gardener_mcm(&kubeconfig, NAMESPACE, stack.dir.path(), &[]) {
             Ok(mcm) => {
                 stack.say(format!(
                     "gardener: machine-controller-manager {} (pid {}), log {}",

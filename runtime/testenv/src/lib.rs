@@ -375,17 +375,27 @@ impl ControlPlane {
     /// Starts Gardener's machine-controller-manager (built by `just controlplane`) against this
     /// control plane, for the objects in `namespace`. It is stopped when the returned guard drops.
     pub fn start_gardener_mcm(&self, namespace: &str) -> Result<GardenerMcmProcess> {
-        start_gardener_mcm(&self.kubeconfig, namespace, &self.dir_path)
+        start_gardener_mcm(&self.kubeconfig, namespace, &self.dir_path, &[])
+    }
+
+    /// [`ControlPlane::start_gardener_mcm`] with more flags (e.g. `--kube-api-qps=200`).
+    pub fn start_gardener_mcm_with(
+        &self,
+        namespace: &str,
+        args: &[&str],
+    ) -> Result<GardenerMcmProcess> {
+        start_gardener_mcm(&self.kubeconfig, namespace, &self.dir_path, args)
     }
 }
 
 /// Starts Gardener's machine-controller-manager (built by `just controlplane`) against the
-/// cluster of `kubeconfig`, for the objects in `namespace`, logging into `log_dir`. It is
-/// stopped when the returned guard drops.
+/// cluster of `kubeconfig`, for the objects in `namespace`, logging into `log_dir`, with
+/// `args` added. It is stopped when the returned guard drops.
 pub fn start_gardener_mcm(
     kubeconfig: &Path,
     namespace: &str,
     log_dir: &Path,
+    args: &[&str],
 ) -> Result<GardenerMcmProcess> {
     let mcm = GardenerMcm::locate()?;
     let log = log_dir.join(format!("gardener-mcm-{namespace}.log"));
@@ -399,7 +409,8 @@ pub fn start_gardener_mcm(
         .arg(format!("--port={port}"))
         .arg("--safety-up=2")
         .arg("--safety-down=1")
-        .arg("--v=2");
+        .arg("--v=2")
+        .args(args);
     let child = process::spawn("machine-controller-manager", cmd, &log)?;
     Ok(GardenerMcmProcess { child, log })
 }
