@@ -110,8 +110,9 @@ pub struct ControllerArgs {
     pub batch_max_size: usize,
     /// At most this many machines in one CreateMachine batch (the provider's creations of a
     /// batch must fit in one call's deadline, rate limits included: EC2's RunInstances bucket
-    /// refills at 2/s).
-    #[arg(long, default_value_t = 50)]
+    /// refills at 2/s). Half the create workers by default, so that one batch is looked up
+    /// while the one before it is being created.
+    #[arg(long, default_value_t = 25)]
     pub batch_max_creates: usize,
     /// Pause between deletion steps, e.g. 5s as Gardener's machine controller requeues
     /// (default: none, every step runs on in one reconcile).

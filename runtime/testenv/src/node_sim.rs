@@ -11,8 +11,9 @@
 //! an earlier Node would make the controller treat the VM as using an old node object), once
 //! per (node name, providerID) — moto reuses a terminated VM's IP, so a new VM can get the
 //! name of an earlier one: its Node is registered once the earlier Node is gone — and never
-//! deletes Nodes: the controller does. The VMs of one scan join side
-//! by side, as the kubelets of many booting VMs would.
+//! deletes Nodes: the controller does. One scan asks about every waiting machine at once (a
+//! batching provider answers them in a few cloud requests), then the live VMs' Nodes register
+//! side by side, as the kubelets of many booting VMs would.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -120,12 +121,26 @@ impl NodeSim {
                 by_name.insert(name.clone(), class);
             }
         }
-        let joined: Vec<(String, String)> = futures::stream::iter(waiting)
-            .map(|(machine, node_name)| {
-                let (nodes, by_name) = (&nodes, &by_name);
+        // Every waiting machine's question at once: the provider's batch answers them together.
+        let live: Vec<(Machine, String, Vm)> =
+            futures::future::join_all(waiting.into_iter().map(|(machine, node_name)| {
+                let by_name = &by_name;
                 async move {
                     let class = by_name.get(&machine.spec.class.name)?;
-                    match self.register(nodes, &machine, class, &node_name).await {
+                    let vm = self.liveness.vm(&machine, class).await?;
+                    (vm.node_name == node_name && vm.provider_id == machine.spec.provider_id)
+                        .then_some((machine, node_name, vm))
+                }
+            }))
+            .await
+            .into_iter()
+            .flatten()
+            .collect();
+        let joined: Vec<(String, String)> = futures::stream::iter(live)
+            .map(|(machine, node_name, vm)| {
+                let nodes = &nodes;
+                async move {
+                    match self.register(nodes, &node_name, vm).await {
                         Ok(true) => {
                             tracing::info!(machine = %machine.name_any(), node = %node_name, "simulated kubelet registered the node");
                             Some((node_name, machine.spec.provider_id.clone()))
@@ -146,20 +161,14 @@ impl NodeSim {
         Ok(())
     }
 
-    /// Register the Node if the VM is live; `Ok(false)` when it is not (yet).
+    /// Register the Node of the live `vm`; `Ok(false)` when an earlier VM's Node of the same
+    /// name is still there.
     async fn register(
         &self,
         nodes: &Api<Node>,
-        machine: &Machine,
-        class: &MachineClass,
         node_name: &str,
+        vm: Vm,
     ) -> Result<bool, kube::Error> {
-        let vm = match self.liveness.vm(machine, class).await {
-            Some(vm) if vm.node_name == node_name && vm.provider_id == machine.spec.provider_id => {
-                vm
-            }
-            _ => return Ok(false),
-        };
         let node = Node {
             metadata: ObjectMeta {
                 name: Some(node_name.to_string()),
