@@ -1,6 +1,6 @@
 //! `cargo bench -p mcm-wasm --bench controller [-- --machines N] [--provider aws|sample]
 //! [--kube-api-qps Q --kube-api-burst B] [--throttle F] [--ec2-default-limits]
-//! [--deployment]`: the
+//! [--deployment] [--limit-margin M]`: the
 //! machine controller at scale. A real kube-apiserver + etcd, the cloud (moto for the AWS
 //! provider, default; the sample provider's backend) behind a counting loopback proxy, and
 //! `mcm-wasm controller` as its own process; the node join is simulated in the bench process.
@@ -12,6 +12,8 @@
 //! `--throttle F` puts EC2's throttling (AWS's default buckets, refill rates × F) in front of
 //! moto and sets the provider's rate limits to EC2's × F; without it the limits are set out of
 //! the way (moto does not throttle), unless `--ec2-default-limits` keeps the provider's own.
+//! `--limit-margin M` (with `--throttle`): the provider's limits at EC2's × F × M (an
+//! operator keeping a margin under the cloud's published rates; default 1).
 //! `--deployment`: the N Machines come from a MachineDeployment scaled 0 -> N by Gardener's
 //! machine-controller-manager (`--kube-api-qps 200 --kube-api-burst 300`, so that its own
 //! client limit does not pace the creations), and deletion is the scale back to 0; the
@@ -237,7 +239,9 @@ async fn main() {
     // scaled as the emulator's when throttling; on a moto that does not throttle, out of the
     // way (as provider-aws has none), unless `--ec2-default-limits` keeps the defaults.
     if matches!(cloud, Cloud::Moto(_)) && arg_flag("--ec2-default-limits").not() {
-        let limits = rate_limits(throttle.unwrap_or(100.0));
+        let margin: f64 =
+            arg("--limit-margin").map_or(1.0, |m| m.parse().expect("--limit-margin M"));
+        let limits = rate_limits(throttle.unwrap_or(100.0) * margin);
         println!("controller rate limits: {limits}");
         cmd.arg(format!("--provider-rate-limits=aws={limits}"));
     }
