@@ -118,16 +118,22 @@ fn find_machine<T: Transport>(
     spec: &ProviderSpec,
     machine: &Machine,
 ) -> Result<Vec<Instance>, DriverError> {
-    if !machine.provider_id.is_empty() {
-        let (_, id) = decode_provider_id(&machine.provider_id)?;
-        if let Some(i) = ec2.instance_by_id(&id)? {
-            return Ok(vec![i]);
-        }
+    let by_id = (!machine.provider_id.is_empty()).then(|| decode_provider_id(&machine.provider_id));
+    if let Some(Ok((_, id))) = &by_id
+        && let Some(i) = ec2.instance_by_id(id)?
+    {
+        return Ok(vec![i]);
     }
-    if machine.name.is_empty() {
-        return Ok(Vec::new());
+    let found = if machine.name.is_empty() {
+        Vec::new()
+    } else {
+        find_by_tags(ec2, spec, &machine.name)?
+    };
+    match by_id {
+        // Nothing by tags either: the malformed providerID is the answer, as before.
+        Some(Err(e)) if found.is_empty() => Err(e),
+        _ => Ok(found),
     }
-    find_by_tags(ec2, spec, &machine.name)
 }
 
 /// The live instances tagged for any of `names` (one DescribeInstances per
@@ -246,13 +252,18 @@ pub fn creates<T: Transport>(
     let Some(first) = reqs.first() else {
         return Vec::new();
     };
+    let validate = |r: &MachineRequest| {
+        spec::validate_class(&r.machine_class.provider_spec, &r.secret, t.brokered())
+            .map_err(invalid)
+    };
     let looked_up = (|| {
-        let (spec, creds) = spec::validate_class(
-            &first.machine_class.provider_spec,
-            &first.secret,
-            t.brokered(),
-        )
-        .map_err(invalid)?;
+        // The class and credentials are the batch's; a machine's own userData may still be
+        // wrong: that machine's error, not the batch's.
+        let (spec, creds) = reqs
+            .iter()
+            .filter(|r| same_batch(first, r))
+            .find_map(|r| validate(r).ok())
+            .map_or_else(|| validate(first), Ok)?;
         let ec2 = Ec2::new(t, &cfg.endpoint(&spec.region), &spec.region, creds);
         let names: Vec<&str> = reqs
             .iter()
@@ -290,6 +301,9 @@ pub fn creates<T: Transport>(
         .map(|req| {
             if !same_batch(first, req) {
                 return Plan::Done(create(t, cfg, req));
+            }
+            if let Err(e) = validate(req) {
+                return Plan::Done(Err(e));
             }
             let mine: Vec<Instance> = found
                 .iter()
@@ -336,10 +350,22 @@ pub fn creates<T: Transport>(
                     launched(run.map_err(DriverError::from), machine)?
                 }
             };
+            let follow_up =
+                instance.private_dns_name().is_empty() || needs_src_dst_disabled(spec, &instance);
+            if follow_up && t.remaining_millis() < FOLLOW_UP_RESERVE_MILLIS {
+                return Err(DriverError::unavailable(format!(
+                    "EC2 instance {} of machine {:?} exists; its batch ran out of time to finish it (asked again)",
+                    instance.instance_id, machine.name
+                )));
+            }
             answer_create(ec2, spec, machine, instance)
         })
         .collect()
 }
+
+/// A created VM's follow-up request (its private DNS name, source/destination checks) is not
+/// sent in a batch with less time than this left: the machine is asked again, and its VM found.
+pub const FOLLOW_UP_RESERVE_MILLIS: u64 = 2_000;
 
 /// The answer of a create whose VM is `instance`: its private DNS name (looked up again when
 /// the answer had none yet) and source/destination checks as the class asks.
@@ -864,6 +890,57 @@ mod tests {
             let token = query::client_token("ns", name, &format!("uid-{name}"));
             assert!(body.contains(&format!("ClientToken={token}")), "{body}");
         }
+    }
+
+    /// A batch mixing machines that need a RunInstances with one whose own userData is
+    /// missing and one whose RunInstances EC2 refuses: each answer is its own machine's.
+    #[test]
+    fn batch_create_answers_stay_with_their_machines() {
+        let ec2 = Scripted::default()
+            .on("DescribeInstances", 200, NONE)
+            .on("DescribeImages", 200, IMAGE)
+            .on("RunInstances", 200, &run_xml("i-1"))
+            .on(
+                "RunInstances",
+                400,
+                "<Response><Errors><Error><Code>InsufficientInstanceCapacity</Code><Message>no capacity</Message></Error></Errors></Response>",
+            )
+            .on("RunInstances", 200, &run_xml("i-4"));
+        let mut no_user_data = request_of("m2", "");
+        no_user_data.secret.retain(|(k, _)| k != "userData");
+        let reqs = [
+            no_user_data,
+            request_of("m1", ""),
+            request_of("m3", ""),
+            request_of("m4", ""),
+        ];
+        let answers = creates(&ec2, &Config::default(), &reqs);
+        assert_eq!(answers[0].as_ref().unwrap_err().code, Code::InvalidArgument);
+        assert_eq!(
+            answers[1].as_ref().unwrap().provider_id,
+            "aws:///eu-west-1/i-1"
+        );
+        let refused = answers[2].as_ref().unwrap_err();
+        assert!(
+            refused.message.contains("no capacity"),
+            "{}",
+            refused.message
+        );
+        assert_eq!(
+            answers[3].as_ref().unwrap().provider_id,
+            "aws:///eu-west-1/i-4"
+        );
+        // The lookup was made with the machines whose secret is whole.
+        assert_eq!(
+            ec2.actions(),
+            [
+                "DescribeInstances",
+                "DescribeImages",
+                "RunInstances",
+                "RunInstances",
+                "RunInstances"
+            ]
+        );
     }
 
     #[test]

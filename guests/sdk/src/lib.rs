@@ -48,6 +48,10 @@ pub use metadata::{metadata_bytes, metadata_len};
 /// The contract version this SDK builds against (the `mcm:driver` WIT package version).
 pub const CONTRACT_VERSION: &str = "0.1.3";
 
+/// A batch's default [`Driver::create_machines`] starts no creation with less time than this
+/// left in the call.
+pub const CREATE_RESERVE_MILLIS: u64 = 5_000;
+
 /// Name of the custom section holding the provider's metadata (JSON: name, version, contract).
 pub const METADATA_SECTION: &str = "mcm-wasm:provider";
 
@@ -104,11 +108,23 @@ pub trait Driver {
     /// (0.1.3, batch providers only) Create each machine's VM, one entry per request in the
     /// order asked (see [`Driver::get_machine_statuses`]); each request carries its own secret
     /// (its own `userData`), the credentials are the same. A provider that runs short of time
-    /// ([`remaining_millis`]) answers the machines it did not get to with `unavailable`.
+    /// ([`remaining_millis`]) answers the machines it did not get to with `unavailable`. The
+    /// default creates one machine after another and, with less than
+    /// [`CREATE_RESERVE_MILLIS`] left, answers the rest `unavailable` (asked again).
     fn create_machines(
         reqs: Vec<MachineRequest>,
     ) -> Vec<Result<CreateMachineResponse, DriverError>> {
-        reqs.into_iter().map(Self::create_machine).collect()
+        reqs.into_iter()
+            .map(|req| {
+                if remaining_millis() < CREATE_RESERVE_MILLIS {
+                    return Err(DriverError::unavailable(format!(
+                        "machine {:?} not created: its batch ran out of time (asked again)",
+                        req.machine.name
+                    )));
+                }
+                Self::create_machine(req)
+            })
+            .collect()
     }
 
     /// (0.1.2, batch providers only) Delete each machine's VM, one entry per request in the

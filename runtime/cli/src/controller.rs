@@ -99,7 +99,8 @@ pub struct ControllerArgs {
     pub health_workers: Option<u16>,
     /// Batch windows of GetMachineStatus, CreateMachine and DeleteMachine calls (providers
     /// with contract 0.1.2's batch or 0.1.3's batch-create interface): a window closes after
-    /// this long without a new call...
+    /// this long without a new call (a CreateMachine window only when full or at
+    /// --batch-max-wait)...
     #[arg(long, value_parser = machine_api::parse_duration, default_value = "100ms")]
     pub batch_idle: Duration,
     /// ... or this long after it opened ...

@@ -771,7 +771,8 @@ async fn launch(job: &Job, machine: &Machine) -> Result<Launch, Error> {
             if let Some(nodes) = ctx.nodes()
                 && r.node_name != name
                 && !r.node_name.is_empty()
-                && nodes.get_opt(&r.node_name).await?.is_some()
+                && let Some(node) = nodes.get_opt(&r.node_name).await?
+                && is_old_node(&node, &r.provider_id)
             {
                 delete_vm_of_old_node(job, machine, &req, &r.node_name).await;
                 return Ok(Launch::OldNodeObject);
@@ -840,6 +841,15 @@ fn addresses_with_hostname(
 }
 
 /// A Node of another name already exists for the new VM: delete the VM (the machine fails).
+/// Is `node` (named as the VM just created or found) an earlier VM's Node, as MCM's "VM using
+/// old node obj" check assumes of any Node of that name? A Node that carries the VM's own
+/// providerID is not: it is this VM's, registered after a create whose providerID never
+/// reached the Machine (a lost write, a restart), and the VM is adopted, as MCM adopts it when
+/// GetMachineStatus finds it first.
+fn is_old_node(node: &k8s_openapi::api::core::v1::Node, provider_id: &str) -> bool {
+    node.spec.as_ref().and_then(|s| s.provider_id.as_deref()) != Some(provider_id)
+}
+
 async fn delete_vm_of_old_node(
     job: &Job,
     machine: &Machine,
@@ -1016,6 +1026,24 @@ async fn delete_bootstrap_token(job: &Job, machine: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A Node of the VM's name is an old one unless it carries the VM's own providerID (the
+    /// VM's kubelet registered it before the Machine learnt its providerID): then the VM is
+    /// adopted, never deleted.
+    #[test]
+    fn only_a_node_of_another_vm_is_an_old_node() {
+        let node = |provider_id: Option<&str>| k8s_openapi::api::core::v1::Node {
+            spec: Some(k8s_openapi::api::core::v1::NodeSpec {
+                provider_id: provider_id.map(String::from),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let vm = "aws:///eu-west-1/i-new";
+        assert!(!is_old_node(&node(Some(vm)), vm));
+        assert!(is_old_node(&node(Some("aws:///eu-west-1/i-old")), vm));
+        assert!(is_old_node(&node(None), vm));
+    }
 
     fn cond(t: &str, s: &str) -> NodeCondition {
         NodeCondition {

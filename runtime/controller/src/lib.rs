@@ -37,7 +37,9 @@
 //!   `batch-create`) is not asked GetMachineStatus first: CreateMachine is "find or create"
 //!   per machine, and its batch looks the machines' VMs up once; InitializeMachine follows
 //!   every such create (also for a VM that was found, which MCM would not initialize again:
-//!   initialization is idempotent);
+//!   initialization is idempotent), and MCM's "VM using old node obj" check spares a Node that
+//!   carries the VM's own providerID (the VM's Node, registered before the Machine learnt its
+//!   providerID: the VM is adopted, as MCM adopts a VM its status call finds);
 //! - GetMachineStatus, CreateMachine and DeleteMachine of machines of one provider, class and
 //!   credentials are coalesced into batch calls ([`batcher`]).
 //!

@@ -34,6 +34,10 @@ pub(crate) fn add_to_linker<T: Send + 'static>(
 
 /// At most this many requests of one `send-many` in flight at once.
 pub(crate) const MAX_CONCURRENT_SENDS: usize = 32;
+/// At most this many requests in one `send-many`; the ones past it are refused
+/// (`invalid-request`) without being sent, so a guest cannot have the host hold the answers
+/// of an unbounded list.
+pub(crate) const MAX_SEND_MANY: usize = 1000;
 
 /// Where a call records that the rate limiter refused it (the outcome becomes Unavailable).
 pub(crate) type RateLimitedRecord = Arc<Mutex<Option<RateLimited>>>;
@@ -170,18 +174,27 @@ impl wit::Host for HttpCall {
     }
 
     /// Every request as [`HttpCall::send`], concurrently (up to [`MAX_CONCURRENT_SENDS`] at
-    /// once): each waits for its own token, in the order given, and gets its own answer.
+    /// once, started in the order given, so their tokens are taken roughly in that order);
+    /// one answer per request, in order. Past [`MAX_SEND_MANY`] requests: refused.
     async fn send_many(
         &mut self,
         reqs: Vec<Request>,
     ) -> wasmtime::Result<Vec<Result<Response, Error>>> {
         use futures::StreamExt as _;
         let call = &*self;
-        Ok(futures::stream::iter(reqs)
+        let refused = reqs.len().saturating_sub(MAX_SEND_MANY);
+        let mut answers: Vec<Result<Response, Error>> = futures::stream::iter(reqs)
+            .take(MAX_SEND_MANY)
             .map(|r| call.send(r))
             .buffered(MAX_CONCURRENT_SENDS)
             .collect()
-            .await)
+            .await;
+        answers.extend((0..refused).map(|_| {
+            Err(Error::InvalidRequest(format!(
+                "send-many takes at most {MAX_SEND_MANY} requests per call"
+            )))
+        }));
+        Ok(answers)
     }
 }
 

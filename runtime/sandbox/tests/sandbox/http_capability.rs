@@ -85,6 +85,36 @@ async fn send_many_sends_at_once_each_under_the_same_rules_answers_in_order() {
     assert_eq!(many[3], "201", "{many:?}");
 }
 
+/// A `send-many` longer than the host takes: the requests past 1,000 are refused without
+/// being sent (the others are answered as usual; here, denied by the allowlist).
+#[tokio::test]
+async fn send_many_refuses_requests_past_its_cap() {
+    let addr = test_server().await;
+    let sandbox = sandbox(Duration::from_secs(20));
+    let probe = load(&sandbox, "test_http_probe", allow(addr)).await;
+    let denied = serde_json::json!({ "method": "GET", "url": "http://127.0.0.1:9/x" });
+    let spec = serde_json::json!({
+        "method": "GET",
+        "url": "",
+        "many": vec![denied; 1002],
+    });
+    let answer = probe
+        .create_machine(&machine_request("m1", spec))
+        .await
+        .unwrap();
+    let state: serde_json::Value = serde_json::from_str(&answer.last_known_state).unwrap();
+    let many: Vec<String> = serde_json::from_value(state["many"].clone()).unwrap();
+    assert_eq!(many.len(), 1002);
+    assert!(
+        many[..1000].iter().all(|a| a.contains("denied")),
+        "{:?}",
+        &many[..2]
+    );
+    for a in &many[1000..] {
+        assert!(a.contains("at most 1000 requests"), "{a}");
+    }
+}
+
 #[tokio::test]
 #[traced_test]
 async fn denied_host_is_denied_to_the_guest_and_logged() {
