@@ -234,16 +234,14 @@ pub fn create<T: Transport>(
     answer_create(&ec2, &spec, machine, instance)
 }
 
-/// No RunInstances is sent in a batch with less time than this left: the machines that
-/// still need one are answered `unavailable` and asked again.
-pub const CREATE_RESERVE_MILLIS: u64 = 5_000;
-
 /// Batch create (contract 0.1.3): the machines of one class and credentials (each with its
 /// own `userData`) looked up with one DescribeInstances per [`query::MAX_FILTER_VALUES`]
 /// names, the AMI read once, and one RunInstances for each machine without a VM (EC2's
 /// RunInstances takes one user data, so one request per machine stays), all sent at once
 /// (`http.send-many`; each still waits for its own rate-limit token). Each entry is what
 /// [`create`] would answer; requests of another class or credentials are created one by one.
+/// A machine whose RunInstances (or follow-up request) would start with less than twice the
+/// lookup's time left in the call is answered `unavailable` (asked again; its VM is found then).
 pub fn creates<T: Transport>(
     t: &T,
     cfg: &Config,
@@ -252,6 +250,7 @@ pub fn creates<T: Transport>(
     let Some(first) = reqs.first() else {
         return Vec::new();
     };
+    let at_start = t.remaining_millis();
     let validate = |r: &MachineRequest| {
         spec::validate_class(&r.machine_class.provider_spec, &r.secret, t.brokered())
             .map_err(invalid)
@@ -294,8 +293,12 @@ pub fn creates<T: Transport>(
         Run(query::Action),
         Done(Result<CreateMachineResponse, DriverError>),
     }
+    // The lookup's time is the measure of one request: with less than twice that left, a
+    // RunInstances (or a follow-up request) is not started, and its machine is asked again.
+    let one_request = at_start.saturating_sub(t.remaining_millis());
+    let short = || t.remaining_millis() < one_request.saturating_mul(2);
     let mut root = None;
-    let out_of_time = t.remaining_millis() < CREATE_RESERVE_MILLIS;
+    let out_of_time = short();
     let mut plans: Vec<Plan> = reqs
         .iter()
         .map(|req| {
@@ -352,7 +355,7 @@ pub fn creates<T: Transport>(
             };
             let follow_up =
                 instance.private_dns_name().is_empty() || needs_src_dst_disabled(spec, &instance);
-            if follow_up && t.remaining_millis() < FOLLOW_UP_RESERVE_MILLIS {
+            if follow_up && short() {
                 return Err(DriverError::unavailable(format!(
                     "EC2 instance {} of machine {:?} exists; its batch ran out of time to finish it (asked again)",
                     instance.instance_id, machine.name
@@ -362,10 +365,6 @@ pub fn creates<T: Transport>(
         })
         .collect()
 }
-
-/// A created VM's follow-up request (its private DNS name, source/destination checks) is not
-/// sent in a batch with less time than this left: the machine is asked again, and its VM found.
-pub const FOLLOW_UP_RESERVE_MILLIS: u64 = 2_000;
 
 /// The answer of a create whose VM is `instance`: its private DNS name (looked up again when
 /// the answer had none yet) and source/destination checks as the class asks.
@@ -760,8 +759,9 @@ mod tests {
     struct Scripted {
         answers: RefCell<Vec<(&'static str, u16, String)>>,
         seen: RefCell<Vec<String>>,
-        /// The call's time left (`None`: plenty).
-        remaining_millis: Option<u64>,
+        /// The call's time left (`None`: plenty), less `request_millis` per request sent.
+        remaining_millis: std::cell::Cell<Option<u64>>,
+        request_millis: u64,
     }
 
     impl Scripted {
@@ -795,6 +795,10 @@ mod tests {
                     .any(|(k, v)| k == "authorization" && v.starts_with("AWS4-HMAC-SHA256 "))
             );
             self.seen.borrow_mut().push(body.clone());
+            if let Some(left) = self.remaining_millis.get() {
+                self.remaining_millis
+                    .set(Some(left.saturating_sub(self.request_millis)));
+            }
             let mut answers = self.answers.borrow_mut();
             let pos = answers
                 .iter()
@@ -808,7 +812,7 @@ mod tests {
             })
         }
         fn remaining_millis(&self) -> u64 {
-            self.remaining_millis.unwrap_or(u64::MAX)
+            self.remaining_millis.get().unwrap_or(u64::MAX)
         }
     }
 
@@ -945,8 +949,10 @@ mod tests {
 
     #[test]
     fn batch_create_out_of_time_runs_no_instance_and_answers_unavailable() {
+        // The lookup takes 600 ms of the 1,000 left: a RunInstances would not fit.
         let ec2 = Scripted {
-            remaining_millis: Some(CREATE_RESERVE_MILLIS - 1),
+            remaining_millis: std::cell::Cell::new(Some(1_000)),
+            request_millis: 600,
             ..Default::default()
         }
         .on(

@@ -48,10 +48,6 @@ pub use metadata::{metadata_bytes, metadata_len};
 /// The contract version this SDK builds against (the `mcm:driver` WIT package version).
 pub const CONTRACT_VERSION: &str = "0.1.3";
 
-/// A batch's default [`Driver::create_machines`] starts no creation with less time than this
-/// left in the call.
-pub const CREATE_RESERVE_MILLIS: u64 = 5_000;
-
 /// Name of the custom section holding the provider's metadata (JSON: name, version, contract).
 pub const METADATA_SECTION: &str = "mcm-wasm:provider";
 
@@ -109,20 +105,24 @@ pub trait Driver {
     /// order asked (see [`Driver::get_machine_statuses`]); each request carries its own secret
     /// (its own `userData`), the credentials are the same. A provider that runs short of time
     /// ([`remaining_millis`]) answers the machines it did not get to with `unavailable`. The
-    /// default creates one machine after another and, with less than
-    /// [`CREATE_RESERVE_MILLIS`] left, answers the rest `unavailable` (asked again).
+    /// default creates one machine after another and, once less than twice the slowest
+    /// creation so far is left, answers the rest `unavailable` (asked again).
     fn create_machines(
         reqs: Vec<MachineRequest>,
     ) -> Vec<Result<CreateMachineResponse, DriverError>> {
+        let mut slowest = 0u64;
         reqs.into_iter()
             .map(|req| {
-                if remaining_millis() < CREATE_RESERVE_MILLIS {
+                let before = remaining_millis();
+                if before < slowest.saturating_mul(2) {
                     return Err(DriverError::unavailable(format!(
                         "machine {:?} not created: its batch ran out of time (asked again)",
                         req.machine.name
                     )));
                 }
-                Self::create_machine(req)
+                let created = Self::create_machine(req);
+                slowest = slowest.max(before.saturating_sub(remaining_millis()));
+                created
             })
             .collect()
     }

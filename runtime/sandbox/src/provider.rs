@@ -558,8 +558,9 @@ impl Provider {
     }
 
     /// A batch answer, one entry per request: a failed call (trap, deadline, rate limit) or
-    /// an answer of the wrong length fails every entry alike. A machine's failure is logged as
-    /// a single call's would be (its own `driver_call` span, `batch=true`).
+    /// an answer of the wrong length fails every entry alike. Each batch logs one line (how
+    /// many machines, how many failed), and a machine's failure is logged as a single call's
+    /// would be (its own `driver_call` span, `batch=true`).
     fn fan_out<W>(
         &self,
         op: Operation,
@@ -588,6 +589,16 @@ impl Provider {
                 .collect(),
             Err(e) => (0..expected).map(|_| Err(e.clone())).collect(),
         };
+        let failed = out.iter().filter(|a| a.is_err()).count();
+        let span = tracing::info_span!(
+            "driver_call",
+            provider = self.name(),
+            version = self.version(),
+            operation = op.wit_name(),
+            machine = batch_label(reqs).as_str(),
+            batch = true,
+        );
+        tracing::info!(parent: &span, machines = expected, failed, "batch call answered");
         for (req, answer) in reqs.iter().zip(&out) {
             if let Err(e) = answer {
                 let span = tracing::info_span!(
