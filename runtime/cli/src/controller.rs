@@ -87,7 +87,8 @@ pub struct ControllerArgs {
     /// create, delete and health pools; MCM's one pool).
     #[arg(long, default_value_t = 50)]
     pub concurrent_syncs: u16,
-    /// Workers for machines being created (default: --concurrent-syncs). Creation, deletion
+    /// Workers for machines being created (default: --concurrent-syncs, and at least twice
+    /// --batch-max-creates). Creation, deletion
     /// (drains included) and health each have their own pool, so none can starve the others.
     #[arg(long)]
     pub create_workers: Option<u16>,
@@ -111,9 +112,8 @@ pub struct ControllerArgs {
     pub batch_max_size: usize,
     /// At most this many machines in one CreateMachine batch (the provider's creations of a
     /// batch must fit in one call's deadline, rate limits included: EC2's RunInstances bucket
-    /// refills at 2/s). Half the create workers by default, so that one batch is looked up
-    /// while the one before it is being created.
-    #[arg(long, default_value_t = 25)]
+    /// refills at 2/s, 25 s for 50).
+    #[arg(long, default_value_t = 50)]
     pub batch_max_creates: usize,
     /// Pause between deletion steps, e.g. 5s as Gardener's machine controller requeues
     /// (default: none, every step runs on in one reconcile).
@@ -316,8 +316,14 @@ impl ControllerArgs {
             orphan_dry_run: self.orphan_dry_run,
             workers: {
                 let size = |n: Option<u16>| n.unwrap_or(self.concurrent_syncs).max(1) as usize;
+                // Creation: at least two batches' worth, so that one batch is looked up while
+                // the one before it is being created.
+                let create = self.create_workers.map_or_else(
+                    || size(None).max(2 * self.batch_max_creates.max(1)),
+                    |n| size(Some(n)),
+                );
                 mcm_controller::pools::PoolSizes {
-                    create: size(self.create_workers),
+                    create,
                     delete: size(self.delete_workers),
                     health: size(self.health_workers),
                 }

@@ -50,7 +50,7 @@ impl Default for BatchConfig {
             idle: Duration::from_millis(100),
             max_wait: Duration::from_secs(1),
             max_items: 500,
-            max_creates: 25,
+            max_creates: 50,
         }
     }
 }
