@@ -358,22 +358,14 @@ impl MachineDriver for Provider {
         &self,
         reqs: &[MachineRequest],
     ) -> Vec<Result<GetMachineStatusResponse, DriverError>> {
-        let Some(answers) = self.batch_call(Operation::GetMachineStatus, reqs).await else {
-            let mut out = Vec::with_capacity(reqs.len());
-            for req in reqs {
-                out.push(self.get_machine_status(req).await);
-            }
-            return out;
-        };
-        self.capped(answers, |a| match a {
-            BatchAnswer::Status(r) => Response::GetMachineStatus(r.into()),
-            _ => unreachable!("a status batch answers statuses"),
-        })
-        .map(|r| match r? {
-            Response::GetMachineStatus(r) => Ok(r),
-            _ => unreachable!("cap_result answers what it was given"),
-        })
-        .collect()
+        self.each(Operation::GetMachineStatus, reqs)
+            .await
+            .into_iter()
+            .map(|r| match r? {
+                Response::GetMachineStatus(r) => Ok(r),
+                _ => unreachable!("each answers the operation it was given"),
+            })
+            .collect()
     }
 
     fn batches_creates(&self) -> bool {
@@ -384,40 +376,26 @@ impl MachineDriver for Provider {
         &self,
         reqs: &[MachineRequest],
     ) -> Vec<Result<CreateMachineResponse, DriverError>> {
-        let Some(answers) = self.batch_call(Operation::CreateMachine, reqs).await else {
-            let mut out = Vec::with_capacity(reqs.len());
-            for req in reqs {
-                out.push(self.create_machine(req).await);
-            }
-            return out;
-        };
-        self.capped(answers, |a| match a {
-            BatchAnswer::Create(r) => Response::CreateMachine(r.into()),
-            _ => unreachable!("a create batch answers creations"),
-        })
-        .map(|r| match r? {
-            Response::CreateMachine(r) => Ok(r),
-            _ => unreachable!("cap_result answers what it was given"),
-        })
-        .collect()
+        self.each(Operation::CreateMachine, reqs)
+            .await
+            .into_iter()
+            .map(|r| match r? {
+                Response::CreateMachine(r) => Ok(r),
+                _ => unreachable!("each answers the operation it was given"),
+            })
+            .collect()
     }
 
     async fn delete_machines(
         &self,
         reqs: &[MachineRequest],
     ) -> Vec<Result<DeleteMachineResponse, DriverError>> {
-        let Some(answers) = self.batch_call(Operation::DeleteMachine, reqs).await else {
-            let mut out = Vec::with_capacity(reqs.len());
-            for req in reqs {
-                out.push(self.delete_machine(req).await);
-            }
-            return out;
-        };
-        answers
+        self.each(Operation::DeleteMachine, reqs)
+            .await
             .into_iter()
-            .map(|a| match a? {
-                BatchAnswer::Delete(r) => Ok(r.into()),
-                _ => unreachable!("a delete batch answers deletions"),
+            .map(|r| match r? {
+                Response::DeleteMachine(r) => Ok(r),
+                _ => unreachable!("each answers the operation it was given"),
             })
             .collect()
     }
@@ -428,6 +406,16 @@ enum BatchAnswer {
     Status(bindings::types::GetMachineStatusResponse),
     Create(bindings::types::CreateMachineResponse),
     Delete(bindings::types::DeleteMachineResponse),
+}
+
+impl BatchAnswer {
+    fn into_response(self) -> Response {
+        match self {
+            BatchAnswer::Status(r) => Response::GetMachineStatus(r.into()),
+            BatchAnswer::Create(r) => Response::CreateMachine(r.into()),
+            BatchAnswer::Delete(r) => Response::DeleteMachine(r.into()),
+        }
+    }
 }
 
 impl Provider {
@@ -486,17 +474,34 @@ impl Provider {
         result
     }
 
-    /// Each successful entry of a batch answer within the sandbox's result-size cap, as a
-    /// single call's answer is.
-    fn capped(
+    /// `op` (GetMachineStatus, CreateMachine or DeleteMachine) of every request, one answer
+    /// per request in order: one batch call when the provider exports it for `op` and the
+    /// requests share a credential, else one call per machine. Each answer is within the
+    /// sandbox's result-size cap, as a single call's is.
+    async fn each(
         &self,
-        answers: Vec<Result<BatchAnswer, DriverError>>,
-        response: impl Fn(BatchAnswer) -> Response,
-    ) -> impl Iterator<Item = Result<Response, DriverError>> {
+        op: Operation,
+        reqs: &[MachineRequest],
+    ) -> Vec<Result<Response, DriverError>> {
+        let Some(answers) = self.batch_call(op, reqs).await else {
+            let mut out = Vec::with_capacity(reqs.len());
+            for req in reqs {
+                out.push(
+                    self.call(match op {
+                        Operation::CreateMachine => Request::CreateMachine(req),
+                        Operation::DeleteMachine => Request::DeleteMachine(req),
+                        _ => Request::GetMachineStatus(req),
+                    })
+                    .await,
+                );
+            }
+            return out;
+        };
         let cap = self.sandbox.config.max_result_bytes;
         answers
             .into_iter()
-            .map(move |a| engine::cap_result(response(a?), cap))
+            .map(|a| engine::cap_result(a?.into_response(), cap))
+            .collect()
     }
 
     /// One call of the batch export for `op` (GetMachineStatus, CreateMachine or

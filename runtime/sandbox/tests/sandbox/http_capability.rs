@@ -52,6 +52,16 @@ async fn allowed_call_keeps_method_headers_and_body() {
     );
 }
 
+/// The probe's `send-many` of the requests in `spec`'s `many`: each answer's status or error.
+async fn send_many(probe: &mcm_sandbox::Provider, spec: serde_json::Value) -> Vec<String> {
+    let answer = probe
+        .create_machine(&machine_request("m1", spec))
+        .await
+        .unwrap();
+    let state: serde_json::Value = serde_json::from_str(&answer.last_known_state).unwrap();
+    serde_json::from_value(state["many"].clone()).unwrap()
+}
+
 /// `send-many` (contract 0.1.3): every request as `send` would send it (a host outside the
 /// allowlist denied, the others sent), one answer each in the order given, and sent at once:
 /// `/pair` answers 200 only to two requests in flight together (one after the other, the first
@@ -72,12 +82,7 @@ async fn send_many_sends_at_once_each_under_the_same_rules_answers_in_order() {
             { "method": "POST", "url": format!("http://{addr}/echo"), "body": "x" },
         ],
     });
-    let answer = probe
-        .create_machine(&machine_request("m1", spec))
-        .await
-        .unwrap();
-    let state: serde_json::Value = serde_json::from_str(&answer.last_known_state).unwrap();
-    let many: Vec<String> = serde_json::from_value(state["many"].clone()).unwrap();
+    let many = send_many(&probe, spec).await;
     assert_eq!(many.len(), 4, "{many:?}");
     assert_eq!(many[0], "200", "{many:?}");
     assert!(many[1].contains("denied"), "{many:?}");
@@ -98,12 +103,7 @@ async fn send_many_refuses_requests_past_its_cap() {
         "url": "",
         "many": vec![denied; 1002],
     });
-    let answer = probe
-        .create_machine(&machine_request("m1", spec))
-        .await
-        .unwrap();
-    let state: serde_json::Value = serde_json::from_str(&answer.last_known_state).unwrap();
-    let many: Vec<String> = serde_json::from_value(state["many"].clone()).unwrap();
+    let many = send_many(&probe, spec).await;
     assert_eq!(many.len(), 1002);
     assert!(
         many[..1000].iter().all(|a| a.contains("denied")),
