@@ -104,11 +104,7 @@ fn find_by_tags<T: Transport>(
     spec: &ProviderSpec,
     name: &str,
 ) -> Result<Vec<Instance>, DriverError> {
-    let mut found = ec2.describe_all(|token| {
-        query::describe_machine(name, spec.cluster_tag(), spec.role_tag(), token)
-    })?;
-    found.retain(|i| of_class(i, spec) && i.tag("Name") == Some(name));
-    Ok(found)
+    find_all_by_tags(ec2, spec, &[name])
 }
 
 /// The machine's instances: the live instance of its providerID when it has one (as

@@ -76,16 +76,6 @@ pub fn encode_into(s: &str, out: &mut String) {
     }
 }
 
-/// The machine's VM: `Name` tag, the class's cluster and role tags, and a live state.
-pub fn describe_machine(
-    name: &str,
-    cluster_tag: &str,
-    role_tag: &str,
-    next_token: Option<&str>,
-) -> Action {
-    describe_machines(&[name], cluster_tag, role_tag, next_token)
-}
-
 /// Most values of one filter EC2 takes in one request.
 pub const MAX_FILTER_VALUES: usize = 200;
 
@@ -348,8 +338,8 @@ mod tests {
 
     #[test]
     fn filters_and_body() {
-        let a = describe_machine(
-            "m1",
+        let a = describe_machines(
+            &["m1"],
             "kubernetes.io/cluster/c",
             "kubernetes.io/role/node",
             None,

@@ -44,6 +44,18 @@ pub struct BatchConfig {
     pub max_creates: usize,
 }
 
+impl BatchConfig {
+    /// The size and idle time of a window of `kind`: a creation window stays open until it is
+    /// full or `max_wait` has passed (a VM takes minutes to boot, so a second's wait costs
+    /// little, and every batch is one more lookup).
+    fn window(&self, kind: Kind) -> (usize, Duration) {
+        match kind {
+            Kind::Create => (self.max_items.min(self.max_creates), self.max_wait),
+            Kind::Status | Kind::Delete => (self.max_items, self.idle),
+        }
+    }
+}
+
 impl Default for BatchConfig {
     fn default() -> Self {
         BatchConfig {
@@ -171,11 +183,11 @@ impl Batcher {
 
     /// Are the provider's creations batched (contract 0.1.3's `batch-create`, batching on)?
     pub fn batches_creates(&self, provider: &Arc<dyn MachineDriver>) -> bool {
-        self.config.max_items.min(self.config.max_creates) > 1 && provider.batches_creates()
+        self.config.window(Kind::Create).0 > 1 && provider.batches_creates()
     }
 
     fn batching(&self, provider: &Arc<dyn MachineDriver>) -> bool {
-        self.config.max_items > 1 && provider.batches()
+        self.config.window(Kind::Status).0 > 1 && provider.batches()
     }
 
     async fn submit(
@@ -242,12 +254,7 @@ async fn flush(
         queue: queue.clone(),
         queues: queues.clone(),
     };
-    // A creation window stays open until it is full or `max_wait` has passed: a VM takes
-    // minutes to boot, so a second's wait costs little, and every batch is one more lookup.
-    let (max_items, idle) = match key.kind {
-        Kind::Create => (config.max_items.min(config.max_creates), config.max_wait),
-        _ => (config.max_items, config.idle),
-    };
+    let (max_items, idle) = config.window(key.kind);
     loop {
         let opened = tokio::time::Instant::now();
         loop {
