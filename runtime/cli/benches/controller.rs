@@ -516,6 +516,26 @@ async fn main() {
             "| all Running vs the RunInstances floor (N - 5) / (2/s x {factor}) = {floor:.1} s | {:.2}x |",
             all_running.as_secs_f64() / floor
         );
+        // Where the time went: RunInstances admitted and refused per 10 s from the start (the
+        // floor is 20 x factor admitted per 10 s).
+        let mut bins: BTreeMap<u64, (u32, u32)> = BTreeMap::new();
+        for (at, action, refused) in proxy.timeline() {
+            if action != "RunInstances" || at < started {
+                continue;
+            }
+            let bin = bins.entry((at - started).as_secs() / 10).or_default();
+            if refused {
+                bin.1 += 1;
+            } else {
+                bin.0 += 1;
+            }
+        }
+        let timeline = bins
+            .iter()
+            .map(|(b, (ok, refused))| format!("{}s: {ok}/{refused}", b * 10))
+            .collect::<Vec<_>>()
+            .join(", ");
+        println!("| RunInstances admitted/refused per 10 s | {timeline} |");
     } else {
         println!(
             "| Machines with throttling in lastOperation (any time) | {} |",

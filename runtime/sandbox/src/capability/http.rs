@@ -53,6 +53,8 @@ pub(crate) struct HttpCall {
     /// The fingerprint of the credential in the call's secret (`mcm_driver::credential_fingerprint`).
     pub credential: Arc<str>,
     pub rate_limited: RateLimitedRecord,
+    /// At most [`MAX_CONCURRENT_SENDS`] of the call's requests on the wire at once.
+    pub in_flight: tokio::sync::Semaphore,
 }
 
 impl HttpCall {
@@ -105,8 +107,9 @@ impl HttpCall {
         let limiter = &self.client.limiter;
         let mut attempt = 1;
         loop {
+            // A request the cloud throttled goes back to the front of the line.
             if let Err(e) = limiter
-                .acquire(&key, &self.provider, limit, self.deadline)
+                .acquire(&key, &self.provider, limit, self.deadline, attempt > 1)
                 .await
             {
                 tracing::warn!(provider = %self.provider, bucket = %e.key, "{e}");
@@ -136,6 +139,7 @@ impl HttpCall {
     }
 
     async fn send_now(&self, req: Request) -> Result<Response, Error> {
+        let _sending = self.in_flight.acquire().await.expect("never closed");
         let remaining = self.deadline.saturating_duration_since(Instant::now());
         self.client
             .send(&self.provider, &*self.egress, req, remaining)
@@ -173,9 +177,10 @@ impl wit::Host for HttpCall {
         Ok(HttpCall::send(self, req).await)
     }
 
-    /// Every request as [`HttpCall::send`], concurrently (up to [`MAX_CONCURRENT_SENDS`] at
-    /// once, started in the order given, so their tokens are taken roughly in that order);
-    /// one answer per request, in order. Past [`MAX_SEND_MANY`] requests: refused.
+    /// Every request as [`HttpCall::send`], concurrently: all of them get in their rate
+    /// buckets' lines at once, in the order given (a batch's requests wait together, not
+    /// interleaved with another call's), and up to [`MAX_CONCURRENT_SENDS`] are on the wire at
+    /// once. One answer per request, in order. Past [`MAX_SEND_MANY`] requests: refused.
     async fn send_many(
         &mut self,
         reqs: Vec<Request>,
@@ -186,7 +191,7 @@ impl wit::Host for HttpCall {
         let mut answers: Vec<Result<Response, Error>> = futures::stream::iter(reqs)
             .take(MAX_SEND_MANY)
             .map(|r| call.send(r))
-            .buffered(MAX_CONCURRENT_SENDS)
+            .buffered(MAX_SEND_MANY)
             .collect()
             .await;
         answers.extend((0..refused).map(|_| {

@@ -8,11 +8,17 @@
 //!   throttling answers and climbs back on successes (multiplicative decrease by 0.7, as the
 //!   SDKs' CUBIC β; additive increase here), and which only starts limiting an unconfigured
 //!   class once the cloud has throttled it (at 0.7 × the rate that was measured then);
-//! - Go's `x/time/rate` reservations: a caller takes its token at once (the bucket may go
-//!   negative) and sleeps until the token would have been there, so waiters are served in order
-//!   and nobody wakes up to race for a token;
-//! - `Retry-After`: a throttling answer that names a delay pushes every reservation of the
-//!   bucket at least that far out.
+//! - `Retry-After`: a throttling answer that names a delay holds the bucket's next token back at
+//!   least that long.
+//!
+//! Callers wait in one queue per bucket and are served in order: only the first in line sleeps
+//! until its token is there; it wakes the next when it goes (Go's `x/time/rate` has the same
+//! "nobody races for a token" property with reservations, but a reservation's time is fixed
+//! when it is made, so a rate lowered by throttling or a `Retry-After` only reaches callers who
+//! come after the ones already waiting, and with a long line the cloud sees the old rate for
+//! seconds). Here a throttling answer acts on the first in line at once, and the throttled
+//! request goes back to the front of the line, not behind every later request: its caller (a
+//! batch waiting for its slowest request) is not held back by the whole queue.
 //!
 //! Deliberate deviations:
 //! - the key has no provider name: two providers (e.g. a provider and its canary) using one
@@ -25,9 +31,11 @@
 //! EC2, the action family such as `describe` or `run-instances`); the host removes the header
 //! before the request leaves. Without it the class is `""`, the endpoint's default bucket.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
 
 use mcm_driver::RateBucketStats;
 #[cfg(test)]
@@ -227,37 +235,69 @@ impl RateLimiter {
     }
 
     /// Take a token of `key` for `provider` (whose configured limit for the class is `limit`),
-    /// waiting for it if the bucket is empty; [`RateLimited`] at once when the token would come
-    /// after `deadline`. Returns how long it waited.
+    /// waiting in line for it if the bucket is empty; [`RateLimited`] at once when, at the
+    /// current rate, the token would come after `deadline`, or when `deadline` passes while
+    /// waiting. `again`: a request the cloud throttled, which goes to the front of the line.
+    /// Returns how long it waited.
     pub async fn acquire(
         &self,
         key: &BucketKey,
         provider: &str,
         limit: Option<Limit>,
         deadline: Instant,
+        again: bool,
     ) -> Result<Duration, RateLimited> {
         let bucket = self.bucket(key);
-        let now = Instant::now();
-        let wait = {
+        let (ticket, wake) = {
             let mut b = bucket.lock().unwrap();
+            let now = Instant::now();
             b.configure(provider, limit, now);
-            let wait = b.reserve(now);
+            let (ticket, wake) = b.join(now, again);
+            let wait = b.expected_wait(ticket, now);
             if now + wait > deadline {
-                b.cancel();
-                b.rate_limited += 1;
-                return Err(RateLimited {
-                    key: key.clone(),
-                    wait,
-                    rate: b.rate.unwrap_or(f64::INFINITY),
-                });
+                b.leave(ticket);
+                return Err(b.refuse(key, wait));
             }
-            b.waited += wait;
-            wait
+            (ticket, wake)
         };
-        if !wait.is_zero() {
-            tokio::time::sleep(wait).await;
+        // Leaves the line if this future is dropped (the call ended) while it waits.
+        let mut place = Place {
+            bucket: &bucket,
+            ticket,
+            in_line: true,
+        };
+        loop {
+            let now = Instant::now();
+            let turn = {
+                let mut b = bucket.lock().unwrap();
+                let turn = b.turn(ticket, now);
+                let late = match turn {
+                    Turn::Go(_) => false,
+                    Turn::At(at) => at > deadline,
+                    // Behind others when the deadline came (the rate was lowered, or
+                    // throttled requests went in front).
+                    Turn::Behind => now >= deadline,
+                };
+                if late {
+                    let wait = b.expected_wait(ticket, now);
+                    b.leave(ticket);
+                    place.in_line = false;
+                    return Err(b.refuse(key, wait));
+                }
+                turn
+            };
+            match turn {
+                Turn::Go(waited) => {
+                    place.in_line = false;
+                    return Ok(waited);
+                }
+                Turn::At(at) => tokio::time::sleep_until(at.into()).await,
+                Turn::Behind => tokio::select! {
+                    _ = wake.notified() => {}
+                    _ = tokio::time::sleep_until(deadline.into()) => {}
+                },
+            }
         }
-        Ok(wait)
     }
 
     /// The cloud throttled a request of `key`; `retry_after` from its answer.
@@ -305,7 +345,45 @@ impl RateLimiter {
     }
 }
 
-/// One token bucket. Pure state: every method takes the time it acts at.
+/// A caller's place in a bucket's line; leaves the line when dropped still in it.
+struct Place<'a> {
+    bucket: &'a Mutex<Bucket>,
+    ticket: Ticket,
+    in_line: bool,
+}
+
+impl Drop for Place<'_> {
+    fn drop(&mut self) {
+        if self.in_line {
+            self.bucket.lock().unwrap().leave(self.ticket);
+        }
+    }
+}
+
+/// A place in a bucket's line.
+type Ticket = u64;
+
+/// What a caller in line does next.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Turn {
+    /// Send now: its token is taken (how long it waited in line).
+    Go(Duration),
+    /// First in line: its token is there at this time.
+    At(Instant),
+    /// Others are ahead: it is woken when it is first.
+    Behind,
+}
+
+/// A caller waiting in a bucket's line.
+#[derive(Debug)]
+struct Waiting {
+    ticket: Ticket,
+    joined: Instant,
+    wake: Arc<Notify>,
+}
+
+/// One token bucket and its line of callers. Pure state (the wake-ups are handed to the
+/// callers): every method takes the time it acts at.
 #[derive(Debug)]
 struct Bucket {
     /// Each provider's configured limit for this bucket's class.
@@ -315,8 +393,11 @@ struct Bucket {
     /// The current fill rate; `None`: not limiting (unconfigured and never throttled).
     rate: Option<f64>,
     burst: f64,
-    /// May be negative: tokens reserved by callers still waiting.
+    /// Negative only after a `Retry-After` (tokens the cloud asked us not to use).
     tokens: f64,
+    /// Callers waiting for a token, the next one first.
+    line: VecDeque<Waiting>,
+    next_ticket: Ticket,
     refilled: Instant,
     last_decrease: Option<Instant>,
     /// Exponentially decayed count of requests (≈ requests per second at `MEASURE_TAU` = 1 s).
@@ -336,6 +417,8 @@ impl Bucket {
             rate: None,
             burst: 1.0,
             tokens: 0.0,
+            line: VecDeque::new(),
+            next_ticket: 0,
             refilled: now,
             last_decrease: None,
             measured: 0.0,
@@ -388,32 +471,89 @@ impl Bucket {
         self.refilled = now;
     }
 
-    /// Take a token; how long until it is there.
-    fn reserve(&mut self, now: Instant) -> Duration {
+    /// Get in line: at the back, or at the front (`again`: a request the cloud throttled,
+    /// which had its turn already).
+    fn join(&mut self, now: Instant, again: bool) -> (Ticket, Arc<Notify>) {
+        let ticket = self.next_ticket;
+        self.next_ticket += 1;
+        let waiting = Waiting {
+            ticket,
+            joined: now,
+            wake: Arc::new(Notify::new()),
+        };
+        let wake = waiting.wake.clone();
+        if again {
+            self.line.push_front(waiting);
+        } else {
+            self.line.push_back(waiting);
+        }
+        (ticket, wake)
+    }
+
+    /// How long `ticket` waits at the current rate: its place in line, less what is saved up.
+    fn expected_wait(&mut self, ticket: Ticket, now: Instant) -> Duration {
         self.refill(now);
+        let (Some(rate), Some(place)) = (self.rate, self.place(ticket)) else {
+            return Duration::ZERO;
+        };
+        let short = place as f64 + 1.0 - self.tokens;
+        Duration::from_secs_f64(short.max(0.0) / rate)
+    }
+
+    fn place(&self, ticket: Ticket) -> Option<usize> {
+        self.line.iter().position(|w| w.ticket == ticket)
+    }
+
+    /// `ticket`'s turn at `now`: the first in line takes a token if one is there (and the next
+    /// in line is woken).
+    fn turn(&mut self, ticket: Ticket, now: Instant) -> Turn {
+        if self.place(ticket) != Some(0) {
+            return Turn::Behind;
+        }
+        self.refill(now);
+        if let Some(rate) = self.rate {
+            if self.tokens < 1.0 {
+                return Turn::At(now + Duration::from_secs_f64((1.0 - self.tokens) / rate));
+            }
+            self.tokens -= 1.0;
+        }
+        let served = self.line.pop_front().expect("first in line");
+        self.wake_first();
         let dt = now
             .saturating_duration_since(self.measured_at)
             .as_secs_f64();
         self.measured = self.measured * (-dt / MEASURE_TAU).exp() + 1.0 / MEASURE_TAU;
         self.measured_at = now;
         self.requests += 1;
-        let Some(rate) = self.rate else {
-            return Duration::ZERO;
-        };
-        self.tokens -= 1.0;
-        if self.tokens >= 0.0 {
-            Duration::ZERO
-        } else {
-            Duration::from_secs_f64(-self.tokens / rate)
+        let waited = now.saturating_duration_since(served.joined);
+        self.waited += waited;
+        Turn::Go(waited)
+    }
+
+    /// Leave the line unserved (deadline, or the call ended).
+    fn leave(&mut self, ticket: Ticket) {
+        if let Some(place) = self.place(ticket) {
+            self.line.remove(place);
+            if place == 0 {
+                self.wake_first();
+            }
         }
     }
 
-    /// Give back a token reserved by a caller that will not send.
-    fn cancel(&mut self) {
-        if self.rate.is_some() {
-            self.tokens += 1.0;
+    fn wake_first(&self) {
+        if let Some(first) = self.line.front() {
+            first.wake.notify_one();
         }
-        self.requests -= 1;
+    }
+
+    /// The error for a caller that would get its token after its deadline.
+    fn refuse(&mut self, key: &BucketKey, wait: Duration) -> RateLimited {
+        self.rate_limited += 1;
+        RateLimited {
+            key: key.clone(),
+            wait,
+            rate: self.rate.unwrap_or(f64::INFINITY),
+        }
     }
 
     fn throttled(&mut self, now: Instant, retry_after: Option<Duration>) {
@@ -432,8 +572,8 @@ impl Bucket {
             self.last_decrease = Some(now);
         }
         let rate = self.rate.expect("set above");
-        // What was saved up is gone (the cloud's bucket is empty), and a Retry-After pushes
-        // every later reservation at least that far out.
+        // What was saved up is gone (the cloud's bucket is empty), and a Retry-After holds the
+        // next token back at least that long.
         let floor = -retry_after.map_or(0.0, |d| d.as_secs_f64() * rate);
         self.tokens = self.tokens.min(floor);
     }
@@ -484,23 +624,65 @@ mod tests {
         Duration::from_secs_f64(s)
     }
 
+    /// Get in line and take a turn at once.
+    fn arrive(b: &mut Bucket, now: Instant) -> (Ticket, Turn) {
+        let (ticket, _) = b.join(now, false);
+        (ticket, b.turn(ticket, now))
+    }
+
     #[test]
-    fn a_configured_bucket_starts_full_then_serves_at_its_rate_in_order() {
+    fn a_configured_bucket_starts_full_then_serves_its_line_in_order_at_its_rate() {
+        use futures::FutureExt as _;
         let t0 = Instant::now();
         let mut b = Bucket::new(t0);
         b.configure("aws", limit(2.0, 5), t0);
         for _ in 0..5 {
-            assert_eq!(b.reserve(t0), Duration::ZERO, "the burst");
+            assert_eq!(arrive(&mut b, t0).1, Turn::Go(Duration::ZERO), "the burst");
         }
-        // Reservations queue up behind each other at 2/s.
-        assert_eq!(b.reserve(t0), secs(0.5));
-        assert_eq!(b.reserve(t0), secs(1.0));
-        b.cancel();
-        assert_eq!(b.reserve(t0), secs(1.0), "a cancelled token is given back");
+        // Only the first in line knows its time; the others wait to be woken.
+        let (first, turn) = arrive(&mut b, t0);
+        assert_eq!(turn, Turn::At(t0 + secs(0.5)));
+        let (second, wake) = b.join(t0, false);
+        assert_eq!(b.turn(second, t0), Turn::Behind);
+        assert_eq!(b.expected_wait(second, t0), secs(1.0));
+        assert!(wake.notified().now_or_never().is_none());
+        b.leave(first);
+        assert!(
+            wake.notified().now_or_never().is_some(),
+            "the next in line is woken when the first leaves"
+        );
+        assert_eq!(b.turn(second, t0), Turn::At(t0 + secs(0.5)), "its place");
         // Time refills.
         let later = t0 + secs(10.0);
-        assert_eq!(b.reserve(later), Duration::ZERO);
+        assert_eq!(b.turn(second, later), Turn::Go(secs(10.0)));
         assert!(b.tokens <= 5.0, "never more than the burst");
+        assert_eq!((b.requests, b.waited), (6, secs(10.0)));
+    }
+
+    #[test]
+    fn a_throttled_request_goes_back_to_the_front_and_throttling_reaches_the_first_in_line_at_once()
+    {
+        let t0 = Instant::now();
+        let mut b = Bucket::new(t0);
+        b.configure("aws", limit(10.0, 1), t0);
+        assert_eq!(arrive(&mut b, t0).1, Turn::Go(Duration::ZERO));
+        let (first, turn) = arrive(&mut b, t0);
+        assert_eq!(turn, Turn::At(t0 + secs(0.1)));
+        let (second, _) = arrive(&mut b, t0);
+        // The request sent comes back throttled: the rate drops to 7/s, the half token saved
+        // up is gone, and the request gets in line again in front of the others.
+        let t1 = t0 + secs(0.05);
+        b.throttled(t1, None);
+        let (again, _) = b.join(t1, true);
+        assert_eq!(
+            b.turn(first, t1),
+            Turn::Behind,
+            "the throttled request goes first"
+        );
+        assert_eq!(b.turn(again, t1), Turn::At(t1 + secs(1.0 / 7.0)));
+        // The ones already waiting now wait at the lowered rate too.
+        assert_eq!(b.expected_wait(first, t1), secs(2.0 / 7.0));
+        assert_eq!(b.expected_wait(second, t1), secs(3.0 / 7.0));
     }
 
     #[test]
@@ -523,14 +705,19 @@ mod tests {
     }
 
     #[test]
-    fn retry_after_pushes_every_reservation_out() {
+    fn retry_after_holds_back_even_the_caller_first_in_line() {
         let t0 = Instant::now();
         let mut b = Bucket::new(t0);
-        b.configure("aws", limit(10.0, 10), t0);
+        b.configure("aws", limit(10.0, 1), t0);
+        assert_eq!(arrive(&mut b, t0).1, Turn::Go(Duration::ZERO));
+        let (waiting, turn) = arrive(&mut b, t0);
+        assert_eq!(turn, Turn::At(t0 + secs(0.1)));
         b.throttled(t0, Some(secs(2.0)));
         // 2 s at the lowered rate of 7/s is 14 tokens owed; the next one is 1/7 s more.
-        let wait = b.reserve(t0);
-        assert!(wait >= secs(2.0), "{wait:?}");
+        let Turn::At(at) = b.turn(waiting, t0) else {
+            panic!("waits")
+        };
+        assert!(at - t0 >= secs(2.0), "{:?}", at - t0);
     }
 
     #[test]
@@ -539,7 +726,8 @@ mod tests {
         let mut b = Bucket::new(t0);
         b.configure("sample", None, t0);
         for i in 0..100 {
-            assert_eq!(b.reserve(t0 + secs(i as f64 * 0.05)), Duration::ZERO);
+            let now = t0 + secs(i as f64 * 0.05);
+            assert_eq!(arrive(&mut b, now).1, Turn::Go(Duration::ZERO));
         }
         let t1 = t0 + secs(5.0);
         let measured = b.measured;
@@ -547,7 +735,7 @@ mod tests {
         b.throttled(t1, None);
         let rate = b.rate.unwrap();
         assert!((rate - measured * BETA).abs() < 1e-6, "{rate}");
-        assert!(b.reserve(t1) > Duration::ZERO, "now it limits");
+        assert!(matches!(arrive(&mut b, t1).1, Turn::At(_)), "now it limits");
     }
 
     #[test]
@@ -573,25 +761,78 @@ mod tests {
         let far = Instant::now() + secs(60.0);
         for _ in 0..2 {
             limiter
-                .acquire(&key, "aws", limit(1.0, 2), far)
+                .acquire(&key, "aws", limit(1.0, 2), far, false)
                 .await
                 .unwrap();
         }
         let soon = Instant::now() + secs(0.5);
         let err = limiter
-            .acquire(&key, "aws", limit(1.0, 2), soon)
+            .acquire(&key, "aws", limit(1.0, 2), soon, false)
             .await
             .unwrap_err();
         assert!(err.to_string().starts_with("rate limited"), "{err}");
         assert!(err.to_string().contains("run-instances"), "{err}");
         let stats = &limiter.snapshot()[0];
         assert_eq!((stats.requests, stats.rate_limited), (2, 1));
-        // The refused caller's token was not taken: the next one waits one token's time.
+        // The refused caller left the line: the next one waits one token's time.
         let waited = limiter
-            .acquire(&key, "aws", limit(1.0, 2), far)
+            .acquire(&key, "aws", limit(1.0, 2), far, false)
             .await
             .unwrap();
-        assert!(waited > secs(0.99) && waited <= secs(1.0), "{waited:?}");
+        assert!(waited > secs(0.95) && waited < secs(1.5), "{waited:?}");
+    }
+
+    fn key() -> BucketKey {
+        BucketKey {
+            credential: "c".into(),
+            host: "ec2.example".into(),
+            class: "run-instances".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_caller_whose_call_ends_while_it_waits_leaves_the_line() {
+        let limiter = RateLimiter::new();
+        let far = Instant::now() + secs(60.0);
+        let key = key();
+        let take = || limiter.acquire(&key, "aws", limit(5.0, 1), far, false);
+        take().await.unwrap();
+        // The next token is 0.2 s away; its caller gives up after 0.05 s.
+        assert!(tokio::time::timeout(secs(0.05), take()).await.is_err());
+        // The caller after it is first in line, not stuck behind a place nobody takes.
+        let waited = tokio::time::timeout(secs(5.0), take())
+            .await
+            .expect("served")
+            .unwrap();
+        assert!(waited <= secs(0.2), "{waited:?}");
+    }
+
+    #[tokio::test]
+    async fn a_caller_still_in_line_at_its_deadline_fails_rate_limited_and_does_not_hang() {
+        let limiter = Arc::new(RateLimiter::new());
+        let far = Instant::now() + secs(60.0);
+        let l = limiter.clone();
+        l.acquire(&key(), "aws", limit(10.0, 1), far, false)
+            .await
+            .unwrap();
+        let first =
+            tokio::spawn(async move { l.acquire(&key(), "aws", limit(10.0, 1), far, false).await });
+        tokio::time::sleep(secs(0.01)).await;
+        let started = Instant::now();
+        let l = limiter.clone();
+        let second = tokio::spawn(async move {
+            let deadline = Instant::now() + secs(0.5);
+            l.acquire(&key(), "aws", limit(10.0, 1), deadline, false)
+                .await
+        });
+        tokio::time::sleep(secs(0.01)).await;
+        // Accepted (about 0.2 s away), then the cloud asks for 2 s of quiet.
+        limiter.throttled(&key(), Some(secs(2.0)));
+        let err = second.await.unwrap().unwrap_err();
+        assert!(err.to_string().starts_with("rate limited"), "{err}");
+        assert!(started.elapsed() < secs(1.5), "{:?}", started.elapsed());
+        assert!(!first.is_finished(), "the first in line still waits");
+        first.abort();
     }
 
     #[test]

@@ -95,6 +95,9 @@ impl CallState {
                 rate_limits: ctx.rate_limits,
                 credential: ctx.credential,
                 rate_limited: record.rate_limited.clone(),
+                in_flight: tokio::sync::Semaphore::new(
+                    crate::capability::http::MAX_CONCURRENT_SENDS,
+                ),
             },
             log: LogCall {
                 provider: ctx.provider,
