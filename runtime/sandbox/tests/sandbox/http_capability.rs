@@ -90,6 +90,61 @@ async fn send_many_sends_at_once_each_under_the_same_rules_answers_in_order() {
     assert_eq!(many[3], "201", "{many:?}");
 }
 
+/// A `send-many` puts all its requests in their rate bucket's line at once, in order: a second
+/// call's batch waits behind the first one's whole batch instead of interleaving with it (which
+/// would hold both batches' answers until both were nearly done), even past the 32 requests
+/// that are on the wire at once.
+#[tokio::test]
+async fn send_many_batches_wait_in_line_whole_and_in_order() {
+    use axum::extract::Path;
+    let arrived = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let log = arrived.clone();
+    let router = axum::Router::new().route(
+        "/seq/{tag}",
+        axum::routing::get(move |Path(tag): Path<String>| {
+            let log = log.clone();
+            async move {
+                log.lock().unwrap().push(tag);
+                "ok"
+            }
+        }),
+    );
+    let addr = serve(router).await;
+    let sandbox = sandbox(Duration::from_secs(20));
+    let settings = ProviderSettings {
+        rate_limits: Some(mcm_sandbox::RateLimits {
+            default: Some(mcm_sandbox::Limit {
+                rate: 100.0,
+                burst: 1,
+            }),
+            ..Default::default()
+        }),
+        ..allow(addr)
+    };
+    let probe = load(&sandbox, "test_http_probe", settings).await;
+    let batch = |call: &str| {
+        let many: Vec<_> = (0..40)
+            .map(|i| serde_json::json!({ "method": "GET", "url": format!("http://{addr}/seq/{call}{i}") }))
+            .collect();
+        serde_json::json!({ "method": "GET", "url": "", "many": many })
+    };
+    let first = send_many(&probe, batch("a"));
+    let second = async {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        send_many(&probe, batch("b")).await
+    };
+    let (a, b) = tokio::join!(first, second);
+    assert!(a.iter().chain(&b).all(|s| s == "200"), "{a:?} {b:?}");
+    let arrived = arrived.lock().unwrap().clone();
+    assert_eq!(arrived.len(), 80);
+    let last_a = arrived.iter().rposition(|t| t.starts_with('a')).unwrap();
+    let first_b = arrived.iter().position(|t| t.starts_with('b')).unwrap();
+    assert!(
+        last_a < first_b + 3,
+        "the first batch's requests came after the second's began: {arrived:?}"
+    );
+}
+
 /// A `send-many` longer than the host takes: the requests past 1,000 are refused without
 /// being sent (the others are answered as usual; here, denied by the allowlist).
 #[tokio::test]
