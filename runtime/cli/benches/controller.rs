@@ -500,6 +500,12 @@ async fn main() {
         "| controller peak RSS (VmHWM) | {:.0} MiB |",
         peak_hwm.max(hwm).max(hwm_end)
     );
+    // Errors of the cloud itself (moto), e.g. a refused batch TerminateInstances that the
+    // provider then follows with one delete per machine.
+    println!(
+        "| cloud error answers (by action, status, code) | {:?} |",
+        proxy.cloud_errors()
+    );
     if let Some(factor) = throttle {
         // RunInstances' bucket (5, refilled at 2/s × factor) bounds how fast N VMs can be
         // asked for: the floor any client meets.

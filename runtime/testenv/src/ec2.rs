@@ -285,6 +285,9 @@ struct ProxyState {
     throttle: Mutex<Option<crate::throttle::Throttle>>,
     /// (when, action, throttled) of every request since the proxy started.
     timeline: Mutex<Vec<(std::time::Instant, String, bool)>>,
+    /// Error answers of the cloud itself (not the proxy's faults or throttling), by
+    /// "action status code".
+    cloud_errors: Mutex<std::collections::BTreeMap<String, u64>>,
 }
 
 /// A share of requests that get a fault, drawn from a seeded generator (xorshift64*) so that a
@@ -440,6 +443,13 @@ impl FaultProxy {
             *counts.entry(action.clone()).or_default() += 1;
         }
         counts
+    }
+
+    /// Error answers of the cloud behind the proxy (status 400 and up, not the proxy's own
+    /// faults or throttling), counted by "action status code", e.g.
+    /// `TerminateInstances 400 InvalidInstanceID.NotFound`.
+    pub fn cloud_errors(&self) -> std::collections::BTreeMap<String, u64> {
+        self.state.cloud_errors.lock().unwrap().clone()
     }
 
     /// (when, action, throttled) of every request since the proxy started.
@@ -638,6 +648,15 @@ async fn serve_connection(
                 format!("proxy: {e}").into_bytes(),
             ),
         };
+        if status >= 400 {
+            let text = String::from_utf8_lossy(&body);
+            let code = text
+                .split_once("<Code>")
+                .and_then(|(_, rest)| rest.split_once("</Code>"))
+                .map_or("", |(code, _)| code);
+            let key = format!("{action} {status} {code}");
+            *state.cloud_errors.lock().unwrap().entry(key).or_default() += 1;
+        }
         match fault {
             Some(Fault::DropAnswer) => return Ok(()),
             Some(Fault::SlowAnswer(d)) => tokio::time::sleep(d).await,
