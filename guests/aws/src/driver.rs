@@ -595,9 +595,11 @@ fn answer_status(
 }
 
 /// Batch delete (contract 0.1.2): the machines with a providerID of one region and secret are
-/// terminated with one TerminateInstances (EC2 takes up to 1,000 IDs); if EC2 refuses it
-/// (e.g. one ID is already unknown), or for any other machine, each is deleted as by
-/// [`delete`].
+/// terminated with one TerminateInstances (EC2 takes up to 1,000 IDs). If EC2 refuses it (one
+/// ID unknown; moto also refuses an instance it already terminated), the batch's instances
+/// that are still live are looked up (one DescribeInstances per 200) and terminated with one
+/// more TerminateInstances (see [`terminate_all`]). If that fails too, or for any other
+/// machine, each is deleted as by [`delete`].
 pub fn deletes<T: Transport>(
     t: &T,
     cfg: &Config,
@@ -630,10 +632,8 @@ pub fn deletes<T: Transport>(
         .filter_map(|(id, _)| id.as_ref().map(|(_, i)| i.as_str()))
         .collect();
     let terminated = regions::is_known(&region)
-        && client(t, cfg, &region, secret).is_ok_and(|ec2| {
-            ids.chunks(1000)
-                .all(|c| ec2.call(&query::terminate_instances(c)).is_ok())
-        });
+        && client(t, cfg, &region, secret)
+            .is_ok_and(|ec2| ids.chunks(1000).all(|c| terminate_all(&ec2, c)));
     reqs.iter()
         .zip(by_id.iter().zip(&batched))
         .map(|(req, (id, batched))| match (terminated && *batched, id) {
@@ -643,6 +643,24 @@ pub fn deletes<T: Transport>(
             _ => delete(t, cfg, req),
         })
         .collect()
+}
+
+/// Terminate `ids` with one request. Refused by EC2 (not a transport failure): the ones still
+/// live are looked up and terminated with one more, since one machine deleted again (its VM
+/// already gone) must not cost every other machine of the batch a lookup and a request of its
+/// own. Were all of them terminated?
+fn terminate_all<T: Transport>(ec2: &Ec2<T>, ids: &[&str]) -> bool {
+    match ec2.call(&query::terminate_instances(ids)) {
+        Ok(_) => true,
+        Err(e) if !e.aws_code.is_empty() => {
+            let Ok(live) = find_all_by_id(ec2, ids) else {
+                return false;
+            };
+            let live: Vec<&str> = live.iter().map(|i| i.instance_id.as_str()).collect();
+            live.is_empty() || ec2.call(&query::terminate_instances(&live)).is_ok()
+        }
+        Err(_) => false,
+    }
 }
 
 /// provider-aws (v0.2x): disable source/destination checks when the class asks for it; a
@@ -1186,6 +1204,63 @@ mod tests {
             delete(&ec2, &Config::default(), &req).unwrap_err().code,
             Code::Unavailable
         );
+    }
+
+    /// One machine of a batch deleted again (its VM already terminated): EC2 (here, moto's
+    /// answer) refuses the batch's TerminateInstances; the live ones are looked up once and
+    /// terminated with one more request, not with a lookup and a request per machine.
+    #[test]
+    fn batch_delete_refused_for_one_gone_vm_terminates_the_live_ones_in_one_more_request() {
+        let refused = "<Response><Errors><Error><Code>InvalidNetworkInterfaceID.NotFound</Code><Message>x</Message></Error></Errors></Response>";
+        // i-1 is gone; i-2 and i-3 are live.
+        let live = instance_xml("DescribeInstancesResponse", "i-2").replace(
+            "</instancesSet>",
+            &format!(
+                "{}</instancesSet>",
+                instance_xml("X", "i-3")
+                    .split("<instancesSet>")
+                    .nth(1)
+                    .unwrap()
+                    .split("</instancesSet>")
+                    .next()
+                    .unwrap()
+            ),
+        );
+        let ec2 = Scripted::default()
+            .on("TerminateInstances", 400, refused)
+            .on("DescribeInstances", 200, &live)
+            .on("TerminateInstances", 200, "<TerminateInstancesResponse/>");
+        let reqs = [
+            request_of("m1", "aws:///eu-west-1/i-1"),
+            request_of("m2", "aws:///eu-west-1/i-2"),
+            request_of("m3", "aws:///eu-west-1/i-3"),
+        ];
+        let answers = deletes(&ec2, &Config::default(), &reqs);
+        assert!(answers.iter().all(Result::is_ok), "{answers:?}");
+        assert_eq!(
+            ec2.actions(),
+            [
+                "TerminateInstances",
+                "DescribeInstances",
+                "TerminateInstances"
+            ]
+        );
+        let seen = ec2.seen.borrow();
+        assert!(seen[1].contains("Filter.1.Name=instance-id"), "{}", seen[1]);
+        assert!(
+            seen[2].contains("InstanceId.1=i-2") && seen[2].contains("InstanceId.2=i-3"),
+            "{}",
+            seen[2]
+        );
+        assert!(!seen[2].contains("i-1"), "{}", seen[2]);
+        // Refused again: each machine is deleted on its own, as before.
+        let ec2 = Scripted::default()
+            .on("TerminateInstances", 400, refused)
+            .on("DescribeInstances", 200, &live)
+            .on("TerminateInstances", 400, refused)
+            .on("TerminateInstances", 200, "<TerminateInstancesResponse/>");
+        let answers = deletes(&ec2, &Config::default(), &reqs[1..2]);
+        assert!(answers[0].is_ok(), "{answers:?}");
     }
 
     #[test]
