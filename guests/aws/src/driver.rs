@@ -598,8 +598,9 @@ fn answer_status(
 /// terminated with one TerminateInstances (EC2 takes up to 1,000 IDs). If EC2 refuses it (one
 /// ID unknown; moto also refuses an instance it already terminated), the batch's instances
 /// that are still live are looked up (one DescribeInstances per 200) and terminated with one
-/// more TerminateInstances (see [`terminate_all`]). If that fails too, or for any other
-/// machine, each is deleted as by [`delete`].
+/// more TerminateInstances (see [`terminate_all`]). If that is refused too, or for any other
+/// machine, each is deleted as by [`delete`]; throttled or unanswered, every machine of the
+/// chunk gets that error (Unavailable: retried soon).
 pub fn deletes<T: Transport>(
     t: &T,
     cfg: &Config,
@@ -631,36 +632,77 @@ pub fn deletes<T: Transport>(
         .filter(|(_, b)| **b)
         .filter_map(|(id, _)| id.as_ref().map(|(_, i)| i.as_str()))
         .collect();
-    let terminated = regions::is_known(&region)
-        && client(t, cfg, &region, secret)
-            .is_ok_and(|ec2| ids.chunks(1000).all(|c| terminate_all(&ec2, c)));
+    // Each chunk of 1,000 IDs (EC2's limit) and how it ended; each batched ID's chunk.
+    let mut ended = Vec::new();
+    if regions::is_known(&region)
+        && let Ok(ec2) = client(t, cfg, &region, secret)
+    {
+        ended.extend(ids.chunks(1000).map(|c| terminate_all(&ec2, c)));
+    }
+    let chunk_of: std::collections::HashMap<&str, usize> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| (*id, i / 1000))
+        .collect();
     reqs.iter()
         .zip(by_id.iter().zip(&batched))
-        .map(|(req, (id, batched))| match (terminated && *batched, id) {
-            (true, Some((_, id))) => Ok(DeleteMachineResponse {
-                last_known_state: format!("EC2 instance {id} terminated"),
-            }),
-            _ => delete(t, cfg, req),
+        .map(|(req, (id, batched))| {
+            let id = id.as_ref().filter(|_| *batched).map(|(_, id)| id.as_str());
+            let how = id
+                .and_then(|id| chunk_of.get(id))
+                .and_then(|c| ended.get(*c));
+            match (how, id) {
+                (Some(Terminated::All), Some(id)) => Ok(DeleteMachineResponse {
+                    last_known_state: format!("EC2 instance {id} terminated"),
+                }),
+                (Some(Terminated::Later(e)), _) => Err(e.clone()),
+                _ => delete(t, cfg, req),
+            }
         })
         .collect()
 }
 
-/// Terminate `ids` with one request. Refused by EC2 (not a transport failure): the ones still
-/// live are looked up and terminated with one more, since one machine deleted again (its VM
-/// already gone) must not cost every other machine of the batch a lookup and a request of its
-/// own. Were all of them terminated?
-fn terminate_all<T: Transport>(ec2: &Ec2<T>, ids: &[&str]) -> bool {
+/// How a batch's TerminateInstances ended.
+#[derive(Debug)]
+enum Terminated {
+    /// Every instance is terminated (or already was).
+    All,
+    /// EC2 refused, and the live ones could not be terminated together either: each machine
+    /// is deleted on its own.
+    OneByOne,
+    /// Not now (throttled, 5xx, no answer): every machine of the batch gets this answer and is
+    /// tried again soon, instead of each sending requests of its own into the same trouble.
+    Later(DriverError),
+}
+
+/// Terminate `ids` with one request. Refused by EC2, the ones still live are looked up and
+/// terminated with one more, since one machine deleted again (its VM already gone) must not
+/// cost every other machine of the batch a lookup and a request of its own.
+fn terminate_all<T: Transport>(ec2: &Ec2<T>, ids: &[&str]) -> Terminated {
     match ec2.call(&query::terminate_instances(ids)) {
-        Ok(_) => true,
-        Err(e) if !e.aws_code.is_empty() => {
-            let Ok(live) = find_all_by_id(ec2, ids) else {
-                return false;
-            };
-            let live: Vec<&str> = live.iter().map(|i| i.instance_id.as_str()).collect();
-            live.is_empty() || ec2.call(&query::terminate_instances(&live)).is_ok()
-        }
-        Err(_) => false,
+        Ok(_) => return Terminated::All,
+        Err(e) if not_now(&e) => return Terminated::Later(e.into()),
+        Err(_refused) => {}
     }
+    let live = match find_all_by_id(ec2, ids) {
+        Ok(live) => live,
+        Err(e) if e.code == Code::Unavailable => return Terminated::Later(e),
+        Err(_) => return Terminated::OneByOne,
+    };
+    let live: Vec<&str> = live.iter().map(|i| i.instance_id.as_str()).collect();
+    if live.is_empty() {
+        return Terminated::All;
+    }
+    match ec2.call(&query::terminate_instances(&live)) {
+        Ok(_) => Terminated::All,
+        Err(e) if not_now(&e) => Terminated::Later(e.into()),
+        Err(_refused) => Terminated::OneByOne,
+    }
+}
+
+/// An answer that says "not now" rather than "no": throttled, a 5xx, or none at all.
+fn not_now(e: &crate::ec2::ApiError) -> bool {
+    e.aws_code.is_empty() || e.error.code == Code::Unavailable
 }
 
 /// provider-aws (v0.2x): disable source/destination checks when the class asks for it; a
@@ -1261,6 +1303,27 @@ mod tests {
             .on("TerminateInstances", 200, "<TerminateInstancesResponse/>");
         let answers = deletes(&ec2, &Config::default(), &reqs[1..2]);
         assert!(answers[0].is_ok(), "{answers:?}");
+    }
+
+    /// Throttled (after the host's own attempts) or unanswered: every machine of the batch is
+    /// answered Unavailable from that one request, none sends requests of its own.
+    #[test]
+    fn batch_delete_throttled_answers_every_machine_unavailable_with_one_request() {
+        let throttled = "<Response><Errors><Error><Code>RequestLimitExceeded</Code><Message>slow down</Message></Error></Errors></Response>";
+        let ec2 = Scripted::default().on("TerminateInstances", 503, throttled);
+        let reqs = [
+            request_of("m1", "aws:///eu-west-1/i-1"),
+            request_of("m2", "aws:///eu-west-1/i-2"),
+        ];
+        let answers = deletes(&ec2, &Config::default(), &reqs);
+        for a in &answers {
+            assert_eq!(
+                a.as_ref().unwrap_err().code,
+                Code::Unavailable,
+                "{answers:?}"
+            );
+        }
+        assert_eq!(ec2.actions(), ["TerminateInstances"]);
     }
 
     #[test]

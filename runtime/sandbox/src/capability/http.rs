@@ -53,7 +53,8 @@ pub(crate) struct HttpCall {
     /// The fingerprint of the credential in the call's secret (`mcm_driver::credential_fingerprint`).
     pub credential: Arc<str>,
     pub rate_limited: RateLimitedRecord,
-    /// At most [`MAX_CONCURRENT_SENDS`] of the call's requests on the wire at once.
+    /// At most [`MAX_CONCURRENT_SENDS`] of the call's metered requests on the wire at once
+    /// (a request refused by the egress hook is not sent and takes no place).
     pub in_flight: tokio::sync::Semaphore,
 }
 
@@ -106,6 +107,10 @@ impl HttpCall {
         let limit = self.rate_limits.limit(&key.class);
         let limiter = &self.client.limiter;
         let mut attempt = 1;
+        // A place among the call's requests on the wire, taken after the first token and kept
+        // through the throttled attempts (a request sent again from the front of its bucket's
+        // line does not queue behind the call's other requests for it).
+        let mut on_wire = None;
         loop {
             // A request the cloud throttled goes back to the front of the line.
             if let Err(e) = limiter
@@ -117,6 +122,10 @@ impl HttpCall {
                 *self.rate_limited.lock().unwrap() = Some(e);
                 return Err(Error::Other(message));
             }
+            if on_wire.is_none() {
+                on_wire = Some(self.in_flight.acquire().await.expect("never closed"));
+            }
+            limiter.sent(&key);
             let answer = self.send_now(req.clone()).await;
             match &answer {
                 Ok(r) if self.rate_limits.is_throttled(r.status, &r.body) => {
@@ -139,7 +148,6 @@ impl HttpCall {
     }
 
     async fn send_now(&self, req: Request) -> Result<Response, Error> {
-        let _sending = self.in_flight.acquire().await.expect("never closed");
         let remaining = self.deadline.saturating_duration_since(Instant::now());
         self.client
             .send(&self.provider, &*self.egress, req, remaining)

@@ -308,6 +308,12 @@ impl RateLimiter {
             .throttled(Instant::now(), retry_after);
     }
 
+    /// A request of `key` goes on the wire now (after its token, and a place among the
+    /// call's requests in flight).
+    pub fn sent(&self, key: &BucketKey) {
+        self.bucket(key).lock().unwrap().sent(Instant::now());
+    }
+
     /// A request of `key` was answered without throttling.
     pub fn succeeded(&self, key: &BucketKey) {
         self.bucket(key).lock().unwrap().succeeded();
@@ -519,15 +525,20 @@ impl Bucket {
         }
         let served = self.line.pop_front().expect("first in line");
         self.wake_first();
+        self.requests += 1;
+        let waited = now.saturating_duration_since(served.joined);
+        self.waited += waited;
+        Turn::Go(waited)
+    }
+
+    /// A request of this bucket went on the wire: the measured send rate (which an unlimited
+    /// bucket starts from when first throttled) counts requests sent, not tokens handed out.
+    fn sent(&mut self, now: Instant) {
         let dt = now
             .saturating_duration_since(self.measured_at)
             .as_secs_f64();
         self.measured = self.measured * (-dt / MEASURE_TAU).exp() + 1.0 / MEASURE_TAU;
         self.measured_at = now;
-        self.requests += 1;
-        let waited = now.saturating_duration_since(served.joined);
-        self.waited += waited;
-        Turn::Go(waited)
     }
 
     /// Leave the line unserved (deadline, or the call ended).
@@ -728,6 +739,7 @@ mod tests {
         for i in 0..100 {
             let now = t0 + secs(i as f64 * 0.05);
             assert_eq!(arrive(&mut b, now).1, Turn::Go(Duration::ZERO));
+            b.sent(now);
         }
         let t1 = t0 + secs(5.0);
         let measured = b.measured;
