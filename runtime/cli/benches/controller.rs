@@ -18,6 +18,8 @@
 //! machine-controller-manager (`--kube-api-qps 200 --kube-api-burst 300`, so that its own
 //! client limit does not pace the creations), and deletion is the scale back to 0; the
 //! per-machine latency then starts when the bench first sees the Machine.
+//! `--controller-args "ARGS"`: more flags for `mcm-wasm controller` (split at spaces), e.g.
+//! `"--batch-max-wait 2s --create-workers 150"`.
 
 #[path = "../tests/cli/support.rs"]
 mod support;
@@ -244,6 +246,10 @@ async fn main() {
         let limits = rate_limits(throttle.unwrap_or(100.0) * margin);
         println!("controller rate limits: {limits}");
         cmd.arg(format!("--provider-rate-limits=aws={limits}"));
+    }
+    if let Some(more) = arg("--controller-args") {
+        println!("controller flags added: {more}");
+        cmd.args(more.split_whitespace());
     }
     cmd.args(["--namespace", NS, "--leader-elect=false", "--port", "0"])
         .args(["--kube-api-qps", &qps, "--kube-api-burst", &burst])
