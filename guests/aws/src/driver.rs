@@ -486,9 +486,9 @@ fn terminate<T: Transport>(ec2: &Ec2<T>, id: &str) -> Result<DeleteMachineRespon
             last_known_state: format!("EC2 instance {id} terminated"),
         }),
         Err(e) if e.error.code == Code::NotFound => gone(),
-        // EC2 refused (not a transport failure): an instance that is already terminated or
-        // shutting down is deleted, whatever the refusal was about.
-        Err(e) if !e.aws_code.is_empty() => match ec2.instance_by_id(id) {
+        // EC2 refused (not "not now": throttled, a 5xx, no answer): an instance that is
+        // already terminated or shutting down is deleted, whatever the refusal was about.
+        Err(e) if !not_now(&e) => match ec2.instance_by_id(id) {
             Ok(None) => gone(),
             Ok(Some(_)) => Err(e.into()),
             // Whether it is gone is not known: the lookup's error (a throttled or failed
@@ -1323,6 +1323,20 @@ mod tests {
                 "{answers:?}"
             );
         }
+        assert_eq!(ec2.actions(), ["TerminateInstances"]);
+    }
+
+    /// Throttled is "not now", not a refusal: no lookup follows into the same throttling.
+    #[test]
+    fn terminate_throttled_is_unavailable_without_a_lookup() {
+        let throttled = "<Response><Errors><Error><Code>RequestLimitExceeded</Code><Message>slow down</Message></Error></Errors></Response>";
+        let ec2 = Scripted::default().on("TerminateInstances", 503, throttled);
+        let mut req = request();
+        req.machine.provider_id = "aws:///eu-west-1/i-0abc".into();
+        assert_eq!(
+            delete(&ec2, &Config::default(), &req).unwrap_err().code,
+            Code::Unavailable
+        );
         assert_eq!(ec2.actions(), ["TerminateInstances"]);
     }
 
