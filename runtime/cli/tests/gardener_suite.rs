@@ -250,8 +250,11 @@ async fn gardeners_integration_suite_passes() {
     // The run really made VMs (so spec 10's "no orphans" had something to check), and none
     // is left running.
     let all = moto.all_instances().await;
-    // 1 (specs 1-2) + 1 + 5 (specs 4-5) + 4 (the rolling update to v2, spec 8).
-    assert!(all.len() >= 11, "the suite made {} VMs", all.len());
+    // What the specs wait for: 1 (specs 1-2) + 1 + 5 (specs 4-5, their nodes ready) + at
+    // least 2 for the rolling update to v2 (spec 8 waits for 4 ready nodes with 2 of v1 left;
+    // how many more v2 VMs exist before spec 9 deletes the deployment is timing: a run made 3
+    // of its 4, the 4th Machine deleted before its creation window closed).
+    assert!(all.len() >= 9, "the suite made {} VMs", all.len());
     let live: Vec<_> = all
         .iter()
         .filter(|i| !matches!(i.state.as_str(), "terminated" | "shutting-down"))
