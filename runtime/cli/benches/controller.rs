@@ -506,8 +506,8 @@ async fn main() {
         "| controller peak RSS (VmHWM) | {:.0} MiB |",
         peak_hwm.max(hwm).max(hwm_end)
     );
-    // Errors of the cloud itself (moto), e.g. a refused batch TerminateInstances that the
-    // provider then follows with one delete per machine.
+    // Errors of the cloud itself (moto), e.g. a refused batch TerminateInstances (the
+    // provider then looks up the batch's live instances and terminates them again).
     println!(
         "| cloud error answers (by action, status, code) | {:?} |",
         proxy.cloud_errors()

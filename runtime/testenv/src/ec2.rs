@@ -649,12 +649,8 @@ async fn serve_connection(
             ),
         };
         if status >= 400 {
-            let text = String::from_utf8_lossy(&body);
-            let code = text
-                .split_once("<Code>")
-                .and_then(|(_, rest)| rest.split_once("</Code>"))
-                .map_or("", |(code, _)| code);
-            let key = format!("{action} {status} {code}");
+            let code = crate::moto::first_text(&String::from_utf8_lossy(&body), "Code");
+            let key = format!("{action} {status} {}", code.unwrap_or_default());
             *state.cloud_errors.lock().unwrap().entry(key).or_default() += 1;
         }
         match fault {

@@ -253,10 +253,8 @@ impl RateLimiter {
             let now = Instant::now();
             b.configure(provider, limit, now);
             let (ticket, wake) = b.join(now, again);
-            let wait = b.expected_wait(ticket, now);
-            if now + wait > deadline {
-                b.leave(ticket);
-                return Err(b.refuse(key, wait));
+            if now + b.expected_wait(ticket, now) > deadline {
+                return Err(b.refuse(ticket, key, now));
             }
             (ticket, wake)
         };
@@ -279,10 +277,8 @@ impl RateLimiter {
                     Turn::Behind => now >= deadline,
                 };
                 if late {
-                    let wait = b.expected_wait(ticket, now);
-                    b.leave(ticket);
                     place.in_line = false;
-                    return Err(b.refuse(key, wait));
+                    return Err(b.refuse(ticket, key, now));
                 }
                 turn
             };
@@ -557,8 +553,11 @@ impl Bucket {
         }
     }
 
-    /// The error for a caller that would get its token after its deadline.
-    fn refuse(&mut self, key: &BucketKey, wait: Duration) -> RateLimited {
+    /// `ticket`'s caller would get its token after its deadline: it leaves the line, and
+    /// this is its error (with the wait it had left).
+    fn refuse(&mut self, ticket: Ticket, key: &BucketKey, now: Instant) -> RateLimited {
+        let wait = self.expected_wait(ticket, now);
+        self.leave(ticket);
         self.rate_limited += 1;
         RateLimited {
             key: key.clone(),
